@@ -1,0 +1,39 @@
+"""eventrouter: route Kubernetes Events to sinks configured by kube-eventer style URL flags.
+
+The names below are the public API for sink plugins; everything else is internal.
+"""
+
+from eventrouter.errors import (
+    ConfigError,
+    PartialError,
+    PermanentError,
+    RetryableError,
+    SinkConfigError,
+    SinkError,
+)
+from eventrouter.event import Event, InvolvedObject, format_time
+from eventrouter.options import Duration, Option, Options, Secret
+from eventrouter.sink import Sink
+from eventrouter.sinkurl import SinkURL, redact_text
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Duration",
+    "Event",
+    "InvolvedObject",
+    "Option",
+    "Options",
+    "PartialError",
+    "PermanentError",
+    "RetryableError",
+    "Secret",
+    "Sink",
+    "SinkConfigError",
+    "SinkError",
+    "SinkURL",
+    "__version__",
+    "format_time",
+    "redact_text",
+]

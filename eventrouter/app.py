@@ -1,0 +1,109 @@
+"""Runs the router: sinks, source, health endpoint, signals, graceful shutdown."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from eventrouter.config import build_sink
+from eventrouter.router import Router, SinkRunner
+from eventrouter.sources import SourceContext, build_source
+
+log = logging.getLogger("eventrouter")
+
+
+@dataclass
+class RunConfig:
+    source: str
+    sinks: list[str]
+    context: SourceContext
+    healthz_ip: str = "0.0.0.0"
+    healthz_port: int = 8084
+    healthz_window: float = 600.0
+    shutdown_timeout: float = 30.0
+
+
+def run(config: RunConfig, stop: threading.Event | None = None) -> int:
+    """Build everything (ConfigError propagates: the CLI turns it into exit status 2), then run."""
+    stop = stop or threading.Event()
+    sinks = [build_sink(flag) for flag in config.sinks]
+    source = build_source(config.source, config.context)
+    if not sinks:
+        log.warning("no --sink given: events are read and counted, but go nowhere")
+    labels = _labels([s.name for s in sinks])
+    router = Router(SinkRunner.build(sink, label=label) for sink, label in zip(sinks, labels, strict=True))
+    for sink, label in zip(sinks, labels, strict=True):
+        log.info("sink %s: %s", label, sink.describe())
+    router.start()
+    server = None
+    if config.healthz_port:
+        from eventrouter.metrics import serve
+
+        server = serve(config.healthz_ip, config.healthz_port, router, source.state, config.healthz_window)
+        log.info("health and metrics on http://%s:%d (/healthz /readyz /metrics)", *server.server_address[:2])
+    _install_signal_handlers(stop)
+
+    source_thread = threading.Thread(target=_run_source, args=(source, router, stop), name="source", daemon=True)
+    source_thread.start()
+    finished = source.state.finished
+    while not stop.is_set() and not finished.is_set():
+        stop.wait(0.2)
+    if finished.is_set() and not stop.is_set():
+        log.info("source finished; delivering what is queued")
+        while not stop.is_set() and any(r.depth for r in router.runners):
+            stop.wait(0.05)
+    stop.set()
+    source_thread.join(config.shutdown_timeout)
+    started = time.monotonic()
+    drained = router.stop(config.shutdown_timeout)
+    source.finish(router)
+    if server is not None:
+        server.shutdown()
+    _log_totals(router, drained, time.monotonic() - started)
+    return 0
+
+
+def _run_source(source, router, stop) -> None:  # type: ignore[no-untyped-def]
+    try:
+        source.run(router, stop)
+    except Exception:
+        log.exception("the source stopped with an error")
+        stop.set()
+
+
+def _labels(names: list[str]) -> list[str]:
+    """Metric/log label per sink: its name, numbered when a name repeats (dingtalk, dingtalk-2)."""
+    seen: dict[str, int] = {}
+    labels = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        labels.append(name if seen[name] == 1 else f"{name}-{seen[name]}")
+    return labels
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            return
+        log.info("received %s: stopping the watch and draining the sinks", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _log_totals(router: Router, drained: bool, seconds: float) -> None:
+    for runner in router.runners:
+        s = runner.stats
+        log.info(
+            "sink %s: sent %d, filtered %d, failed %d, dropped %d (overflow) %d (shutdown)",
+            runner.label, s.sent, s.filtered, s.failed, s.dropped_overflow, s.dropped_shutdown,
+        )
+    if not drained:
+        log.warning("shutdown deadline reached after %.1fs; undelivered events will be sent after a restart", seconds)

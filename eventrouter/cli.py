@@ -1,0 +1,150 @@
+"""The ``eventrouter`` command: kube-eventer's flags plus sub-commands.
+
+    eventrouter --source=kubernetes:https://kubernetes.default --sink=log [--sink=...]
+    eventrouter sinks                      every registered sink and its options
+    eventrouter check --sink=URL [--send-test]
+    eventrouter simulate --port 8001 ...   the built-in fake cluster (demo, tests, benchmarks)
+
+Go's flag package accepts ``-source=...`` as well as ``--source=...``; so do we, so kube-eventer
+manifests work unchanged. A bad flag exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from importlib.metadata import entry_points
+from typing import NoReturn
+
+from eventrouter import __version__
+from eventrouter.errors import ConfigError
+from eventrouter.options import parse_duration
+
+COMMAND_GROUP = "eventrouter.commands"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _duration(text: str) -> float:
+    try:
+        return float(parse_duration(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 5m, 1h") from None
+
+
+def _bool(text: str) -> bool:
+    if text in ("1", "t", "T", "true", "TRUE", "True"):
+        return True
+    if text in ("0", "f", "F", "false", "FALSE", "False"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="eventrouter", description="Route Kubernetes Events to sinks (kube-eventer compatible).",
+                epilog="Sub-commands: sinks, check, simulate" + "".join(f", {n}" for n in _plugin_commands()))
+    p.add_argument("--source", required=True, help="kubernetes:URL?opts or file:PATH (file:- reads stdin)")
+    p.add_argument("--sink", action="append", default=[], help="NAME:URL?opts; repeat for more sinks")
+    p.add_argument("--cluster-name", default="", help="cluster name shown in messages and stored with events")
+    p.add_argument("--shutdown-timeout", type=_duration, default=30.0, help="drain time on SIGTERM (default 30s)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
+    p.add_argument("--checkpoint", default=None,
+                   help="configmap:NAMESPACE/NAME or file:PATH (default: configmap in-cluster, else a file)")
+    p.add_argument("--max-event-age", type=_duration, default=None,
+                   help="first start without a checkpoint: skip events older than this")
+    p.add_argument("--leader-elect", nargs="?", const=True, default=False, type=_bool,
+                   help="run as one of several replicas; only the Lease holder delivers")
+    p.add_argument("--leader-elect-namespace", default=None, help="namespace of the Lease (default: own namespace)")
+    p.add_argument("--leader-elect-name", default="eventrouter", help="name of the Lease")
+    p.add_argument("--leader-elect-lease-duration", type=_duration, default=15.0)
+    p.add_argument("--leader-elect-renew-deadline", type=_duration, default=10.0)
+    p.add_argument("--leader-elect-retry-period", type=_duration, default=2.0)
+    p.add_argument("--healthz-ip", default="0.0.0.0", help="address of /healthz, /readyz, /metrics")
+    p.add_argument("--healthz-port", type=int, default=8084, help="port of /healthz, /readyz, /metrics (0: off)")
+    p.add_argument("--healthz-window", type=_duration, default=600.0,
+                   help="/healthz fails after this long without an event or bookmark")
+    p.add_argument("--event-metrics", nargs="?", const=True, default=True, type=_bool,
+                   help="kube-eventer flag, accepted (event counts are always exported, by type only)")
+    p.add_argument("--frequency", type=_duration, default=30.0,
+                   help="kube-eventer flag, accepted; events are sent as they arrive")
+    p.add_argument("-v", "--v", dest="verbosity", type=int, default=0, help="log verbosity (4 and more: debug)")
+    p.add_argument("--version", action="version", version=f"eventrouter {__version__}")
+    # klog and Go runtime flags kube-eventer manifests pass; accepted and ignored
+    for name in ("--logtostderr", "--alsologtostderr", "--skip-headers", "--skip_headers", "--one-output"):
+        p.add_argument(name, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
+    for name in ("--max_procs", "--log_dir", "--log_file", "--log_file_max_size", "--stderrthreshold", "--vmodule"):
+        p.add_argument(name, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _go_style(argv: Sequence[str]) -> list[str]:
+    """Go flags accept one dash for long names (``-source=x``); argparse wants two."""
+    out = []
+    for arg in argv:
+        if arg.startswith("-") and not arg.startswith("--") and len(arg.split("=", 1)[0]) > 2:
+            arg = "-" + arg
+        out.append(arg)
+    return out
+
+
+def _plugin_commands() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and not args[0].startswith("-"):
+        command, rest = args[0], args[1:]
+        if command == "sinks":
+            from eventrouter.commands import sinks_command
+
+            return sinks_command(rest)
+        if command == "check":
+            from eventrouter.commands import check_command
+
+            return check_command(rest)
+        if command == "simulate":
+            from eventrouter.simulator.cli import main as simulate
+
+            return simulate(rest)
+        plugin = _plugin_commands().get(command)
+        if plugin is not None:
+            return int(plugin.load()(rest) or 0)  # type: ignore[attr-defined]
+        print(f"eventrouter: error: unknown command {command!r}; commands: sinks, check, simulate"
+              + "".join(f", {n}" for n in _plugin_commands()) + " (or run flags, see --help)", file=sys.stderr)
+        return 2
+    parsed = run_parser().parse_args(_go_style(args))
+    from eventrouter.app import RunConfig, run
+    from eventrouter.logutil import setup_logging
+    from eventrouter.sources import SourceContext
+
+    setup_logging(parsed.log_format, parsed.verbosity)
+    context = SourceContext(
+        cluster=parsed.cluster_name,
+        checkpoint=parsed.checkpoint,
+        max_event_age=parsed.max_event_age,
+        leader_elect=parsed.leader_elect,
+        leader_elect_namespace=parsed.leader_elect_namespace,
+        leader_elect_name=parsed.leader_elect_name,
+        leader_elect_lease_duration=parsed.leader_elect_lease_duration,
+        leader_elect_renew_deadline=parsed.leader_elect_renew_deadline,
+        leader_elect_retry_period=parsed.leader_elect_retry_period,
+    )
+    config = RunConfig(
+        source=parsed.source,
+        sinks=parsed.sink,
+        context=context,
+        healthz_ip=parsed.healthz_ip,
+        healthz_port=parsed.healthz_port,
+        healthz_window=parsed.healthz_window,
+        shutdown_timeout=parsed.shutdown_timeout,
+    )
+    try:
+        return run(config)
+    except ConfigError as exc:
+        print(f"eventrouter: error: {exc}", file=sys.stderr)
+        return 2

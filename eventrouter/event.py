@@ -1,0 +1,248 @@
+"""The normalized Event, built once per Kubernetes object and shared read-only by every sink.
+
+Both Kubernetes Event APIs map onto it (kubernetes pkg/apis/events/v1/conversion.go):
+
+============================  ==========================================
+Event field                   core/v1 (events.k8s.io/v1)
+============================  ==========================================
+involved_object               involvedObject (regarding)
+message                       message (note)
+count                         count, series.count (deprecatedCount), else 1
+first_timestamp               firstTimestamp (deprecatedFirstTimestamp), else eventTime, else creation
+last_timestamp                lastTimestamp (deprecatedLastTimestamp), series.lastObservedTime,
+                              eventTime, metadata.creationTimestamp
+source_component              source.component (deprecatedSource), else reportingController
+============================  ==========================================
+
+Times are timezone-aware UTC datetimes; :meth:`Event.to_dict` writes them as ISO 8601 with ``Z``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class MalformedEvent(ValueError):
+    """The object is not a Kubernetes Event this router can read."""
+
+
+@dataclass(frozen=True, slots=True)
+class InvolvedObject:
+    kind: str = ""
+    namespace: str = ""
+    name: str = ""
+    uid: str = ""
+    api_version: str = ""
+    field_path: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+            "uid": self.uid,
+            "api_version": self.api_version,
+            "field_path": self.field_path,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    uid: str
+    resource_version: str
+    namespace: str
+    name: str
+    type: str
+    reason: str
+    message: str
+    count: int
+    first_timestamp: datetime
+    last_timestamp: datetime
+    involved_object: InvolvedObject
+    source_component: str = ""
+    source_host: str = ""
+    reporting_controller: str = ""
+    reporting_instance: str = ""
+    action: str = ""
+    cluster: str = ""
+    raw: Any = None
+
+    @classmethod
+    def from_object(cls, obj: Any, cluster: str = "") -> Event:
+        """Normalize a core/v1 or events.k8s.io/v1 Event object (a decoded JSON dict)."""
+        if not isinstance(obj, dict):
+            raise MalformedEvent(f"expected a JSON object, got {type(obj).__name__}")
+        meta = obj.get("metadata")
+        if not isinstance(meta, dict):
+            raise MalformedEvent("the object has no metadata")
+        kind = obj.get("kind")
+        if kind is not None and kind != "Event":
+            raise MalformedEvent(f"kind is {kind!r}, not 'Event'")
+        try:
+            if "regarding" in obj or "note" in obj or str(obj.get("apiVersion", "")).startswith("events.k8s.io"):
+                return cls._from_events_v1(obj, meta, cluster)
+            return cls._from_core_v1(obj, meta, cluster)
+        except MalformedEvent:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise MalformedEvent(f"event {meta.get('namespace', '')}/{meta.get('name', '')}: {exc}") from None
+
+    @classmethod
+    def _from_core_v1(cls, obj: dict[str, Any], meta: dict[str, Any], cluster: str) -> Event:
+        series = obj.get("series") or {}
+        source = obj.get("source") or {}
+        created = parse_time(meta.get("creationTimestamp"))
+        event_time = parse_time(obj.get("eventTime"))
+        last = (
+            parse_time(obj.get("lastTimestamp"))
+            or parse_time(series.get("lastObservedTime"))
+            or event_time
+            or created
+            or EPOCH
+        )
+        first = parse_time(obj.get("firstTimestamp")) or event_time or created or last
+        reporting = obj.get("reportingComponent") or ""
+        return cls(
+            uid=meta.get("uid") or "",
+            resource_version=str(meta.get("resourceVersion") or ""),
+            namespace=meta.get("namespace") or "",
+            name=meta.get("name") or "",
+            type=obj.get("type") or "",
+            reason=obj.get("reason") or "",
+            message=obj.get("message") or "",
+            count=_count(obj.get("count"), series.get("count"), None),
+            first_timestamp=first,
+            last_timestamp=last,
+            involved_object=_involved(obj.get("involvedObject")),
+            source_component=source.get("component") or reporting,
+            source_host=source.get("host") or "",
+            reporting_controller=reporting,
+            reporting_instance=obj.get("reportingInstance") or "",
+            action=obj.get("action") or "",
+            cluster=cluster,
+            raw=obj,
+        )
+
+    @classmethod
+    def _from_events_v1(cls, obj: dict[str, Any], meta: dict[str, Any], cluster: str) -> Event:
+        series = obj.get("series") or {}
+        source = obj.get("deprecatedSource") or {}
+        created = parse_time(meta.get("creationTimestamp"))
+        event_time = parse_time(obj.get("eventTime"))
+        last = (
+            parse_time(obj.get("deprecatedLastTimestamp"))
+            or parse_time(series.get("lastObservedTime"))
+            or event_time
+            or created
+            or EPOCH
+        )
+        first = parse_time(obj.get("deprecatedFirstTimestamp")) or event_time or created or last
+        controller = obj.get("reportingController") or ""
+        return cls(
+            uid=meta.get("uid") or "",
+            resource_version=str(meta.get("resourceVersion") or ""),
+            namespace=meta.get("namespace") or "",
+            name=meta.get("name") or "",
+            type=obj.get("type") or "",
+            reason=obj.get("reason") or "",
+            message=obj.get("note") or "",
+            count=_count(obj.get("deprecatedCount"), series.get("count"), None),
+            first_timestamp=first,
+            last_timestamp=last,
+            involved_object=_involved(obj.get("regarding")),
+            source_component=source.get("component") or controller,
+            source_host=source.get("host") or "",
+            reporting_controller=controller,
+            reporting_instance=obj.get("reportingInstance") or "",
+            action=obj.get("action") or "",
+            cluster=cluster,
+            raw=obj,
+        )
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Identity of this occurrence: the same uid at another resourceVersion is a new occurrence."""
+        return (self.uid, self.resource_version)
+
+    @property
+    def is_cluster_scoped(self) -> bool:
+        return not self.involved_object.namespace
+
+    def to_dict(self, *, raw: bool = False) -> dict[str, Any]:
+        """The normalized fields in a stable order, times as UTC ISO 8601 ``...Z`` strings."""
+        data: dict[str, Any] = {
+            "uid": self.uid,
+            "resource_version": self.resource_version,
+            "cluster": self.cluster,
+            "namespace": self.namespace,
+            "name": self.name,
+            "type": self.type,
+            "reason": self.reason,
+            "message": self.message,
+            "count": self.count,
+            "first_timestamp": format_time(self.first_timestamp),
+            "last_timestamp": format_time(self.last_timestamp),
+            "involved_object": self.involved_object.to_dict(),
+            "source_component": self.source_component,
+            "source_host": self.source_host,
+            "reporting_controller": self.reporting_controller,
+            "reporting_instance": self.reporting_instance,
+            "action": self.action,
+        }
+        if raw:
+            data["raw"] = self.raw
+        return data
+
+
+def _count(*candidates: Any) -> int:
+    for value in candidates:
+        if value is not None and value != 0:
+            return int(value)
+    return 1
+
+
+def _involved(ref: Any) -> InvolvedObject:
+    if not ref:
+        return InvolvedObject()
+    return InvolvedObject(
+        kind=ref.get("kind") or "",
+        namespace=ref.get("namespace") or "",
+        name=ref.get("name") or "",
+        uid=ref.get("uid") or "",
+        api_version=ref.get("apiVersion") or "",
+        field_path=ref.get("fieldPath") or "",
+    )
+
+
+def parse_time(value: Any) -> datetime | None:
+    """An RFC 3339 time from the API (``2023-07-10T05:31:39Z``, with or without micro/nanoseconds)."""
+    if not value:
+        return None
+    if not isinstance(value, str):
+        raise MalformedEvent(f"time {value!r} is not a string")
+    text = value
+    if "." in text:
+        # Go may write nanoseconds; Python takes at most microseconds.
+        head, _, frac = text.partition(".")
+        digits = len(frac) - len(frac.lstrip("0123456789"))
+        zone = frac[digits:]
+        text = f"{head}.{frac[:min(digits, 6)].ljust(6, '0')}{zone}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise MalformedEvent(f"time {value!r} is not RFC 3339") from None
+    if parsed.tzinfo is None:
+        return parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC) if parsed.utcoffset() else parsed.replace(tzinfo=UTC)
+
+
+def format_time(value: datetime) -> str:
+    """UTC ISO 8601 with ``Z``: whole seconds when there is no fraction, else microseconds."""
+    value = value.astimezone(UTC) if value.utcoffset() else value
+    if value.microsecond:
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,233 @@
+"""Sink options declared as data: the declaration drives parsing, validation, help and masking.
+
+A sink lists its options once::
+
+    options = (
+        Option("brokers", list, required=True, help="bootstrap host:port"),
+        Option("password", str, secret=True, help="SASL password"),
+    )
+
+Types: ``str``, ``int``, ``float``, ``bool`` (Go's ``strconv.ParseBool`` words), ``list``
+(repeated keys and comma-separated values), ``Duration`` (``30s``, ``5m``, ``1h``, ``250ms`` or
+plain seconds). A secret option's value is wrapped in :class:`Secret`, which prints as ``***``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eventrouter.errors import SinkConfigError
+
+MASK = "***"
+
+_TRUE = {"1", "t", "T", "true", "TRUE", "True"}
+_FALSE = {"0", "f", "F", "false", "FALSE", "False"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class Secret:
+    """A secret value. ``str()`` and ``repr()`` show ``***``; call :meth:`reveal` where it is used."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Duration(float):
+    """Seconds, parsed from ``250ms``, ``30s``, ``5m``, ``1h``, ``1d`` or a plain number."""
+
+
+def parse_duration(text: str) -> Duration:
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(text)
+    return Duration(float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+
+
+def _type_name(kind: Any) -> str:
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "true or false",
+        list: "a list (repeat the key or separate values with commas)",
+        Duration: "a duration such as 500ms, 30s, 5m, 1h",
+    }.get(kind, getattr(kind, "__name__", str(kind)))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a sink (or of every sink, for the core's filter and delivery options)."""
+
+    name: str
+    type: Any = str
+    default: Any = None
+    required: bool = False
+    secret: bool = False
+    help: str = ""
+    choices: Sequence[str] | None = None
+    aliases: Sequence[str] = ()
+    # list options: also split each value on commas (kube-eventer's namespaces=a,b);
+    # False for options whose values may contain commas (label=, header=).
+    split_commas: bool = True
+    # int/float/Duration bounds, inclusive
+    min: float | None = None
+    max: float | None = None
+    validate: Callable[[Any], str | None] | None = field(default=None, compare=False)
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return (self.name, *self.aliases)
+
+    def describe(self) -> str:
+        """What values are allowed, for error messages and ``eventrouter sinks``."""
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        text = _type_name(self.type)
+        if self.min is not None and self.max is not None:
+            text += f" from {self.min:g} to {self.max:g}"
+        elif self.min is not None:
+            text += f" >= {self.min:g}"
+        return text
+
+    def parse(self, sink: str, values: Sequence[str]) -> Any:
+        """Convert the raw query values of this option; raise SinkConfigError if they do not fit."""
+        if self.type is list:
+            items: list[str] = []
+            for value in values:
+                items.extend(value.split(",") if self.split_commas else [value])
+            if self.choices:
+                for item in items:
+                    self._check_choice(sink, item)
+            result: Any = items
+        else:
+            # kube-eventer reads the first value of a repeated key; so do we.
+            raw = values[0]
+            result = self._convert(sink, raw)
+        if self.validate is not None:
+            problem = self.validate(result)
+            if problem:
+                raise SinkConfigError(sink, problem, self.name)
+        if self.secret:
+            if isinstance(result, list):
+                return [Secret(v) for v in result]
+            return Secret(result)
+        return result
+
+    def _check_choice(self, sink: str, raw: str) -> str:
+        assert self.choices is not None
+        for choice in self.choices:
+            if raw == choice or raw.lower() == choice.lower():
+                return choice
+        shown = MASK if self.secret else repr(raw)
+        raise SinkConfigError(sink, f"{shown} is not allowed; use {self.describe()}", self.name)
+
+    def _convert(self, sink: str, raw: str) -> Any:
+        if self.choices:
+            return self._check_choice(sink, raw)
+        kind = self.type
+        try:
+            if kind is str:
+                return raw
+            if kind is bool:
+                if raw in _TRUE:
+                    return True
+                if raw in _FALSE:
+                    return False
+                raise ValueError(raw)
+            if kind is Duration:
+                value: Any = parse_duration(raw)
+            elif kind is int:
+                value = int(raw)
+            elif kind is float:
+                value = float(raw)
+            else:
+                value = kind(raw)
+        except (ValueError, TypeError):
+            shown = MASK if self.secret else repr(raw)
+            raise SinkConfigError(sink, f"{shown} is not {self.describe()}", self.name) from None
+        if (self.min is not None and value < self.min) or (self.max is not None and value > self.max):
+            raise SinkConfigError(sink, f"{raw!r} is out of range; use {self.describe()}", self.name)
+        return value
+
+
+class Options(Mapping[str, Any]):
+    """Parsed option values, read as ``opts["name"]`` or ``opts.name``; secrets stay wrapped."""
+
+    def __init__(self, values: dict[str, Any], given: Iterable[str]) -> None:
+        self._values = values
+        self.given = frozenset(given)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Options({self._values!r})"
+
+
+def parse_options(sink: str, declared: Sequence[Option], query: Mapping[str, Sequence[str]]) -> Options:
+    """Parse a query against the declared options: unknown, missing and bad values are errors."""
+    by_key: dict[str, Option] = {}
+    for option in declared:
+        for key in option.keys:
+            by_key[key] = option
+    values: dict[str, Any] = {}
+    given: set[str] = set()
+    for key, raw in query.items():
+        option = by_key.get(key)
+        if option is None:
+            allowed = ", ".join(sorted(o.name for o in declared))
+            raise SinkConfigError(sink, f"unknown option; allowed options are: {allowed}", key)
+        if option.name in given:
+            # an alias and its name both given: the values add up, as repeats do
+            raw = list(_raw_values(query, option)) 
+        values[option.name] = option.parse(sink, raw)
+        given.add(option.name)
+    for option in declared:
+        if option.name in values:
+            continue
+        if option.required:
+            raise SinkConfigError(sink, f"is required ({option.help or option.describe()})", option.name)
+        default = option.default
+        values[option.name] = list(default) if isinstance(default, (list, tuple)) else default
+    return Options(values, given)
+
+
+def _raw_values(query: Mapping[str, Sequence[str]], option: Option) -> Iterable[str]:
+    for key in option.keys:
+        yield from query.get(key, ())

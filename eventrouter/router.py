@@ -1,0 +1,329 @@
+"""Fan-out: each sink gets its own filter, bounded queue and worker thread.
+
+The source calls :meth:`Router.dispatch` for every event (on its own thread). Dispatch numbers the
+event, and each :class:`SinkRunner` either filters it out or appends it to its queue; nothing in
+dispatch waits for a sink, so a stalled sink never slows the watch or another sink.
+
+A worker takes batches (``batch_size``, ``flush_interval``), calls ``Sink.send`` and settles the
+batch: delivered, failed (``PermanentError``, or retries exhausted) or dropped by the overflow
+policy. Everything a sink has settled is below its *watermark*; the checkpoint may pass an event
+only when every sink's watermark has (see :meth:`Router.settled_seq`). Events left undelivered at
+shutdown are not settled, so they are sent again after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from eventrouter.errors import PartialError, PermanentError, RetryableError
+from eventrouter.event import Event
+from eventrouter.filters import EventFilter
+from eventrouter.logutil import ThrottledLog
+from eventrouter.options import Secret
+from eventrouter.sink import Sink
+from eventrouter.sinkurl import redact_text
+
+log = logging.getLogger("eventrouter.router")
+
+BACKOFF_INITIAL = 0.5
+
+
+@dataclass(slots=True)
+class SinkStats:
+    """Counters of one sink. Plain ints: the metrics collector reads them at scrape time."""
+
+    filtered: int = 0
+    queued: int = 0
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    batches: int = 0
+    dropped_overflow: int = 0
+    dropped_shutdown: int = 0
+    batch_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    queue_size: int = 10000
+    batch_size: int = 1
+    flush_interval: float = 1.0
+    max_retries: int = -1
+    retry_backoff_max: float = 60.0
+    overflow: str = "drop_oldest"
+
+
+class SinkRunner:
+    """One sink: its filter, bounded queue, worker thread and counters."""
+
+    def __init__(self, sink: Sink, event_filter: EventFilter, delivery: Delivery, *, label: str = "") -> None:
+        self.sink = sink
+        self.filter = event_filter
+        self.delivery = delivery
+        self.label = label or sink.name
+        self.stats = SinkStats()
+        self._queue: deque[tuple[int, Event]] = deque()
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._worker_waiting = False
+        self._inflight_first: int | None = None
+        self._stopping = False
+        self._hard_stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._errors = ThrottledLog(logging.getLogger(f"eventrouter.sinks.{sink.name}"), 30.0)
+        self._secrets = [v for v in sink.opts.values() if isinstance(v, Secret)] if hasattr(sink, "opts") else []
+        self.died: BaseException | None = None
+        self._passes_all = event_filter.passes_everything
+
+    @classmethod
+    def build(cls, sink: Sink, *, label: str = "") -> SinkRunner:
+        opts = sink.opts
+        delivery = Delivery(
+            queue_size=opts["queue_size"],
+            batch_size=opts["batch_size"],
+            flush_interval=float(opts["flush_interval"]),
+            max_retries=opts["max_retries"],
+            retry_backoff_max=float(opts["retry_backoff_max"]),
+            overflow=opts["overflow"],
+        )
+        return cls(sink, EventFilter(sink.name, opts), delivery, label=label)
+
+    # ---- hot path (source thread) -----------------------------------------------------------
+    def offer(self, seq: int, event: Event) -> None:
+        if not self._passes_all and not self.filter.accepts(event):
+            self.stats.filtered += 1
+            return
+        with self._lock:
+            queue = self._queue
+            if len(queue) >= self.delivery.queue_size:
+                self.stats.dropped_overflow += 1
+                if self.delivery.overflow == "drop_newest":
+                    self._report_overflow()
+                    return
+                queue.popleft()
+                self._report_overflow()
+            queue.append((seq, event))
+            self.stats.queued += 1
+            if self._worker_waiting:
+                self._wakeup.notify()
+
+    def _report_overflow(self) -> None:
+        self._errors.log(
+            logging.WARNING,
+            "overflow",
+            "sink %s: queue full (%d events); %s events dropped so far (overflow=%s)",
+            self.label,
+            self.delivery.queue_size,
+            self.stats.dropped_overflow,
+            self.delivery.overflow,
+        )
+
+    # ---- watermark ---------------------------------------------------------------------------
+    def oldest_unsettled(self) -> int | None:
+        """The sequence number of the oldest event this sink holds but has not settled."""
+        with self._lock:
+            if self._inflight_first is not None:
+                return self._inflight_first
+            return self._queue[0][0] if self._queue else None
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue) + (1 if self._inflight_first is not None else 0)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.died is None
+
+    # ---- worker ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.label}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_tick = time.monotonic() + self.delivery.flush_interval
+        try:
+            while True:
+                batch = self._take_batch()
+                if batch:
+                    self._deliver(batch)
+                elif self._stopping or self._hard_stop.is_set():
+                    break
+                now = time.monotonic()
+                if now >= next_tick:
+                    next_tick = now + self.delivery.flush_interval
+                    self._tick()
+        except BaseException as exc:  # a dead worker must show in /healthz, not vanish
+            self.died = exc
+            log.exception("sink %s: worker stopped by an unexpected error", self.label)
+        finally:
+            try:
+                self.sink.close()
+            except Exception as exc:
+                log.warning("sink %s: close failed: %s", self.label, self._redact(str(exc)))
+
+    def _take_batch(self) -> list[tuple[int, Event]]:
+        size = self.delivery.batch_size
+        interval = self.delivery.flush_interval
+        deadline: float | None = None
+        with self._lock:
+            while True:
+                if self._hard_stop.is_set():
+                    return []
+                queued = len(self._queue)
+                now = time.monotonic()
+                if queued >= size or (queued and (self._stopping or (deadline is not None and now >= deadline))):
+                    batch = [self._queue.popleft() for _ in range(min(queued, size))]
+                    self._inflight_first = batch[0][0]
+                    return batch
+                if not queued:
+                    if self._stopping:
+                        return []
+                    if deadline is not None:
+                        return []  # waited a full interval with nothing: let the worker tick
+                    deadline = now + interval
+                elif deadline is None:
+                    deadline = now + interval
+                self._worker_waiting = True
+                self._wakeup.wait(max(0.0, deadline - now) or 0.001)
+                self._worker_waiting = False
+
+    def _deliver(self, items: list[tuple[int, Event]]) -> None:
+        events: Sequence[Event] = [event for _, event in items]
+        stats = self.stats
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            retry_after: float | None = None
+            try:
+                self.sink.send(events)
+                stats.sent += len(events)
+                break
+            except PartialError as exc:
+                delivered = len(events) - len(exc.retry) - len(exc.rejected)
+                stats.sent += max(0, delivered)
+                if exc.rejected:
+                    stats.failed += len(exc.rejected)
+                    self._log_error("rejected", f"{len(exc.rejected)} events rejected", exc)
+                if not exc.retry:
+                    break
+                events, retry_after, error = exc.retry, exc.retry_after, exc
+            except PermanentError as exc:
+                stats.failed += len(events)
+                self._log_error("permanent", f"{len(events)} events failed permanently", exc)
+                break
+            except RetryableError as exc:
+                retry_after, error = exc.retry_after, exc
+            except Exception as exc:  # a sink bug: retried like a transient error, logged with its type
+                error = exc
+            attempt += 1
+            limit = self.delivery.max_retries
+            if 0 <= limit < attempt:
+                stats.failed += len(events)
+                self._log_error("exhausted", f"{len(events)} events failed after {limit} retries", error)
+                break
+            delay = self._backoff(attempt, retry_after)
+            self._log_error("retry", f"send failed, retry {attempt} in {delay:.1f}s", error)
+            if self._hard_stop.wait(delay):
+                # shutdown deadline: leave the batch unsettled so a restart sends it again
+                stats.dropped_shutdown += len(events)
+                return
+            stats.retried += len(events)
+        stats.batches += 1
+        latencies = stats.batch_seconds
+        latencies.append(time.monotonic() - started)
+        if len(latencies) > 1024:
+            del latencies[:512]
+        with self._lock:
+            self._inflight_first = None
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None and retry_after >= 0:
+            return retry_after
+        cap = self.delivery.retry_backoff_max
+        base = min(cap, BACKOFF_INITIAL * 2 ** min(attempt - 1, 30))
+        return base * random.uniform(0.5, 1.0)
+
+    def _tick(self) -> None:
+        try:
+            self.sink.tick()
+        except Exception as exc:
+            self._log_error("tick", "periodic flush failed", exc)
+
+    def _log_error(self, key: str, what: str, exc: BaseException) -> None:
+        text = self._redact(f"{type(exc).__name__}: {exc}")
+        self._errors.log(logging.WARNING, key, "sink %s: %s: %s", self.label, what, text)
+
+    def _redact(self, text: str) -> str:
+        return redact_text(text, self._secrets)
+
+    # ---- shutdown ----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._wakeup.notify_all()
+
+    def join(self, deadline: float) -> bool:
+        """Wait for the queue to drain until ``deadline`` (monotonic); then abandon what is left."""
+        thread = self._thread
+        if thread is None:
+            return True
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            self._hard_stop.set()
+            with self._lock:
+                self._wakeup.notify_all()
+            thread.join(1.0)
+        with self._lock:
+            left = len(self._queue)
+        if left:
+            self.stats.dropped_shutdown += left
+            log.warning("sink %s: %d events not delivered before the shutdown deadline", self.label, left)
+        return not left and not thread.is_alive()
+
+
+class Router:
+    """Numbers each event and offers it to every sink runner."""
+
+    def __init__(self, runners: Iterable[SinkRunner]) -> None:
+        self.runners = list(runners)
+        self._offers: tuple[Callable[[int, Event], None], ...] = tuple(r.offer for r in self.runners)
+        self.seq = 0
+
+    def dispatch(self, event: Event) -> int:
+        self.seq = seq = self.seq + 1
+        for offer in self._offers:
+            offer(seq, event)
+        return seq
+
+    def settled_seq(self) -> int:
+        """Every event numbered up to this has been settled by every sink."""
+        settled = self.seq
+        for runner in self.runners:
+            oldest = runner.oldest_unsettled()
+            if oldest is not None and oldest - 1 < settled:
+                settled = oldest - 1
+        return settled
+
+    def start(self) -> None:
+        for runner in self.runners:
+            runner.start()
+
+    def stop(self, timeout: float) -> bool:
+        """Drain every queue within ``timeout`` seconds. True if everything was delivered."""
+        deadline = time.monotonic() + timeout
+        for runner in self.runners:
+            runner.request_stop()
+        drained = True
+        for runner in self.runners:
+            drained = runner.join(deadline) and drained
+        return drained
+
+    @property
+    def healthy(self) -> bool:
+        return all(r.alive for r in self.runners)
