@@ -12,6 +12,7 @@ from eventrouter.errors import (
     SinkError,
 )
 from eventrouter.event import Event, InvolvedObject, format_time
+from eventrouter.http import HTTP_OPTIONS, TLS_OPTIONS, http_client, raise_for_status, transport_error
 from eventrouter.options import Duration, Option, Options, Secret
 from eventrouter.sink import Sink
 from eventrouter.sinkurl import SinkURL, redact_text
@@ -19,6 +20,8 @@ from eventrouter.sinkurl import SinkURL, redact_text
 __version__ = "0.1.0"
 
 __all__ = [
+    "HTTP_OPTIONS",
+    "TLS_OPTIONS",
     "ConfigError",
     "Duration",
     "Event",
@@ -35,5 +38,8 @@ __all__ = [
     "SinkURL",
     "__version__",
     "format_time",
+    "http_client",
+    "raise_for_status",
     "redact_text",
+    "transport_error",
 ]

@@ -215,7 +215,7 @@ def parse_options(sink: str, declared: Sequence[Option], query: Mapping[str, Seq
             raise SinkConfigError(sink, f"unknown option; allowed options are: {allowed}", key)
         if option.name in given:
             # an alias and its name both given: the values add up, as repeats do
-            raw = list(_raw_values(query, option)) 
+            raw = list(_raw_values(query, option))
         values[option.name] = option.parse(sink, raw)
         given.add(option.name)
     for option in declared:
