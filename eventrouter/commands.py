@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from eventrouter import registry
 from eventrouter.config import build_sink
 from eventrouter.errors import ConfigError, SinkError
-from eventrouter.event import Event, InvolvedObject
+from eventrouter.event import sample_event
 from eventrouter.options import MASK, Secret
 from eventrouter.sink import CORE_OPTION_NAMES
 
@@ -47,29 +45,12 @@ def sinks_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _synthetic_event() -> Event:
-    now = datetime.now(UTC)
-    return Event(
-        uid=str(uuid.uuid4()),
-        resource_version="1",
-        namespace="default",
-        name="eventrouter-check.test",
-        type="Warning",
-        reason="EventrouterTest",
-        message="Test event sent by 'eventrouter check --send-test': if you read this, the sink works.",
-        count=1,
-        first_timestamp=now,
-        last_timestamp=now,
-        involved_object=InvolvedObject(kind="Pod", namespace="default", name="eventrouter-check", api_version="v1"),
-        source_component="eventrouter",
-        source_host="eventrouter-check",
-    )
-
-
 def check_command(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="eventrouter check", description="Validate sinks and optionally send a test event.")
+    parser = argparse.ArgumentParser(prog="eventrouter check",
+                                     description="Validate sinks and optionally send a test event.")
     parser.add_argument("--sink", action="append", required=True, help="NAME:URL?opts; repeatable")
-    parser.add_argument("--send-test", action="store_true", help="deliver one synthetic Warning event through each sink")
+    parser.add_argument("--send-test", action="store_true",
+                        help="deliver one synthetic Warning event through each sink")
     parser.add_argument("--cluster-name", default="", help="cluster name for the test event")
     args = parser.parse_args(argv)
     status = 0
@@ -91,7 +72,7 @@ def check_command(argv: Sequence[str]) -> int:
             sink.open()
             print("    open: ok")
             if args.send_test:
-                event = _synthetic_event()
+                event = sample_event()
                 if args.cluster_name:
                     from dataclasses import replace
 

@@ -246,3 +246,25 @@ def format_time(value: datetime) -> str:
     if value.microsecond:
         return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def sample_event() -> Event:
+    """A realistic Warning event, for `eventrouter check --send-test` and template validation."""
+    import uuid
+
+    now = datetime.now(UTC)
+    return Event(
+        uid=str(uuid.uuid4()),
+        resource_version="1",
+        namespace="default",
+        name="eventrouter-check.test",
+        type="Warning",
+        reason="EventrouterTest",
+        message="Test event sent by 'eventrouter check --send-test': if you read this, the sink works.",
+        count=1,
+        first_timestamp=now,
+        last_timestamp=now,
+        involved_object=InvolvedObject(kind="Pod", namespace="default", name="eventrouter-check", api_version="v1"),
+        source_component="eventrouter",
+        source_host="eventrouter-check",
+    )

@@ -109,8 +109,7 @@ class ReplaySource:
     @staticmethod
     def _document_items(doc: Any) -> Iterator[tuple[int, Any]]:
         items = doc.get("items") if isinstance(doc, dict) else doc
-        for index, item in enumerate(items or [], start=1):
-            yield index, item
+        yield from enumerate(items or [], start=1)
 
     def _dispatch(self, router: Router, number: int, obj: Any) -> None:
         if isinstance(obj, dict) and "object" in obj and "type" in obj and "metadata" not in obj:
