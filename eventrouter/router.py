@@ -17,6 +17,7 @@ import logging
 import random
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +33,9 @@ from eventrouter.sinkurl import redact_text
 log = logging.getLogger("eventrouter.router")
 
 BACKOFF_INITIAL = 0.5
+# upper bounds (seconds) of the batch latency histogram /metrics exports; a retried batch counts once,
+# with the time from its first attempt until it settled
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 @dataclass(slots=True)
@@ -47,6 +51,9 @@ class SinkStats:
     dropped_overflow: int = 0
     dropped_shutdown: int = 0
     batch_seconds: list[float] = field(default_factory=list)
+    # per LATENCY_BUCKETS bound, then one overflow slot (not cumulative); updated once per batch
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -236,7 +243,10 @@ class SinkRunner:
             stats.retried += len(events)
         stats.batches += 1
         latencies = stats.batch_seconds
-        latencies.append(time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        latencies.append(elapsed)
+        stats.latency_counts[bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        stats.latency_sum += elapsed
         if len(latencies) > 1024:
             del latencies[:512]
         with self._lock:
