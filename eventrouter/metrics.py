@@ -1,4 +1,14 @@
-"""HTTP endpoints on --healthz-ip:--healthz-port: /healthz, /readyz and Prometheus /metrics."""
+"""HTTP endpoints on --healthz-ip:--healthz-port (default 0.0.0.0:8084): /healthz, /readyz, /metrics.
+
+- ``/metrics``: Prometheus text format. Nothing is counted on the hot path for it: the collector
+  reads the router's and the source's plain int counters when Prometheus scrapes. Labels are
+  bounded: ``sink`` (one per ``--sink`` flag), ``type`` (watch event type), ``reason`` (a fixed
+  set). No namespace, object or reason-of-event labels (their cardinality is unbounded).
+- ``/healthz`` (liveness): 500 when a sink worker died, or when the leader's watch has made no
+  progress (no event, no bookmark) for longer than ``--healthz-window``; 200 ``ok`` otherwise.
+- ``/readyz`` (readiness): 200 once the first list succeeded, or at once on a standby replica
+  (``--leader-elect`` and not holding the Lease); 503 before that.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +18,35 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from eventrouter import __version__
 from eventrouter.health import SourceState
-from eventrouter.router import Router
+from eventrouter.router import LATENCY_BUCKETS, Router
+
+# per-sink counters: SinkStats field -> help text (exported as eventrouter_sink_events_<field>_total)
+_SINK_COUNTERS = {
+    "sent": "Events delivered to the sink",
+    "filtered": "Events the sink's filters (level, namespaces, kinds, reasons, ...) left out",
+    "failed": "Events that failed permanently or ran out of retries",
+    "retried": "Event sends retried after a retryable error",
+}
+
+# source counters: SourceState field -> (metric name, help text)
+_SOURCE_COUNTERS = {
+    "malformed": ("eventrouter_events_malformed", "Objects read from the source that were not valid events"),
+    "watch_restarts": ("eventrouter_watch_restarts", "Watches that ended and were started again"),
+    "relists": ("eventrouter_watch_relists", "Re-lists after the API server answered 410 Gone"),
+    "duplicates_suppressed": (
+        "eventrouter_events_duplicates_suppressed",
+        "Events already seen (same uid and resourceVersion, e.g. after a re-list) and not sent again",
+    ),
+    "unchanged_suppressed": (
+        "eventrouter_events_unchanged_suppressed",
+        "MODIFIED events with nothing new for the sinks (no count or time bump) and not sent",
+    ),
+}
 
 
 class RouterCollector(Collector):
@@ -22,36 +56,90 @@ class RouterCollector(Collector):
         self.router = router
         self.state = state
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        received = CounterMetricFamily("eventrouter_events_received", "Events read from the source", labels=["type"])
-        for watch_type, value in sorted(self.state.received.items()):
+    def collect(self) -> Iterator[Metric]:
+        yield from self._source_metrics()
+        yield from self._sink_metrics()
+
+    # ---- the source: what was read, watch health, checkpoint, leadership -------------------------
+    def _source_metrics(self) -> Iterator[Metric]:
+        state = self.state
+        info = GaugeMetricFamily("eventrouter_build_info", "Version of the running eventrouter", labels=["version"])
+        info.add_metric([__version__], 1)
+        yield info
+        received = CounterMetricFamily(
+            "eventrouter_events_received", "Events read from the source, by watch event type", labels=["type"]
+        )
+        for watch_type, value in sorted(dict(state.received).items()):
             received.add_metric([watch_type], value)
         yield received
-        yield CounterMetricFamily("eventrouter_events_malformed", "Objects that were not valid events",
-                                  value=self.state.malformed)
-        per_sink = {
-            "sent": "Events delivered",
-            "filtered": "Events the sink's filters dropped",
-            "failed": "Events that failed permanently or ran out of retries",
-            "retried": "Event sends retried",
-        }
-        for field, help_text in per_sink.items():
+        for field, (name, help_text) in _SOURCE_COUNTERS.items():
+            yield CounterMetricFamily(name, help_text, value=getattr(state, field))
+        yield GaugeMetricFamily(
+            "eventrouter_leader", "1 while this replica delivers events (holds the Lease, or no --leader-elect)",
+            value=1 if state.leader else 0,
+        )
+        yield GaugeMetricFamily(
+            "eventrouter_ready", "1 once the first list succeeded (what /readyz reports for the leader)",
+            value=1 if state.ready else 0,
+        )
+        yield GaugeMetricFamily(
+            "eventrouter_source_idle_seconds", "Seconds since the last event or bookmark from the source",
+            value=max(0.0, time.monotonic() - state.last_progress),
+        )
+        if state.checkpoint_written is not None:  # absent until the first write: no fake "age 0"
+            yield GaugeMetricFamily(
+                "eventrouter_checkpoint_age_seconds", "Seconds since the resume position was last written",
+                value=max(0.0, time.time() - state.checkpoint_written),
+            )
+
+    # ---- each sink: outcomes, queue, latency, worker ------------------------------------------
+    def _sink_metrics(self) -> Iterator[Metric]:
+        runners = self.router.runners
+        for field, help_text in _SINK_COUNTERS.items():
             family = CounterMetricFamily(f"eventrouter_sink_events_{field}", help_text, labels=["sink"])
-            for runner in self.router.runners:
+            for runner in runners:
                 family.add_metric([runner.label], getattr(runner.stats, field))
             yield family
-        dropped = CounterMetricFamily("eventrouter_sink_events_dropped", "Events dropped", labels=["sink", "reason"])
-        for runner in self.router.runners:
+        dropped = CounterMetricFamily(
+            "eventrouter_sink_events_dropped",
+            "Events dropped: overflow (queue full) or shutdown (not delivered before --shutdown-timeout)",
+            labels=["sink", "reason"],
+        )
+        for runner in runners:
             dropped.add_metric([runner.label, "overflow"], runner.stats.dropped_overflow)
             dropped.add_metric([runner.label, "shutdown"], runner.stats.dropped_shutdown)
         yield dropped
-        depth = GaugeMetricFamily("eventrouter_sink_queue_depth", "Events waiting for the sink", labels=["sink"])
-        for runner in self.router.runners:
+        depth = GaugeMetricFamily("eventrouter_sink_queue_depth", "Events waiting for the sink (queued or in flight)",
+                                  labels=["sink"])
+        capacity = GaugeMetricFamily("eventrouter_sink_queue_capacity", "The sink's queue_size", labels=["sink"])
+        up = GaugeMetricFamily("eventrouter_sink_worker_up", "1 while the sink's worker thread runs", labels=["sink"])
+        for runner in runners:
             depth.add_metric([runner.label], runner.depth)
+            capacity.add_metric([runner.label], runner.delivery.queue_size)
+            up.add_metric([runner.label], 1 if runner.alive else 0)
         yield depth
+        yield capacity
+        yield up
+        latency = HistogramMetricFamily(
+            "eventrouter_sink_batch_duration_seconds",
+            "Time from a batch's first send attempt until it settled (delivered or failed), retries included",
+            labels=["sink"],
+        )
+        for runner in runners:
+            counts = list(runner.stats.latency_counts)  # one copy: buckets and count agree
+            buckets, total = [], 0
+            for bound, count in zip((*map(_le, LATENCY_BUCKETS), "+Inf"), counts, strict=True):
+                total += count
+                buckets.append((bound, total))
+            latency.add_metric([runner.label], buckets, sum_value=runner.stats.latency_sum)
+        yield latency
 
 
-class _Handler(BaseHTTPRequestHandler):
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
@@ -62,10 +150,10 @@ class _Handler(BaseHTTPRequestHandler):
             problem = self.server.health_problem()
             self._reply(500 if problem else 200, (problem or "ok").encode())
         elif path == "/readyz":
-            ready = self.server.state.ready or not self.server.state.leader
-            self._reply(200 if ready else 503, b"ok" if ready else b"waiting for the first list")
+            problem = self.server.readiness_problem()
+            self._reply(503 if problem else 200, (problem or "ok").encode())
         else:
-            self._reply(404, b"not found")
+            self._reply(404, b"not found; try /healthz, /readyz or /metrics")
 
     def _reply(self, status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
         self.send_response(status)
@@ -75,14 +163,14 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: object) -> None:
-        pass
+        pass  # probes every few seconds would flood the log
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], router: Router, state: SourceState, window: float) -> None:
-        super().__init__(address, _Handler)
+        super().__init__(address, _RequestHandler)
         self.router = router
         self.state = state
         self.window = window
@@ -90,17 +178,27 @@ class _Server(ThreadingHTTPServer):
         self.registry.register(RouterCollector(router, state))
 
     def health_problem(self) -> str | None:
-        if not self.router.healthy:
-            dead = [r.label for r in self.router.runners if not r.alive]
+        """Why the process should be restarted, or None."""
+        dead = [r.label for r in self.router.runners if not r.alive]
+        if dead:
             return f"sink workers not running: {', '.join(dead)}"
-        if self.state.leader and self.state.ready and not self.state.finished.is_set():
-            idle = time.monotonic() - self.state.last_progress
-            if self.window and idle > self.window:
-                return f"no event or bookmark from the source for {idle:.0f}s"
+        state = self.state
+        # a standby replica and a finished replay make no progress on purpose
+        if state.leader and state.ready and not state.finished.is_set() and self.window:
+            idle = time.monotonic() - state.last_progress
+            if idle > self.window:
+                return f"no event or bookmark from the source for {idle:.0f}s (--healthz-window={self.window:g}s)"
         return None
+
+    def readiness_problem(self) -> str | None:
+        state = self.state
+        if state.ready or not state.leader:
+            return None
+        return "waiting for the first list of events"
 
 
 def serve(host: str, port: int, router: Router, state: SourceState, window: float = 600.0) -> _Server:
+    """Start the endpoints on a daemon thread; ``port=0`` picks a free port (see ``server_address``)."""
     server = _Server((host, port), router, state, window)
     threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
     return server
