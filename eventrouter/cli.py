@@ -12,6 +12,7 @@ manifests work unchanged. A bad flag exits with status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -51,7 +52,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--sink", action="append", default=[], help="NAME:URL?opts; repeat for more sinks")
     p.add_argument("--cluster-name", default="", help="cluster name shown in messages and stored with events")
     p.add_argument("--shutdown-timeout", type=_duration, default=30.0, help="drain time on SIGTERM (default 30s)")
-    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
+    # the container image sets EVENTROUTER_LOG_FORMAT=json, so JSON stays the default whatever args are given
+    p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("EVENTROUTER_LOG_FORMAT", "text"),
+                   help="log line format (default: $EVENTROUTER_LOG_FORMAT, else text)")
     p.add_argument("--checkpoint", default=None,
                    help="configmap:NAMESPACE/NAME or file:PATH (default: configmap in-cluster, else a file)")
     p.add_argument("--max-event-age", type=_duration, default=None,
