@@ -40,33 +40,38 @@ def setup_logging(fmt: str = "text", verbosity: int = 0) -> None:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
         formatter.converter = time.gmtime
         handler.setFormatter(formatter)
+    handler._eventrouter = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # replace our own handler only: test harnesses and embedding programs keep theirs
+    root.handlers[:] = [h for h in root.handlers if not getattr(h, "_eventrouter", False)] + [handler]
     root.setLevel(level)
     for noisy in ("httpx", "httpcore", "urllib3", "kubernetes", "botocore", "boto3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 class ThrottledLog:
-    """Logs a message at most once per ``interval`` per key, with how many were held back."""
+    """Logs at most ``burst`` messages per ``interval`` per key, then says how many were held back."""
 
-    def __init__(self, logger: logging.Logger, interval: float = 30.0, clock=time.monotonic) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 30.0, burst: int = 1, clock=time.monotonic) -> None:
         self._logger = logger
         self._interval = interval
+        self._burst = burst
         self._clock = clock
         self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
+        self._window: dict[str, tuple[float, int]] = {}  # key -> (window start, messages logged in it)
         self._held: dict[str, int] = {}
 
     def log(self, level: int, key: str, msg: str, *args: object) -> bool:
         now = self._clock()
         with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self._interval:
+            start, logged = self._window.get(key, (now, 0))
+            if now - start >= self._interval:
+                start, logged = now, 0
+            if logged >= self._burst:
                 self._held[key] = self._held.get(key, 0) + 1
                 return False
             held = self._held.pop(key, 0)
-            self._last[key] = now
+            self._window[key] = (start, logged + 1)
         if held:
             msg += f" ({held} similar messages held back in the last {self._interval:g}s)"
         self._logger.log(level, msg, *args)

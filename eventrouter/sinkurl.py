@@ -69,6 +69,9 @@ class SinkURL:
     @classmethod
     def parse(cls, flag: str, *, environ: dict[str, str] | None = None, what: str = "--sink") -> SinkURL:
         """Parse one flag value. Errors name the flag and never echo a value that may be secret."""
+        if len(flag) >= 2 and flag[0] == flag[-1] and flag[0] in "\"'":
+            # args: ["--sink=\"kafka:?...\""] in a manifest keeps the quotes (kube-eventer #12)
+            flag = flag[1:-1]
         if not flag or flag.startswith(":"):
             raise ConfigError(f"{what}: expected NAME:URL (for example log:stdout), got an empty name")
         name, _, rest = flag.partition(":")

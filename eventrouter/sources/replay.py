@@ -36,7 +36,7 @@ class ReplaySource:
         self.path = path
         self.cluster = cluster
         self.state = state or SourceState()
-        self._bad = ThrottledLog(log, 5.0)
+        self._bad = ThrottledLog(log, 10.0, burst=10)
 
     @classmethod
     def from_url(cls, url: SinkURL, ctx: Any) -> ReplaySource:

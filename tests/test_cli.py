@@ -1,0 +1,154 @@
+"""The eventrouter command: flags, exit codes, replay source, sub-commands, SIGTERM."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+
+from eventrouter.cli import main
+from eventrouter.event import Event
+from tests.helpers import DATA, real_objects
+
+EVENTS_FILE = str(DATA / "core-v1.jsonl")
+
+
+def run_cli(capsys, *args):
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_replay_prints_every_real_event_as_one_json_line(capsys):
+    code, out, _ = run_cli(capsys, f"--source=file:{EVENTS_FILE}", "--sink=log", "--healthz-port=0",
+                           "--cluster-name=prod")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == len(real_objects())
+    expected = [orjson.dumps(Event.from_object(o, "prod").to_dict()).decode() for o in real_objects()]
+    assert lines == expected
+
+
+def test_go_style_single_dash_flags_and_stdout_alias(capsys, tmp_path):
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(real_objects()[20]) + b"\n")
+    code, out, _ = run_cli(capsys, f"-source=file:{path}", "-sink=stdout:?format=text", "-healthz-port=0",
+                           "-v=2", "-logtostderr")
+    assert code == 0
+    assert out == ("2023-07-10T05:26:15Z Warning Pod/message-container-creating-failed-mount/failing-liveness-pod "
+                   "Unhealthy x9: Liveness probe failed: \n")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--sink=log"], "the following arguments are required: --source"),
+        (["--source=file:/nonexistent/x", "--sink=log"], "--source=file:/nonexistent/x: cannot read"),
+        (["--source=nosuch:x", "--sink=log"], "unknown source 'nosuch'"),
+        (["--source=file:-", "--sink=nosuch:x"], "--sink=nosuch: unknown sink 'nosuch'; known sinks: "),
+        (["--source=file:-", "--sink=log:?format=xml"],
+         "--sink=log: option 'format': 'xml' is not allowed; use one of json, text"),
+        (["--source=file:-", "--sink=log:?levle=Warning"], "--sink=log: option 'levle': unknown option"),
+        (["--source=file:-", "--sink=log", "--shutdown-timeout=soon"], "is not a duration"),
+        (["--source=file:-", "--sink=:x"], "--sink: expected NAME:URL"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_clear_line(capsys, args, message):
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert out == ""
+
+
+def test_bad_flag_exit_code_from_argparse_is_2():
+    proc = subprocess.run([sys.executable, "-m", "eventrouter", "--sink=log"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "eventrouter: error: the following arguments are required: --source (see eventrouter --help)"]
+
+
+def test_secret_is_not_echoed_in_config_errors(capsys):
+    code, _, err = run_cli(capsys, "--source=file:-", "--sink=log:?token=very-secret-value")
+    assert code == 2 and "very-secret-value" not in err
+
+
+def test_malformed_lines_are_counted_logged_and_skipped(capsys, tmp_path, caplog):
+    good = [orjson.dumps(o).decode() for o in real_objects()[:3]]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join([good[0], "{not json", good[1], '{"kind":"Pod","metadata":{}}', good[2]]) + "\n")
+    code, out, _ = run_cli(capsys, f"--source=file:{path}", "--sink=log", "--healthz-port=0")
+    assert code == 0
+    uids = [orjson.loads(line)["uid"] for line in out.splitlines()]
+    assert uids == [o["metadata"]["uid"] for o in real_objects()[:3]]
+    assert "line 2: skipped a malformed event: not JSON" in caplog.text
+    assert "line 4: skipped a malformed event: kind is 'Pod'" in caplog.text
+
+
+def test_replay_reads_watch_events_and_kubectl_event_lists(capsys, tmp_path):
+    objs = real_objects()[:4]
+    watch = tmp_path / "watch.jsonl"
+    watch.write_bytes(b"".join(orjson.dumps({"type": t, "object": o}) + b"\n"
+                               for t, o in zip(["ADDED", "MODIFIED", "DELETED", "ADDED"], objs, strict=True)))
+    code, out, _ = run_cli(capsys, f"--source=file:{watch}", "--sink=log", "--healthz-port=0")
+    assert [orjson.loads(x)["uid"] for x in out.splitlines()] == [objs[i]["metadata"]["uid"] for i in (0, 1, 3)]
+
+    listing = tmp_path / "list.json"
+    listing.write_bytes(orjson.dumps({"apiVersion": "v1", "kind": "List", "items": list(objs)},
+                                     option=orjson.OPT_INDENT_2))
+    code, out, _ = run_cli(capsys, f"--source=file:{listing}", "--sink=log", "--healthz-port=0")
+    assert code == 0 and len(out.splitlines()) == 4
+
+
+def test_sinks_lists_builtins_aliases_and_plugins(capsys):
+    code, out, _ = run_cli(capsys, "sinks")
+    assert code == 0
+    assert "log  (eventrouter " in out
+    assert "stdout  (eventrouter " in out and "(alias of log)" in out
+    assert "jsonfile  (eventrouter-sink-jsonfile 0.1.0)" in out
+    assert "format (one of json, text = json)" in out
+
+
+def test_check_masks_secrets_and_sends_a_test_event(capsys):
+    code, out, _ = run_cli(capsys, "check", "--sink=log:?level=Warning", "--send-test")
+    assert code == 0
+    assert "log:?level=Warning" in out and "send-test: delivered" in out
+    assert '"reason":"EventrouterTest"' in out
+
+
+def test_check_reports_config_errors_with_status_2(capsys):
+    code, out, _ = run_cli(capsys, "check", "--sink=log:?format=xml")
+    assert code == 2 and "option 'format'" in out
+
+
+def test_unknown_command(capsys):
+    code, _, err = run_cli(capsys, "frobnicate")
+    assert code == 2 and "unknown command 'frobnicate'" in err
+
+
+def test_sigterm_drains_the_queues_and_exits_0(tmp_path):
+    """The source stays open (stdin); SIGTERM stops it, the sink gets everything, exit status 0."""
+    out_file = tmp_path / "events.jsonl"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventrouter", "--source=file:-", f"--sink=jsonfile:{out_file}?batch_size=50",
+         "--healthz-port=0", "--shutdown-timeout=10s"],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    objs = real_objects()[:200]
+    proc.stdin.write(b"".join(orjson.dumps(o) + b"\n" for o in objs))
+    proc.stdin.flush()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not out_file.exists() or out_file.read_bytes().count(b"\n") < 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    uids = [orjson.loads(line)["uid"] for line in out_file.read_bytes().splitlines()]
+    assert uids == [o["metadata"]["uid"] for o in objs]
+    assert b"received SIGTERM" in err

@@ -1,0 +1,287 @@
+"""Fan-out, isolation, batching, retries, overflow, watermark and shutdown of the router."""
+
+import threading
+import time
+
+import pytest
+
+from eventrouter import PartialError, PermanentError, RetryableError, Sink, SinkURL
+from eventrouter.router import Router, SinkRunner
+from tests.helpers import make_event
+
+
+class RecordingSink(Sink):
+    name = "rec"
+
+    def __init__(self, url, opts):
+        super().__init__(url, opts)
+        self.received = []
+        self.batches = []
+        self.closed = 0
+        self.lock = threading.Lock()
+
+    def send(self, batch):
+        with self.lock:
+            self.batches.append(list(batch))
+            self.received.extend(batch)
+
+    def close(self):
+        self.closed += 1
+
+
+class BlockingSink(RecordingSink):
+    name = "blocking"
+    release = None
+
+    def send(self, batch):
+        self.release.wait()
+        super().send(batch)
+
+
+class FlakySink(RecordingSink):
+    name = "flaky"
+    failures = 3
+
+    def send(self, batch):
+        if self.failures:
+            self.failures -= 1
+            raise RetryableError("503 from server", retry_after=0)
+        super().send(batch)
+
+
+class BrokenSink(RecordingSink):
+    name = "broken"
+    attempts = 0
+
+    def send(self, batch):
+        self.attempts += 1
+        raise PermanentError("401 bad credentials")
+
+
+def build(cls, query=""):
+    return cls.from_url(SinkURL.parse(f"{cls.name}:?{query}"))
+
+
+def wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def run_router(*sinks):
+    runners = [SinkRunner.build(s) for s in sinks]
+    router = Router(runners)
+    router.start()
+    return router, runners
+
+
+def test_a_blocked_sink_does_not_hold_back_another_sink():
+    blocked = build(BlockingSink)
+    blocked.release = threading.Event()
+    fast = build(RecordingSink)
+    router, _ = run_router(blocked, fast)
+    events = [make_event(i) for i in range(500)]
+    for event in events:
+        router.dispatch(event)  # returns at once although one sink never answers
+    assert wait_for(lambda: len(fast.received) == 500, timeout=5.0)
+    assert fast.received == events
+    assert blocked.received == []
+    blocked.release.set()
+    assert router.stop(10)
+    assert blocked.received == events
+
+
+def test_a_sink_failing_three_times_then_recovering_gets_every_event_once():
+    flaky = build(FlakySink, "batch_size=10&flush_interval=10ms")
+    router, runners = run_router(flaky)
+    events = [make_event(i) for i in range(25)]
+    for event in events:
+        router.dispatch(event)
+    assert router.stop(10)
+    assert flaky.received == events
+    assert runners[0].stats.sent == 25 and runners[0].stats.retried >= 3
+    assert runners[0].stats.failed == 0
+
+
+def test_a_permanently_failing_sink_is_counted_and_does_not_stop_others(caplog):
+    broken = build(BrokenSink)
+    good = build(RecordingSink)
+    router, runners = run_router(broken, good)
+    for i in range(5):
+        router.dispatch(make_event(i))
+    assert router.stop(10)
+    assert len(good.received) == 5
+    assert broken.attempts == 5  # each event tried once: permanent errors are never retried
+    assert runners[0].stats.failed == 5
+    assert "failed permanently" in caplog.text and "401 bad credentials" in caplog.text
+
+
+def test_retries_stop_at_max_retries():
+    class AlwaysDown(RecordingSink):
+        name = "down"
+        attempts = 0
+
+        def send(self, batch):
+            self.attempts += 1
+            raise RetryableError("connection refused")
+
+    sink = build(AlwaysDown, "max_retries=2&retry_backoff_max=1ms")
+    router, runners = run_router(sink)
+    router.dispatch(make_event(1))
+    assert router.stop(10)
+    assert sink.attempts == 3 and runners[0].stats.failed == 1
+
+
+def test_partial_error_retries_only_the_named_events():
+    class Partial(RecordingSink):
+        name = "partial"
+        first = True
+
+        def send(self, batch):
+            if self.first:
+                self.first = False
+                super().send(batch[:2])
+                raise PartialError("bulk: 1 rejected, 1 to retry", retry=[batch[3]], rejected=[batch[2]],
+                                   retry_after=0)
+            super().send(batch)
+
+    sink = build(Partial, "batch_size=4&flush_interval=1s")
+    router, runners = run_router(sink)
+    events = [make_event(i) for i in range(4)]
+    for event in events:
+        router.dispatch(event)
+    assert router.stop(10)
+    assert sink.received == [events[0], events[1], events[3]]
+    assert (runners[0].stats.sent, runners[0].stats.failed) == (3, 1)
+
+
+def test_batches_fill_up_to_batch_size():
+    sink = build(RecordingSink, "batch_size=100&flush_interval=5s")
+    gate = threading.Event()
+    original = sink.send
+
+    def send(batch):
+        gate.wait()
+        original(batch)
+
+    sink.send = send
+    router, _ = run_router(sink)
+    for i in range(250):
+        router.dispatch(make_event(i))
+    gate.set()
+    assert router.stop(10)
+    assert [len(b) for b in sink.batches] == [100, 100, 50]
+
+
+def test_filters_apply_per_sink():
+    warnings = build(RecordingSink, "level=Warning")
+    everything = build(RecordingSink)
+    router, runners = run_router(warnings, everything)
+    normal, warning = make_event(1, type="Normal"), make_event(2)
+    router.dispatch(normal)
+    router.dispatch(warning)
+    assert router.stop(10)
+    assert warnings.received == [warning] and everything.received == [normal, warning]
+    assert runners[0].stats.filtered == 1
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("drop_oldest", [7, 8, 9]), ("drop_newest", [0, 1, 2])])
+def test_overflow_policy_drops_and_counts(policy, kept, caplog):
+    sink = build(BlockingSink, f"queue_size=3&overflow={policy}")
+    sink.release = threading.Event()
+    runner = SinkRunner.build(sink)
+    router = Router([runner])  # not started: the queue only fills
+    for i in range(10):
+        router.dispatch(make_event(i))
+    assert runner.stats.dropped_overflow == 7
+    assert [e.uid for _, e in runner._queue] == [make_event(i).uid for i in kept]
+    assert "queue full" in caplog.text
+    sink.release.set()
+    router.start()
+    assert router.stop(10)
+    assert [e.uid for e in sink.received] == [make_event(i).uid for i in kept]
+
+
+def test_settled_seq_waits_for_the_slowest_sink():
+    slow = build(BlockingSink)
+    slow.release = threading.Event()
+    fast = build(RecordingSink)
+    filtered = build(RecordingSink, "level=Warning")
+    router, _ = run_router(slow, fast, filtered)
+    for i in range(5):
+        router.dispatch(make_event(i, type="Normal"))
+    assert wait_for(lambda: len(fast.received) == 5)
+    assert router.settled_seq() == 0  # the slow sink holds event 1
+    slow.release.set()
+    assert wait_for(lambda: router.settled_seq() == 5)
+    assert router.stop(10)
+
+
+def test_shutdown_deadline_leaves_undelivered_events_unsettled(caplog):
+    stuck = build(BlockingSink)
+    stuck.release = threading.Event()
+    router, runners = run_router(stuck)
+    for i in range(3):
+        router.dispatch(make_event(i))
+    assert router.stop(0.2) is False
+    assert router.settled_seq() == 0  # a restart sends them again
+    assert runners[0].stats.dropped_shutdown == 2
+    assert "not delivered before the shutdown deadline" in caplog.text
+    stuck.release.set()
+
+
+def test_retry_after_from_the_sink_is_honoured():
+    class RateLimited(RecordingSink):
+        name = "ratelimited"
+        calls = []
+
+        def send(self, batch):
+            self.calls.append(time.monotonic())
+            if len(self.calls) == 1:
+                raise RetryableError("429", retry_after=0.3)
+            super().send(batch)
+
+    sink = build(RateLimited, "retry_backoff_max=1ms")
+    router, _ = run_router(sink)
+    router.dispatch(make_event(1))
+    assert router.stop(10)
+    assert sink.calls[1] - sink.calls[0] >= 0.3  # not the 1ms backoff cap
+
+
+def test_close_is_called_once_per_worker_and_secrets_never_reach_logs(caplog):
+    from eventrouter import Option
+
+    class Leaky(RecordingSink):
+        name = "leaky"
+        options = (Option("token", str, secret=True, help="token"),)
+
+        def send(self, batch):
+            raise PermanentError(f"POST https://h/send?token={self.opts['token'].reveal()} -> 403")
+
+    sink = build(Leaky, "token=tok-abcdef-123")
+    router, _ = run_router(sink)
+    router.dispatch(make_event(1))
+    assert router.stop(10)
+    assert sink.closed == 1
+    assert "tok-abcdef-123" not in caplog.text and "token=***" in caplog.text
+
+
+def test_a_sink_bug_is_retried_and_logged_with_its_type(caplog):
+    class Buggy(RecordingSink):
+        name = "buggy"
+        calls = 0
+
+        def send(self, batch):
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyError("oops")
+            super().send(batch)
+
+    sink = build(Buggy, "retry_backoff_max=1ms")
+    router, _ = run_router(sink)
+    router.dispatch(make_event(1))
+    assert router.stop(10)
+    assert len(sink.received) == 1 and "KeyError" in caplog.text

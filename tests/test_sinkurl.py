@@ -1,0 +1,131 @@
+"""The --sink/--source grammar: kube-eventer's flags.go semantics, $VAR expansion, masking."""
+
+import pytest
+
+from eventrouter.errors import ConfigError
+from eventrouter.options import Secret
+from eventrouter.sinkurl import SinkURL, expand_env, parse_query, redact_text
+
+
+@pytest.mark.parametrize(
+    ("flag", "name", "scheme", "host", "path", "query"),
+    [
+        # common/flags/flags.go examples (kube-eventer-compat.md §0)
+        (
+            "dingtalk:https://oapi.dingtalk.com/robot/send?access_token=X&level=Warning",
+            "dingtalk", "https", "oapi.dingtalk.com", "/robot/send", {"access_token": ["X"], "level": ["Warning"]},
+        ),
+        ("kafka:?brokers=a:9092&brokers=b:9092", "kafka", "", "", "", {"brokers": ["a:9092", "b:9092"]}),
+        ("gcm", "gcm", "", "", "", {}),
+        ("gcm:", "gcm", "", "", "", {}),
+        ("log", "log", "", "", "", {}),
+        # every sink example of kube-eventer-compat.md §2
+        (
+            "elasticsearch:http://h:9200?nodes=http://a:9200&nodes=http://b:9200&index=k8s&ver=7",
+            "elasticsearch", "http", "h:9200", "",
+            {"nodes": ["http://a:9200", "http://b:9200"], "index": ["k8s"], "ver": ["7"]},
+        ),
+        (
+            "influxdb:http://host:8086?user=root&pw=root&db=k8s&withfields=false&insecuressl=false&cluster_name=default",
+            "influxdb", "http", "host:8086", "",
+            {"user": ["root"], "pw": ["root"], "db": ["k8s"], "withfields": ["false"], "insecuressl": ["false"],
+             "cluster_name": ["default"]},
+        ),
+        (
+            "wechat:?corp_id=c1&corp_secret=s1&agent_id=1000002&to_user=a,b&level=Normal",
+            "wechat", "", "", "",
+            {"corp_id": ["c1"], "corp_secret": ["s1"], "agent_id": ["1000002"], "to_user": ["a,b"],
+             "level": ["Normal"]},
+        ),
+        (
+            "webhook:http://hook.example/h?level=Warning&namespaces=a,b&kinds=Pod&reason=BackOff&method=POST"
+            "&header=Content-Type=application/json&header=X-A=1",
+            "webhook", "http", "hook.example", "/h",
+            {"level": ["Warning"], "namespaces": ["a,b"], "kinds": ["Pod"], "reason": ["BackOff"], "method": ["POST"],
+             "header": ["Content-Type=application/json", "X-A=1"]},
+        ),
+        (
+            "kafka:?brokers=h:9092&brokers=h2:9092&eventstopic=t&compression=gzip&user=u&password=p",
+            "kafka", "", "", "",
+            {"brokers": ["h:9092", "h2:9092"], "eventstopic": ["t"], "compression": ["gzip"], "user": ["u"],
+             "password": ["p"]},
+        ),
+        (
+            "dingtalk:https://oapi.dingtalk.com/robot/send?access_token=T&label=a&label=b&sign=S&msg_type=markdown",
+            "dingtalk", "https", "oapi.dingtalk.com", "/robot/send",
+            {"access_token": ["T"], "label": ["a", "b"], "sign": ["S"], "msg_type": ["markdown"]},
+        ),
+        ("kubernetes:https://kubernetes.default", "kubernetes", "https", "kubernetes.default", "", {}),
+        (
+            "kubernetes:https://kubernetes.default?inClusterConfig=false&auth=/etc/kubeconfig",
+            "kubernetes", "https", "kubernetes.default", "",
+            {"inClusterConfig": ["false"], "auth": ["/etc/kubeconfig"]},
+        ),
+        # quotes kept by a manifest's args (kube-eventer #12) are stripped
+        ('"kafka:?brokers=a:9092"', "kafka", "", "", "", {"brokers": ["a:9092"]}),
+        # Go's QueryUnescape: + is a space, %XX decoded
+        ("webhook:http://h/?header=X-Note=a+b%21", "webhook", "http", "h", "/", {"header": ["X-Note=a b!"]}),
+    ],
+)
+def test_flag_parses_as_kube_eventer_sees_it(flag, name, scheme, host, path, query):
+    url = SinkURL.parse(flag)
+    assert (url.name, url.scheme, url.host, url.path, url.query) == (name, scheme, host, path, query)
+
+
+def test_mysql_dsn_form_keeps_the_raw_query_intact():
+    url = SinkURL.parse("mysql:?root:secret@tcp(db.local:3306)/kube_event?charset=utf8&table=kube_event")
+    assert url.name == "mysql"
+    assert url.raw_query == "root:secret@tcp(db.local:3306)/kube_event?charset=utf8&table=kube_event"
+    assert url.query["table"] == ["kube_event"]
+
+
+@pytest.mark.parametrize("flag", ["", ":", ":foo", "key:incorrecturl/%gh&%ij", "web hook:http://x"])
+def test_bad_flags_are_errors(flag):
+    with pytest.raises(ConfigError) as err:
+        SinkURL.parse(flag)
+    assert "--sink" in str(err.value)
+
+
+def test_bad_query_escape_names_the_parameter():
+    with pytest.raises(ConfigError, match="'level'"):
+        SinkURL.parse("webhook:http://h/?level=%zz")
+
+
+def test_env_expansion_like_go_expandenv(caplog):
+    env = {"TOKEN": "t0k", "HOST": "h.example"}
+    url = SinkURL.parse("dingtalk:https://${HOST}/robot/send?access_token=$TOKEN&x=$MISSING", environ=env)
+    assert url.host == "h.example"
+    assert url.query["access_token"] == ["t0k"]
+    assert url.query["x"] == [""]
+    assert "$MISSING is not set" in caplog.text
+    assert expand_env("price: 5$", {}) == "price: 5$"
+
+
+def test_repeated_keys_keep_order():
+    assert parse_query("a=1&b=2&a=3") == {"a": ["1", "3"], "b": ["2"]}
+
+
+def test_redacted_masks_secret_values_and_url_passwords():
+    url = SinkURL.parse("kafka:https://user:pw123@h/p?brokers=a&password=hunter22&user=u")
+    text = url.redacted({"password"})
+    assert text == "kafka:https://user:***@h/p?brokers=a&password=***&user=u"
+    assert "hunter22" not in text and "pw123" not in text
+
+
+def test_redact_text_masks_plain_and_url_encoded_forms():
+    secret = Secret("a+b/c=d")
+    text = redact_text("GET /send?access_token=a%2Bb%2Fc%3Dd failed; token a+b/c=d", [secret])
+    assert "a+b/c=d" not in text and "a%2Bb%2Fc%3Dd" not in text
+    assert text.count("***") == 2
+
+
+def test_host_and_port_properties():
+    url = SinkURL.parse("influxdb:http://[::1]:8086")
+    assert (url.hostname, url.port) == ("::1", 8086)
+    url = SinkURL.parse("influxdb:http://localhost:8086/")
+    assert (url.hostname, url.port, url.base_url()) == ("localhost", 8086, "http://localhost:8086/")
+
+
+def test_query_without_strips_only_named_keys():
+    url = SinkURL.parse("webhook:https://h/p?token=abc&level=Warning&x=1&header=A=B")
+    assert url.query_without({"level", "header"}) == "token=abc&x=1"
