@@ -16,6 +16,7 @@ from eventrouter.http import HTTP_OPTIONS, TLS_OPTIONS, http_client, raise_for_s
 from eventrouter.options import Duration, Option, Options, Secret
 from eventrouter.sink import Sink
 from eventrouter.sinkurl import SinkURL, redact_text
+from eventrouter.templates import EventTemplate, parse_tz, template_source
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "ConfigError",
     "Duration",
     "Event",
+    "EventTemplate",
     "InvolvedObject",
     "Option",
     "Options",
@@ -39,7 +41,9 @@ __all__ = [
     "__version__",
     "format_time",
     "http_client",
+    "parse_tz",
     "raise_for_status",
     "redact_text",
+    "template_source",
     "transport_error",
 ]
