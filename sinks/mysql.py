@@ -1,0 +1,477 @@
+"""MySQL / MariaDB sink: one row per Kubernetes Event, updated in place when the Event repeats.
+
+Talks to a MySQL 5.7+/8.x or MariaDB 10.3+ server with PyMySQL (``pip install 'eventrouter[mysql]'``).
+
+Credentials: a user with ``SELECT, INSERT, UPDATE`` on the table (and ``CREATE`` if eventrouter
+should create it), for example::
+
+    CREATE USER 'eventrouter'@'%' IDENTIFIED BY '...';
+    GRANT SELECT, INSERT, UPDATE, CREATE ON k8s.* TO 'eventrouter'@'%';
+
+Put the password in an environment variable fed from a Kubernetes Secret and write ``$MYSQL_PW``
+in the flag (the flag is expanded like kube-eventer's), or pass it as ``password=``.
+
+URL forms (the part after ``mysql:?`` is a Go MySQL driver DSN, as in kube-eventer)::
+
+    --sink=mysql:?user:pw@tcp(host:3306)/db?charset=utf8mb4&table=kube_event     (kube-eventer)
+    --sink=mysql:?user:pw@tcp(host:3306)/db                                       (table kube_event)
+    --sink=mysql:?user@unix(/run/mysqld/mysqld.sock)/db&password=$MYSQL_PW
+    --sink=mysql:?user:$MYSQL_PW@tcp(db.example:3306)/k8s?charset=utf8&parseTime=true&table=k8s_event&level=Warning
+
+The table (``table=``, default ``kube_event``) is created if missing with kube-eventer's columns
+(``namespace, kind, name, type, reason, message, event_id, first_occurrence_time,
+last_occurrence_time``) plus ``count, cluster, source_host, resource_version``, times as
+``DATETIME(6)`` in UTC and a unique key on ``event_id``: a repeat of an Event (count bumped)
+updates its row (``count``, ``last_occurrence_time``, ``message``), and a retried batch never adds a
+duplicate. An existing table, such as one made from kube-eventer's ``shema.sql``, is used as it is:
+only the columns it has are written, values are cut to fit its column sizes.
+
+Example::
+
+    --sink=mysql:?eventrouter:$MYSQL_PW@tcp(mysql.db:3306)/k8s?charset=utf8mb4&table=kube_event
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from eventrouter import (
+    Duration,
+    Event,
+    Option,
+    Options,
+    PermanentError,
+    RetryableError,
+    Secret,
+    Sink,
+    SinkConfigError,
+    SinkError,
+    SinkURL,
+    redact_text,
+)
+
+log = logging.getLogger("eventrouter.sinks.mysql")
+
+DEFAULT_TABLE = "kube_event"
+
+# ---- the Go DSN: [user[:password]@][net[(addr)]]/dbname[?param=value&...] ----------------------------
+_ADDRESS = re.compile(r"@(?:(\w+)\(([^)]*)\))?/")
+_NO_USER = re.compile(r"^(?:(\w+)\(([^)]*)\))?/")
+
+
+@dataclass(frozen=True)
+class DSN:
+    user: str
+    password: str
+    net: str  # tcp, tcp6 or unix
+    address: str  # host:port or a socket path
+    database: str
+    params: str  # everything after the database: DSN parameters and sink options, '&'-separated
+
+
+def parse_dsn(text: str) -> DSN:
+    """Split a Go MySQL DSN. The password ends at the last ``@`` before ``net(addr)/`` (it may hold ``&``, ``?``)."""
+    matches = list(_ADDRESS.finditer(text))
+    if matches:
+        match = matches[-1]
+        userinfo = text[: match.start()]
+    else:
+        match = _NO_USER.match(text)  # type: ignore[assignment]
+        if match is None:
+            raise ValueError("expected user:password@tcp(host:port)/database")
+        userinfo = ""
+    user, _, password = userinfo.partition(":")
+    net = match.group(1) or "tcp"
+    address = match.group(2) or ""
+    tail = text[match.end() :]
+    split = re.search(r"[?&]", tail)
+    database, params = (tail[: split.start()], tail[split.end() :]) if split else (tail, "")
+    if net not in ("tcp", "tcp6", "unix"):
+        raise ValueError(f"network {net!r} is not supported; use tcp(host:port) or unix(/path/to/socket)")
+    if net == "unix" and not address:
+        raise ValueError("unix() needs the socket path, for example unix(/run/mysqld/mysqld.sock)")
+    return DSN(user, password, net, address or "127.0.0.1:3306", database, params)
+
+
+def _split_host(address: str) -> tuple[str, int]:
+    if address.startswith("["):
+        host, _, port = address[1:].partition("]")
+        port = port.lstrip(":")
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    else:
+        host, port = address, ""
+    if port and not port.isdigit():
+        raise ValueError(f"port {port!r} is not a number")
+    return host or "127.0.0.1", int(port or 3306)
+
+
+# ---- the table ---------------------------------------------------------------------------------------
+def _go_time(value: datetime) -> str:
+    """Go's ``time.String()`` in UTC, the text kube-eventer wrote into varchar time columns."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+
+
+# column -> (DDL, value). kube-eventer's nine columns first, then ours.
+COLUMNS: dict[str, tuple[str, Callable[[Event], Any]]] = {
+    "namespace": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.involved_object.namespace),
+    "kind": ("VARCHAR(128) NOT NULL DEFAULT ''", lambda e: e.involved_object.kind),
+    "name": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.involved_object.name),
+    "type": ("VARCHAR(32) NOT NULL DEFAULT ''", lambda e: e.type),
+    "reason": ("VARCHAR(128) NOT NULL DEFAULT ''", lambda e: e.reason),
+    "message": ("MEDIUMTEXT NOT NULL", lambda e: e.message),
+    "event_id": ("VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL",
+                 lambda e: e.uid or f"{e.namespace}/{e.name}"),
+    "first_occurrence_time": ("DATETIME(6) NOT NULL", lambda e: e.first_timestamp),
+    "last_occurrence_time": ("DATETIME(6) NOT NULL", lambda e: e.last_timestamp),
+    "count": ("INT UNSIGNED NOT NULL DEFAULT 1", lambda e: e.count),
+    "cluster": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.cluster),
+    "source_host": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.source_host),
+    "resource_version": ("VARCHAR(64) NOT NULL DEFAULT ''", lambda e: e.resource_version),
+}
+
+
+def create_table_sql(table: str) -> str:
+    columns = ",\n  ".join(f"`{name}` {ddl}" for name, (ddl, _) in COLUMNS.items())
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{table}` (\n"
+        "  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
+        f"  {columns},\n"
+        "  `update_time` TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,\n"
+        "  UNIQUE KEY `uk_event_id` (`event_id`),\n"
+        "  KEY `idx_last_occurrence_time` (`last_occurrence_time`),\n"
+        "  KEY `idx_namespace_reason_time` (`namespace`, `reason`, `last_occurrence_time`)\n"
+        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
+    )
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the table as information_schema describes it; ``adapt`` makes a value fit it."""
+
+    name: str
+    data_type: str
+    max_chars: int | None
+    max_bytes: int | None
+    charset: str | None
+
+    @property
+    def is_time(self) -> bool:
+        return self.data_type in ("datetime", "timestamp")
+
+    def adapt(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            if self.is_time:
+                return value.astimezone(UTC).replace(tzinfo=None)
+            value = _go_time(value)
+        if isinstance(value, int) and self.data_type.endswith("int"):
+            return value
+        text = str(value)
+        if self.charset in ("utf8", "utf8mb3"):
+            # a 3-byte utf8 column rejects emoji and other astral characters: replace them
+            text = "".join(c if ord(c) < 0x10000 else "\ufffd" for c in text)
+        if self.max_chars is not None and len(text) > self.max_chars:
+            text = text[: self.max_chars]
+        if self.max_bytes is not None:
+            data = text.encode("utf-8")
+            if len(data) > self.max_bytes:
+                text = data[: self.max_bytes].decode("utf-8", "ignore")
+        return text
+
+
+def _upsert_sql(table: str, columns: Sequence[Column], unique: bool) -> str:
+    names = [c.name for c in columns]
+    sql = (f"INSERT INTO `{table}` ({', '.join(f'`{n}`' for n in names)}) "
+           f"VALUES ({', '.join(['%s'] * len(names))})")
+    if not unique:
+        return sql
+    by_name = {c.name: c for c in columns}
+    last = by_name.get("last_occurrence_time")
+    newer = "VALUES(`last_occurrence_time`) >= `last_occurrence_time`" if last and last.is_time else "1"
+    sets = []
+    # MySQL applies the assignments left to right, so the ones that compare with the stored last
+    # time come before last_occurrence_time itself is updated. VALUES(col) works on MariaDB and MySQL.
+    for name in ("message", "type", "reason", "resource_version", "source_host", "cluster"):
+        if name in by_name:
+            sets.append(f"`{name}` = IF({newer}, VALUES(`{name}`), `{name}`)")
+    if "count" in by_name:
+        sets.append("`count` = GREATEST(`count`, VALUES(`count`))")
+    first = by_name.get("first_occurrence_time")
+    if first is not None:
+        sets.append("`first_occurrence_time` = LEAST(`first_occurrence_time`, VALUES(`first_occurrence_time`))"
+                    if first.is_time else "`first_occurrence_time` = `first_occurrence_time`")
+    if last is not None:
+        sets.append("`last_occurrence_time` = GREATEST(`last_occurrence_time`, VALUES(`last_occurrence_time`))"
+                    if last.is_time else "`last_occurrence_time` = VALUES(`last_occurrence_time`)")
+    if not sets:
+        sets.append("`event_id` = `event_id`")
+    return sql + " ON DUPLICATE KEY UPDATE " + ", ".join(sets)
+
+
+# ---- error classification ------------------------------------------------------------------------
+# Server or network trouble that a later attempt (on a new connection) can get past.
+RETRYABLE_CODES = frozenset({
+    0,  # PyMySQL InterfaceError: the connection is already closed
+    1040,  # too many connections
+    1053,  # server shutdown in progress
+    1152, 1153, 1158, 1159, 1160, 1161,  # aborted connection / network read or write errors
+    1205, 1213,  # lock wait timeout, deadlock
+    1290, 1836,  # read-only server (a failover in progress)
+    1317,  # query interrupted
+    1927,  # MariaDB: connection was killed
+    2002, 2003, 2005, 2006, 2013, 2014, 2055,  # cannot connect, server gone away, lost connection
+    4031,  # disconnected by the server because of inactivity
+})
+_PERMANENT_HINTS = {
+    1044: "the database does not exist or the user may not use it (GRANT SELECT, INSERT, UPDATE, CREATE ON db.*)",
+    1045: "the server refused the login: wrong user or password in the DSN",
+    1049: "the database does not exist: create it (CREATE DATABASE ... CHARACTER SET utf8mb4) or fix the DSN",
+    1142: "the user lacks a privilege on the table (it needs SELECT, INSERT, UPDATE, and CREATE to create it)",
+    1146: "the table does not exist",
+}
+
+
+def _classify(code: int, message: str) -> SinkError:
+    """The error a server or client error code means for the batch: retry it later, or give up."""
+    text = f"MySQL error {code}: {message}" if code else f"MySQL connection error: {message or 'connection closed'}"
+    if code in RETRYABLE_CODES or 2000 <= code < 3000:
+        return RetryableError(text)
+    hint = _PERMANENT_HINTS.get(code)
+    return PermanentError(f"{hint} ({text})" if hint else text)
+
+
+# ---- the sink ------------------------------------------------------------------------------------
+def _check_charsets(values: list[str]) -> str | None:
+    for value in values:
+        if value.lower() not in ("utf8", "utf8mb4", "utf8mb3"):
+            return f"{value!r} is not supported; eventrouter always talks utf8mb4 (utf8 and utf8mb3 are accepted)"
+    return None
+
+
+def _check_table(value: str) -> str | None:
+    if not re.fullmatch(r"[A-Za-z0-9_$]{1,64}", value):
+        return f"{value!r} is not a table name (letters, digits, '_' and '$', at most 64)"
+    return None
+
+
+class MySQLSink(Sink):
+    """MySQL/MariaDB: one row per event, upserted on event_id.  mysql:?user:pw@tcp(h:3306)/db&table=T"""
+
+    name = "mysql"
+    extra = "mysql"
+    options: ClassVar = (
+        Option("table", str, default=DEFAULT_TABLE, validate=_check_table,
+               help="table to write; created if missing, used as it is if it exists"),
+        Option("password", str, secret=True,
+               help="password, when it is not in the DSN (user:password@...)"),
+        Option("charset", list, default=["utf8mb4"], validate=_check_charsets,
+               help="Go DSN charset; the connection always uses utf8mb4 so emoji and CJK survive"),
+        Option("timeout", Duration, default=Duration(10.0), min=0.001, help="connect timeout (Go DSN)"),
+        Option("readTimeout", Duration, default=Duration(30.0), min=0.001, help="read timeout (Go DSN)"),
+        Option("writeTimeout", Duration, default=Duration(30.0), min=0.001, help="write timeout (Go DSN)"),
+        Option("tls", str, default="false", choices=("false", "true", "skip-verify", "preferred"),
+               help="TLS to the server (Go DSN): true verifies the certificate, skip-verify does not"),
+        Option("parseTime", bool, default=False, help="Go DSN option, accepted for compatibility (no effect)"),
+        Option("loc", str, default="UTC", help="Go DSN option, accepted for compatibility: times are stored in UTC"),
+    )
+    delivery_defaults: ClassVar = {"batch_size": 500, "flush_interval": 1.0}
+
+    def __init__(self, url: SinkURL, opts: Options, *, dsn: DSN | None = None) -> None:
+        super().__init__(url, opts)
+        self.dsn = dsn or self._dsn(url)
+        if not self.dsn.database:
+            raise SinkConfigError(self.name, "the DSN names no database: use user:password@tcp(host:3306)/DATABASE")
+        try:
+            self._host, self._port = _split_host(self.dsn.address) if self.dsn.net != "unix" else ("", 0)
+        except ValueError as exc:
+            raise SinkConfigError(self.name, f"bad address in the DSN: {exc}") from None
+        self.table: str = opts["table"]
+        self._conn: Any = None
+        self._columns: list[Column] = []
+        self._sql = ""
+        self._pymysql = self.require("pymysql")
+
+    @classmethod
+    def _dsn(cls, url: SinkURL) -> DSN:
+        if url.scheme or url.host or url.path:
+            raise SinkConfigError(cls.name, "expected the DSN after '?': mysql:?user:password@tcp(host:3306)/db")
+        try:
+            return parse_dsn(url.raw_query)
+        except ValueError as exc:
+            raise SinkConfigError(cls.name, f"cannot read the DSN: {exc}") from None
+
+    @classmethod
+    def option_query(cls, url: SinkURL) -> Mapping[str, Sequence[str]]:
+        # The DSN's own parameters (charset=...) and the sink options after '&' form one query.
+        params = cls._dsn(url).params
+        return SinkURL.parse("mysql:?" + params).query if params else {}
+
+    @classmethod
+    def parse_options(cls, url: SinkURL) -> Options:
+        opts = super().parse_options(url)
+        dsn_password = cls._dsn(url).password
+        if dsn_password and not opts["password"]:
+            # keep the DSN password as a Secret too, so the router masks it in any error text
+            opts = Options({**opts, "password": Secret(dsn_password)}, opts.given)
+        return opts
+
+    @classmethod
+    def redact(cls, url: SinkURL) -> str:
+        text = url.redacted(cls.secret_keys())
+        try:
+            dsn = parse_dsn(url.raw_query)
+        except ValueError:
+            return text
+        if dsn.password:
+            text = text.replace(f"?{dsn.user}:{dsn.password}@", f"?{dsn.user}:***@", 1)
+        return text
+
+    # ---- connection ---------------------------------------------------------------------------
+    def _connect_args(self) -> dict[str, Any]:
+        opts = self.opts
+        password = opts["password"].reveal() if opts["password"] else ""
+        args: dict[str, Any] = {
+            "user": self.dsn.user or None,
+            "password": password,
+            "database": self.dsn.database,
+            "charset": "utf8mb4",
+            "autocommit": False,
+            "connect_timeout": float(opts["timeout"]),
+            "read_timeout": float(opts["readTimeout"]),
+            "write_timeout": float(opts["writeTimeout"]),
+            # DATETIME has no zone; the session zone matters for TIMESTAMP columns and NOW()
+            "init_command": "SET time_zone = '+00:00'",
+        }
+        if self.dsn.net == "unix":
+            args["unix_socket"] = self.dsn.address
+        else:
+            args["host"], args["port"] = self._host, self._port
+        if opts["tls"] in ("true", "skip-verify", "preferred"):
+            context = ssl.create_default_context()
+            if opts["tls"] != "true":
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            args["ssl"] = context
+        return args
+
+    def _error(self, exc: BaseException) -> SinkError:
+        args = getattr(exc, "args", ())
+        if isinstance(exc, self._pymysql.MySQLError) and args and isinstance(args[0], int):
+            code, message = args[0], str(args[1]) if len(args) > 1 else ""
+        else:
+            code, message = 2013, f"{type(exc).__name__}: {exc}"
+        error = _classify(code, message)
+        text = redact_text(str(error), [self.opts["password"]])
+        return type(error)(f"{self._where()}: {text}")
+
+    def _where(self) -> str:
+        where = self.dsn.address if self.dsn.net == "unix" else f"{self._host}:{self._port}"
+        return f"{where}/{self.dsn.database}.{self.table}"
+
+    def _connection(self) -> Any:
+        if self._conn is not None:
+            return self._conn
+        try:
+            conn = self._pymysql.connect(**self._connect_args())
+        except (self._pymysql.MySQLError, OSError) as exc:
+            raise self._error(exc) from None
+        try:
+            self._prepare(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _prepare(self, conn: Any) -> None:
+        """Create the table if missing, learn its columns and build the insert statement."""
+        try:
+            with conn.cursor() as cur:
+                columns = self._table_columns(cur)
+                if not columns:
+                    log.info("mysql: creating table %s", self._where())
+                    cur.execute(create_table_sql(self.table))
+                    columns = self._table_columns(cur)
+                cur.execute(
+                    "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
+                    "AND TABLE_NAME = %s AND COLUMN_NAME = 'event_id' AND NON_UNIQUE = 0 AND SEQ_IN_INDEX = 1 "
+                    "LIMIT 1",
+                    (self.table,),
+                )
+                unique = cur.fetchone() is not None
+            conn.commit()
+        except self._pymysql.MySQLError as exc:
+            raise self._error(exc) from None
+        known = [columns[name] for name in COLUMNS if name in columns]
+        if not known:
+            raise PermanentError(f"{self._where()}: the table has none of the columns {', '.join(COLUMNS)}")
+        if not unique:
+            log.warning("mysql: table %s has no unique key on event_id: every repeat of an event adds a row "
+                        "(as kube-eventer does). ALTER TABLE ... ADD UNIQUE KEY (event_id) makes repeats update "
+                        "one row.", self._where())
+        self._columns = known
+        self._sql = _upsert_sql(self.table, known, unique)
+
+    def _table_columns(self, cur: Any) -> dict[str, Column]:
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, CHARACTER_SET_NAME "
+            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
+            (self.table,),
+        )
+        return {
+            str(name).lower(): Column(str(name), str(dtype).lower(),
+                                      int(chars) if chars is not None else None,
+                                      int(octets) if octets is not None else None,
+                                      str(charset).lower() if charset else None)
+            for name, dtype, chars, octets, charset in cur.fetchall()
+        }
+
+    # ---- Sink API ------------------------------------------------------------------------------
+    def open(self) -> None:
+        self._connection()
+
+    def send(self, batch: Sequence[Event]) -> None:
+        if not batch:
+            return
+        conn = self._connection()
+        rows = [tuple(col.adapt(COLUMNS[col.name.lower()][1](event)) for col in self._columns) for event in batch]
+        pymysql = self._pymysql
+        try:
+            with conn.cursor() as cur:
+                # one multi-row INSERT ... ON DUPLICATE KEY UPDATE per ~1 MB (PyMySQL rewrites executemany)
+                cur.executemany(self._sql, rows)
+            conn.commit()
+        except (pymysql.MySQLError, OSError) as exc:
+            error = self._error(exc)
+            if isinstance(exc, pymysql.ProgrammingError) and exc.args and exc.args[0] == 1146:
+                # the table was dropped under us: the next send creates it again
+                error = RetryableError(str(error))
+            if isinstance(error, RetryableError):
+                # the batch is rolled back with the lost connection; reconnect on the next send
+                self._drop_connection()
+            else:
+                try:
+                    conn.rollback()
+                except Exception:
+                    self._drop_connection()
+            raise error from None
+
+    def close(self) -> None:
+        self._drop_connection()
+
+    def describe(self) -> str:
+        return self.redact(self.url)

@@ -1,0 +1,354 @@
+"""The MySQL sink against a real MariaDB started on loopback (tests/servers/mariadb.py)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from eventrouter import Event, PermanentError, RetryableError, SinkConfigError, SinkURL
+from eventrouter.cli import main as cli_main
+from eventrouter.config import build_sink
+from eventrouter.router import Router, SinkRunner
+from sinks.mysql import MySQLSink, _classify, parse_dsn
+from tests.helpers import make_event, real_objects
+from tests.servers.mariadb import DATABASE, PASSWORD, USER, MariaDB
+
+SECRET = "pw-Zx81-secret"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    db = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
+    yield db
+    db.stop()
+
+
+def flag(server: MariaDB, table: str, extra: str = "", password: str = PASSWORD, database: str = DATABASE) -> str:
+    return f"mysql:?{server.dsn(password=password, database=database)}&table={table}{extra}"
+
+
+def naive(dt: datetime) -> datetime:
+    return dt.astimezone(UTC).replace(tzinfo=None)
+
+
+# ---- flags -------------------------------------------------------------------------------------------
+FLAGS = [
+    # kube-eventer's documented forms
+    ("mysql:?user:pw@tcp(h:3306)/db?charset=utf8&table=kube_event",
+     dict(user="user", password="pw", net="tcp", address="h:3306", database="db", table="kube_event")),
+    ("mysql:?root:transwarp@tcp(172.16.180.132:3306)/kube_eventer?charset=utf8&table=k8s_event",
+     dict(user="root", password="transwarp", address="172.16.180.132:3306", database="kube_eventer",
+          table="k8s_event")),
+    ("mysql:?root:pw@tcp(mysql:3306)/kube_eventer?charset=utf8",
+     dict(user="root", database="kube_eventer", table="kube_event")),
+    # Go DSN parameters after '&' (kube-eventer passes the whole query as the DSN when table= is absent)
+    ("mysql:?u:pw@tcp(h:3306)/db?charset=utf8mb4,utf8&parseTime=true&loc=Local",
+     dict(user="u", database="db", charset=["utf8mb4", "utf8"], parseTime=True)),
+    # a password with '&', '?' and '@'; the unix socket form; password= instead of the DSN
+    ("mysql:?app:p&w?x@y@tcp(db:3306)/k8s&table=ev", dict(user="app", password="p&w?x@y", address="db:3306",
+                                                         table="ev")),
+    ("mysql:?app@unix(/run/mysqld/mysqld.sock)/k8s&password=pw2&level=Warning",
+     dict(net="unix", address="/run/mysqld/mysqld.sock", password="pw2", level=["Warning"])),
+    ("mysql:?app:pw@/k8s", dict(net="tcp", address="127.0.0.1:3306", database="k8s")),
+    ("mysql:?app:pw@tcp(h)/k8s?timeout=5s&readTimeout=1m&tls=skip-verify&batch_size=100",
+     dict(timeout=5.0, readTimeout=60.0, tls="skip-verify", batch_size=100)),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), FLAGS)
+def test_flags(text: str, expected: dict) -> None:
+    sink = build_sink(text)
+    assert isinstance(sink, MySQLSink)
+    for key, value in expected.items():
+        if key in ("user", "net", "address", "database"):
+            assert getattr(sink.dsn, key) == value, key
+        elif key == "password":
+            assert sink.opts["password"].reveal() == value
+        else:
+            assert sink.opts[key] == value, key
+    assert sink.opts["batch_size"] == expected.get("batch_size", 500)
+
+
+BAD_FLAGS = [
+    ("mysql:?user:pw@tcp(h:3306)/db?charset=utf8&tabel=kube_event", "option 'tabel': unknown option"),
+    ("mysql:?user:pw@tcp(h:3306)/db&table=ev;drop", "option 'table'"),
+    ("mysql:?user:pw@tcp(h:3306)/db?charset=latin1", "option 'charset'"),
+    ("mysql:?user:pw@tcp(h:3306)/db&tls=maybe", "option 'tls'"),
+    ("mysql:?user:pw@tcp(h:3306)/", "names no database"),
+    ("mysql:?just-some-text", "cannot read the DSN"),
+    ("mysql:?user:pw@pipe(x)/db", "network 'pipe' is not supported"),
+    ("mysql:?user:pw@tcp(h:port)/db", "bad address"),
+    ("mysql://user:pw@h:3306/db", "expected the DSN after '?'"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), BAD_FLAGS)
+def test_bad_flags(text: str, message: str) -> None:
+    with pytest.raises(SinkConfigError) as info:
+        build_sink(text)
+    assert "--sink=mysql" in str(info.value)
+    assert message in str(info.value)
+    assert ":pw@" not in str(info.value)
+
+
+def test_parse_dsn_keeps_params_for_options() -> None:
+    dsn = parse_dsn("u:p@tcp(h:1)/db?charset=utf8&table=t")
+    assert (dsn.user, dsn.password, dsn.address, dsn.database, dsn.params) == ("u", "p", "h:1", "db",
+                                                                               "charset=utf8&table=t")
+
+
+def test_redacted_round_trip(caplog: pytest.LogCaptureFixture) -> None:
+    url = SinkURL.parse(f"mysql:?app:{SECRET}@tcp(127.0.0.1:1)/k8s?charset=utf8&table=ev")
+    sink = MySQLSink.from_url(url)
+    assert MySQLSink.redact(url) == "mysql:?app:***@tcp(127.0.0.1:1)/k8s?charset=utf8&table=ev"
+    assert SECRET not in repr(sink) and SECRET not in sink.describe()
+    url2 = SinkURL.parse(f"mysql:?app@tcp(127.0.0.1:1)/k8s&password={SECRET}")
+    assert MySQLSink.redact(url2) == "mysql:?app@tcp(127.0.0.1:1)/k8s&password=***"
+    with caplog.at_level(logging.DEBUG), pytest.raises(RetryableError) as info:
+        sink.send([make_event(1)])  # nothing listens on port 1
+    assert "Connection refused" in str(info.value) or "Can't connect" in str(info.value)
+    assert SECRET not in str(info.value) and SECRET not in caplog.text
+
+
+# ---- classification -----------------------------------------------------------------------------
+CLASSIFY = [
+    (2003, "Can't connect to MySQL server on '10.0.0.1' ([Errno 111] Connection refused)", RetryableError),
+    (2006, "MySQL server has gone away", RetryableError),
+    (2013, "Lost connection to MySQL server during query", RetryableError),
+    (0, "", RetryableError),  # PyMySQL: the connection is already closed
+    (1040, "Too many connections", RetryableError),
+    (1053, "Server shutdown in progress", RetryableError),
+    (1205, "Lock wait timeout exceeded", RetryableError),
+    (1213, "Deadlock found when trying to get lock", RetryableError),
+    (1290, "The MariaDB server is running with the --read-only option", RetryableError),
+    (1927, "Connection was killed", RetryableError),
+    (1045, "Access denied for user 'app'@'10.0.0.2' (using password: YES)", PermanentError),
+    (1044, "Access denied for user 'app'@'%' to database 'other'", PermanentError),
+    (1049, "Unknown database 'nope'", PermanentError),
+    (1142, "INSERT command denied to user 'app'@'%' for table 'kube_event'", PermanentError),
+    (1406, "Data too long for column 'reason' at row 1", PermanentError),
+    (1366, "Incorrect string value: '\\xF0\\x9F\\x94\\xA5' for column 'message'", PermanentError),
+    (1064, "You have an error in your SQL syntax", PermanentError),
+]
+
+
+@pytest.mark.parametrize(("code", "message", "expected"), CLASSIFY)
+def test_classify(code: int, message: str, expected: type) -> None:
+    error = _classify(code, message)
+    assert type(error) is expected
+    if code:
+        assert str(code) in str(error)
+
+
+def test_classify_says_what_to_fix() -> None:
+    assert "wrong user or password" in str(_classify(1045, "Access denied"))
+    assert "database does not exist" in str(_classify(1049, "Unknown database 'x'"))
+
+
+# ---- against the real server -----------------------------------------------------------------------
+def test_creates_table_and_writes_exact_rows(server: MariaDB) -> None:
+    sink = build_sink(flag(server, "exact"))
+    sink.open()
+    columns = [r["COLUMN_NAME"] for r in server.query(
+        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s AND TABLE_NAME='exact' "
+        "ORDER BY ORDINAL_POSITION", (DATABASE,))]
+    assert columns == ["id", "namespace", "kind", "name", "type", "reason", "message", "event_id",
+                       "first_occurrence_time", "last_occurrence_time", "count", "cluster", "source_host",
+                       "resource_version", "update_time"]
+    types = {r["COLUMN_NAME"]: r["COLUMN_TYPE"] for r in server.query(
+        "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s "
+        "AND TABLE_NAME='exact'", (DATABASE,))}
+    assert types["first_occurrence_time"] == types["last_occurrence_time"] == "datetime(6)"
+    indexes = {r["INDEX_NAME"] for r in server.query(
+        "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s AND TABLE_NAME='exact'",
+        (DATABASE,))}
+    assert indexes == {"PRIMARY", "uk_event_id", "idx_last_occurrence_time", "idx_namespace_reason_time"}
+
+    first = make_event(1, cluster="prod", first_timestamp=datetime(2026, 4, 14, 9, 0, 0, 123456, tzinfo=UTC))
+    node = make_event(2, type="Normal", reason="NodeReady", message="Node node-2 status is now: NodeReady",
+                      involved_object=replace(make_event(2).involved_object, kind="Node", namespace="",
+                                              name="node-2"))
+    sink.send([first, node])
+    sink.close()
+    rows = server.query("SELECT namespace, kind, name, type, reason, message, event_id, first_occurrence_time, "
+                        "last_occurrence_time, count, cluster, source_host, resource_version FROM exact "
+                        "ORDER BY event_id")
+    assert rows == [
+        dict(namespace="default", kind="Pod", name="app-1", type="Warning", reason="BackOff",
+             message="Back-off restarting failed container app in pod app-1", event_id=first.uid,
+             first_occurrence_time=datetime(2026, 4, 14, 9, 0, 0, 123456),
+             last_occurrence_time=datetime(2026, 4, 14, 9, 30, 1), count=1, cluster="prod",
+             source_host="node-1", resource_version="1001"),
+        dict(namespace="", kind="Node", name="node-2", type="Normal", reason="NodeReady",
+             message="Node node-2 status is now: NodeReady", event_id=node.uid,
+             first_occurrence_time=datetime(2026, 4, 14, 9, 30, 2),
+             last_occurrence_time=datetime(2026, 4, 14, 9, 30, 2), count=1, cluster="",
+             source_host="node-1", resource_version="1002"),
+    ]
+
+
+def test_one_multi_row_insert_per_batch(server: MariaDB) -> None:
+    sink = build_sink(flag(server, "multirow"))
+    sink.open()
+    before = int(server.query("SHOW GLOBAL STATUS LIKE 'Com_insert'")[0]["Value"])
+    sink.send([make_event(n) for n in range(500)])
+    after = int(server.query("SHOW GLOBAL STATUS LIKE 'Com_insert'")[0]["Value"])
+    sink.close()
+    assert after - before == 1
+    assert server.query("SELECT COUNT(*) AS n FROM multirow") == [{"n": 500}]
+
+
+def test_repeat_updates_the_row(server: MariaDB) -> None:
+    sink = build_sink(flag(server, "repeats"))
+    ev = make_event(5)
+    later = ev.last_timestamp + timedelta(minutes=5)
+    bumped = replace(ev, count=3, last_timestamp=later, resource_version="2005", message="Back-off again")
+    stale = replace(ev, count=2, last_timestamp=ev.last_timestamp + timedelta(minutes=1), resource_version="1500",
+                    message="older")
+    sink.send([ev])
+    sink.send([bumped, bumped])  # a repeat, and the same event twice in one batch
+    sink.send([stale])  # an older occurrence retried late must not roll the row back
+    sink.send([bumped])  # a retried batch
+    sink.close()
+    rows = server.query("SELECT event_id, count, message, resource_version, first_occurrence_time, "
+                        "last_occurrence_time FROM repeats")
+    assert rows == [dict(event_id=ev.uid, count=3, message="Back-off again", resource_version="2005",
+                         first_occurrence_time=naive(ev.first_timestamp), last_occurrence_time=naive(later))]
+
+
+def test_unicode_and_a_64_kb_message(server: MariaDB) -> None:
+    sink = build_sink(flag(server, "unicode"))
+    big = ("a" * 1023 + "🔥") * 64  # 65536 characters, 65728 bytes: more than a TEXT column holds
+    cjk = make_event(1, message="节点 node-1 磁盘压力 🔥💥 — ünïcödé 'quoted' \"double\" \\ back",
+                     involved_object=replace(make_event(1).involved_object, name="应用-1"))
+    sink.send([cjk, make_event(2, message=big)])
+    sink.close()
+    rows = server.query("SELECT name, message FROM unicode ORDER BY event_id")
+    assert rows[0] == {"name": "应用-1", "message": cjk.message}
+    assert rows[1]["message"] == big
+
+
+def test_existing_kube_eventer_table_is_used_as_it_is(server: MariaDB, caplog: pytest.LogCaptureFixture) -> None:
+    # kube-eventer's common/mysql/shema.sql: no unique key, times as text
+    server.execute("""CREATE TABLE ke_event (
+        id bigint(20) NOT NULL AUTO_INCREMENT,
+        name varchar(255) NOT NULL DEFAULT '', namespace varchar(255) NOT NULL DEFAULT '',
+        event_id varchar(255) NOT NULL DEFAULT '', type varchar(255) NOT NULL DEFAULT '',
+        reason varchar(255) NOT NULL DEFAULT '', message varchar(255) NOT NULL DEFAULT '',
+        kind varchar(255) NOT NULL DEFAULT '', first_occurrence_time varchar(255) NOT NULL DEFAULT '',
+        last_occurrence_time varchar(255) NOT NULL DEFAULT '',
+        update_time timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+        PRIMARY KEY (id)) ENGINE=InnoDB DEFAULT CHARSET=utf8""")  # the docs' 3-byte utf8
+    sink = build_sink(flag(server, "ke_event"))
+    ev = make_event(7, message="disk full 🔥 " + "x" * 300)
+    with caplog.at_level(logging.WARNING):
+        sink.send([ev])
+        sink.send([replace(ev, count=2)])
+    sink.close()
+    assert "no unique key on event_id" in caplog.text
+    rows = server.query("SELECT name, namespace, event_id, type, reason, message, kind, first_occurrence_time, "
+                        "last_occurrence_time FROM ke_event ORDER BY id")
+    expected = dict(name="app-7", namespace="default", event_id=ev.uid, type="Warning", reason="BackOff",
+                    message=("disk full \ufffd " + "x" * 300)[:255], kind="Pod",
+                    first_occurrence_time="2026-04-14 09:30:07 +0000 UTC",
+                    last_occurrence_time="2026-04-14 09:30:07 +0000 UTC")
+    assert rows == [expected, expected]  # like kube-eventer: a repeat is another row in this table
+
+
+def test_check_reports_wrong_password_and_missing_database(server: MariaDB,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    wrong = build_sink(flag(server, "t", password=SECRET))
+    with pytest.raises(PermanentError) as info:
+        wrong.open()
+    assert "wrong user or password" in str(info.value) and f"'{USER}'" in str(info.value)
+    assert SECRET not in str(info.value)
+    # a user without rights on other databases gets 1044 for a missing one; root gets 1049
+    with pytest.raises(PermanentError, match="database does not exist or the user may not use it"):
+        build_sink(flag(server, "t", database="nope")).open()
+    root_missing = f"mysql:?root:@tcp(127.0.0.1:{server.port})/nope&table=t"
+    with pytest.raises(PermanentError, match="the database does not exist: create it"):
+        build_sink(root_missing).open()
+
+    assert cli_main(["check", f"--sink={flag(server, 't', password=SECRET)}", f"--sink={root_missing}",
+                     f"--sink={flag(server, 'checked')}"]) == 1
+    out = capsys.readouterr().out
+    assert SECRET not in out and PASSWORD not in out
+    assert "failed: PermanentError" in out and "wrong user or password" in out
+    assert "Unknown database 'nope'" in out
+    assert out.count("open: ok") == 1
+
+
+def test_check_send_test(server: MariaDB, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["check", "--send-test", f"--sink={flag(server, 'sendtest')}"]) == 0
+    assert "send-test: delivered" in capsys.readouterr().out
+    assert server.query("SELECT reason FROM sendtest") == [{"reason": "EventrouterTest"}]
+
+
+def test_table_dropped_while_running_is_created_again(server: MariaDB) -> None:
+    sink = build_sink(flag(server, "dropped"))
+    sink.send([make_event(1)])
+    server.execute("DROP TABLE dropped")
+    with pytest.raises(RetryableError):
+        sink.send([make_event(2)])
+    sink.send([make_event(2)])  # what the router's retry does
+    sink.close()
+    assert server.query("SELECT name FROM dropped") == [{"name": "app-2"}]
+
+
+def test_server_restart_mid_stream_loses_and_repeats_nothing(server: MariaDB) -> None:
+    sink = build_sink(flag(server, "restart", "&batch_size=20&flush_interval=50ms&retry_backoff_max=300ms"))
+    runner = SinkRunner.build(sink)
+    router = Router([runner])
+    router.start()
+    events = [make_event(n) for n in range(600)]
+    try:
+        for ev in events[:200]:
+            router.dispatch(ev)
+        deadline = time.monotonic() + 30
+        while not server.query("SELECT COUNT(*) AS n FROM information_schema.TABLES WHERE TABLE_NAME='restart'")[0][
+                "n"] or server.query("SELECT COUNT(*) AS n FROM restart")[0]["n"] < 20:
+            assert time.monotonic() < deadline, "nothing arrived before the restart"
+            time.sleep(0.02)
+        server.kill()  # SIGKILL while batches are in flight
+        sender = threading.Thread(target=lambda: [router.dispatch(ev) for ev in events[200:]])
+        sender.start()
+        time.sleep(1.0)
+        server.start()
+        sender.join()
+    finally:
+        if server.proc is None:
+            server.start()
+        drained = router.stop(60)
+    assert drained
+    assert runner.stats.failed == 0 and runner.stats.retried > 0
+    rows = server.query("SELECT event_id, COUNT(*) AS n FROM restart GROUP BY event_id")
+    assert sorted(r["event_id"] for r in rows) == sorted(e.uid for e in events)
+    assert {r["n"] for r in rows} == {1}
+
+
+def test_real_events_end_to_end_through_the_cli(server: MariaDB, tmp_path: Path) -> None:
+    objs = real_objects()[:400]
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in objs))
+    status = cli_main([f"--source=file:{source}", f"--sink={flag(server, 'real_events')}", "--healthz-port=0",
+                       f"--checkpoint=file:{tmp_path / 'checkpoint'}", "--cluster-name=kind"])
+    assert status == 0
+    latest: dict[str, dict] = {}
+    for obj in objs:
+        latest[obj["metadata"]["uid"]] = obj  # a later MODIFIED of the same event updates its row
+    rows = server.query("SELECT event_id, namespace, kind, name, reason, count, cluster FROM real_events")
+    assert len(rows) == len(latest)
+    by_id = {r["event_id"]: r for r in rows}
+    for uid, obj in latest.items():
+        row = by_id[uid]
+        involved = obj["involvedObject"]
+        assert (row["namespace"], row["kind"], row["name"], row["reason"], row["cluster"]) == (
+            involved.get("namespace", ""), involved["kind"], involved["name"], obj["reason"], "kind")
+        assert row["count"] == max(Event.from_object(o).count for o in objs if o["metadata"]["uid"] == uid)
