@@ -3,6 +3,16 @@
 The names below are the public API for sink plugins; everything else is internal.
 """
 
+from eventrouter.chat import (
+    CHAT_OPTIONS,
+    ChatFlow,
+    ChatLayout,
+    Digest,
+    Notice,
+    RateLimitedError,
+    json_size,
+    truncate_bytes,
+)
 from eventrouter.errors import (
     ConfigError,
     PartialError,
@@ -21,17 +31,23 @@ from eventrouter.templates import EventTemplate, parse_tz, template_source
 __version__ = "0.1.0"
 
 __all__ = [
+    "CHAT_OPTIONS",
     "HTTP_OPTIONS",
     "TLS_OPTIONS",
+    "ChatFlow",
+    "ChatLayout",
     "ConfigError",
+    "Digest",
     "Duration",
     "Event",
     "EventTemplate",
     "InvolvedObject",
+    "Notice",
     "Option",
     "Options",
     "PartialError",
     "PermanentError",
+    "RateLimitedError",
     "RetryableError",
     "Secret",
     "Sink",
@@ -41,9 +57,11 @@ __all__ = [
     "__version__",
     "format_time",
     "http_client",
+    "json_size",
     "parse_tz",
     "raise_for_status",
     "redact_text",
     "template_source",
     "transport_error",
+    "truncate_bytes",
 ]
