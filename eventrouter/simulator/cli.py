@@ -1,0 +1,69 @@
+"""``eventrouter simulate``: run the fake cluster until Ctrl-C.
+
+    eventrouter simulate --port 8001 --events builtin --rate 5 --kubeconfig-out /tmp/sim.kubeconfig
+    eventrouter --source='kubernetes:?inClusterConfig=false&auth=/tmp/sim.kubeconfig' --sink=log
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from eventrouter.simulator.sim import BUILTIN, Simulator
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eventrouter simulate",
+                                description="A fake Kubernetes API server serving Events (and Leases, ConfigMaps).")
+    p.add_argument("--port", type=int, default=8001, help="port on 127.0.0.1 (0: any free port)")
+    p.add_argument("--events", default=BUILTIN, help="'builtin' (recorded real events) or a JSON-lines file")
+    p.add_argument("--rate", type=float, default=0.0, help="new or repeated events per second while running")
+    p.add_argument("--multiply", type=int, default=1, help="serve N copies of each event (fresh uids and times)")
+    p.add_argument("--fresh-times", action="store_true", help="stamp the served events with the current time")
+    p.add_argument("--kubeconfig-out", default=None, help="write a kubeconfig for this simulator here")
+    p.add_argument("--token", default="simulator-token", help="bearer token clients must send ('' : no auth)")
+    p.add_argument("--request-log", default=None, help="append 'verb METHOD path status' per request to this file")
+    faults = p.add_argument_group("faults (each applies once, to the next watch)")
+    faults.add_argument("--gone-after", type=int, default=None, help="send ERROR 410 after K events")
+    faults.add_argument("--drop-after", type=int, default=None, help="drop the connection mid-line after K events")
+    faults.add_argument("--stall-after", type=int, default=None, help="stop sending after K events")
+    faults.add_argument("--stall-seconds", type=float, default=30.0, help="how long a stall lasts")
+    faults.add_argument("--errors", default="", help="statuses for the next requests, e.g. 429,500,500")
+    faults.add_argument("--retry-after", type=int, default=None, help="Retry-After seconds sent with those errors")
+    faults.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between idle BOOKMARKs")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        sim = Simulator(args.events, port=args.port, token=args.token or None, multiply=args.multiply,
+                        fresh_times=args.fresh_times, rate=args.rate, request_log_path=args.request_log)
+    except OSError as exc:
+        print(f"eventrouter simulate: error: cannot read --events {args.events}: {exc.strerror}", file=sys.stderr)
+        return 2
+    f = sim.faults
+    f.gone_after, f.drop_after, f.stall_after = args.gone_after, args.drop_after, args.stall_after
+    f.stall_seconds, f.retry_after, f.bookmark_interval = args.stall_seconds, args.retry_after, args.bookmark_interval
+    f.errors = [int(s) for s in args.errors.split(",") if s.strip()]
+    try:
+        sim.start()
+    except OSError as exc:
+        print(f"eventrouter simulate: error: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.kubeconfig_out:
+        sim.write_kubeconfig(args.kubeconfig_out)
+    print(f"simulator: {len(sim.store.events)} events at {sim.url} (resourceVersion {sim.resource_version})"
+          + (f"; kubeconfig {args.kubeconfig_out}" if args.kubeconfig_out else ""), file=sys.stderr, flush=True)
+    done = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+    try:
+        done.wait()
+    finally:
+        sim.stop()
+    return 0

@@ -1,0 +1,240 @@
+"""The simulated cluster's state: Events with a watch history, plus Lease and ConfigMap objects.
+
+resourceVersions are one monotonic integer counter shared by every object (as etcd's revision);
+they leave the simulator as strings. The watch history keeps every change after the compaction
+floor; a watch or continue token from below the floor gets 410 Expired, as on a real API server.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import threading
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+_TIME_FIELDS = ("firstTimestamp", "lastTimestamp", "eventTime")
+
+
+def now_text(micro: bool = False) -> str:
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if micro else now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def to_events_v1(obj: dict[str, Any]) -> dict[str, Any]:
+    """A core/v1 Event in the events.k8s.io/v1 shape (kubernetes pkg/apis/events/v1/conversion.go)."""
+    out: dict[str, Any] = {"kind": "Event", "apiVersion": "events.k8s.io/v1", "metadata": obj.get("metadata", {})}
+    mapping = (
+        ("eventTime", "eventTime"), ("series", "series"), ("reportingComponent", "reportingController"),
+        ("reportingInstance", "reportingInstance"), ("action", "action"), ("reason", "reason"),
+        ("involvedObject", "regarding"), ("related", "related"), ("message", "note"), ("type", "type"),
+        ("source", "deprecatedSource"), ("firstTimestamp", "deprecatedFirstTimestamp"),
+        ("lastTimestamp", "deprecatedLastTimestamp"), ("count", "deprecatedCount"),
+    )
+    for core, v1 in mapping:
+        if obj.get(core) is not None:
+            out[v1] = obj[core]
+    return out
+
+
+@dataclass(slots=True)
+class Change:
+    """One entry of the watch history (a pre-encoded watch line per API shape, built lazily)."""
+
+    rv: int
+    type: str  # ADDED, MODIFIED, DELETED
+    namespace: str
+    obj: dict[str, Any]
+    core_line: bytes = b""
+    v1_line: bytes = b""
+
+    def line(self, api: str) -> bytes:
+        if api == "v1":
+            if not self.core_line:
+                self.core_line = orjson.dumps({"type": self.type, "object": self.obj}) + b"\n"
+            return self.core_line
+        if not self.v1_line:
+            self.v1_line = orjson.dumps({"type": self.type, "object": to_events_v1(self.obj)}) + b"\n"
+        return self.v1_line
+
+
+class Conflict(Exception):
+    """resourceVersion mismatch or the object already exists (HTTP 409)."""
+
+
+class NotFound(Exception):
+    """HTTP 404."""
+
+
+class Expired(Exception):
+    """The resourceVersion is older than the compaction floor (HTTP 410)."""
+
+
+@dataclass
+class Store:
+    rv: int = 1000
+    floor: int = 0  # history at or below this RV is compacted
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> object
+    history_rvs: list[int] = field(default_factory=list)
+    history: list[Change] = field(default_factory=list)
+    objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+    # ---- events -----------------------------------------------------------------------------
+    def _record(self, kind: str, obj: dict[str, Any]) -> None:
+        self.rv += 1
+        obj["metadata"]["resourceVersion"] = str(self.rv)
+        namespace = obj["metadata"].get("namespace") or ""
+        self.history_rvs.append(self.rv)
+        self.history.append(Change(self.rv, kind, namespace, obj))
+        self.cond.notify_all()
+
+    def add_event(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Store an Event (a copy); an existing uid is updated (MODIFIED). Returns the stored object."""
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("namespace", "default")
+        meta.setdefault("name", f"event.{uuid.uuid4().hex[:16]}")
+        meta.setdefault("creationTimestamp", now_text())
+        with self.cond:
+            kind = "MODIFIED" if meta["uid"] in self.events else "ADDED"
+            self.events[meta["uid"]] = obj
+            self._record(kind, obj)
+        return obj
+
+    def add_events(self, objs: Iterable[dict[str, Any]]) -> None:
+        with self.cond:
+            for obj in objs:
+                meta = obj["metadata"]
+                kind = "MODIFIED" if meta["uid"] in self.events else "ADDED"
+                self.events[meta["uid"]] = obj
+                self._record(kind, obj)
+
+    def repeat(self, uid: str, message: str | None = None) -> dict[str, Any]:
+        """The Event happened again: count+1 and a new lastTimestamp (a MODIFIED)."""
+        with self.cond:
+            if uid not in self.events:
+                raise NotFound(uid)
+            obj = copy.deepcopy(self.events[uid])
+            obj["count"] = int(obj.get("count") or 1) + 1
+            if obj.get("series"):
+                obj["series"]["count"] = int(obj["series"].get("count") or 1) + 1
+                obj["series"]["lastObservedTime"] = now_text(micro=True)
+            obj["lastTimestamp"] = now_text()
+            if message is not None:
+                obj["message"] = message
+            self.events[uid] = obj
+            self._record("MODIFIED", obj)
+            return obj
+
+    def touch(self, uid: str) -> dict[str, Any]:
+        """A MODIFIED that changes nothing a user sees (only metadata), as a managedFields update."""
+        with self.cond:
+            obj = copy.deepcopy(self.events[uid])
+            obj["metadata"].setdefault("annotations", {})["simulator/touched"] = str(self.rv + 1)
+            self.events[uid] = obj
+            self._record("MODIFIED", obj)
+            return obj
+
+    def expire(self, uid: str) -> None:
+        """TTL expiry: the Event is deleted (a DELETED)."""
+        with self.cond:
+            obj = self.events.pop(uid, None)
+            if obj is None:
+                raise NotFound(uid)
+            obj = copy.deepcopy(obj)
+            self._record("DELETED", obj)
+
+    def compact(self, rv: int | None = None) -> None:
+        """Forget history at or below ``rv`` (default: everything so far)."""
+        with self.cond:
+            self.floor = max(self.floor, self.rv if rv is None else rv)
+            cut = bisect.bisect_right(self.history_rvs, self.floor)
+            del self.history_rvs[:cut]
+            del self.history[:cut]
+
+    def snapshot(self, namespace: str | None) -> tuple[int, list[dict[str, Any]]]:
+        with self.cond:
+            items = [o for o in self.events.values() if namespace is None or o["metadata"]["namespace"] == namespace]
+            return self.rv, items
+
+    def changes_after(self, rv: int, namespace: str | None, limit: int = 5000) -> list[Change]:
+        """History entries newer than ``rv`` (caller holds ``cond``). Raises Expired below the floor."""
+        if rv < self.floor:
+            raise Expired(rv)
+        start = bisect.bisect_right(self.history_rvs, rv)
+        changes = self.history[start:start + limit]
+        if namespace is None:
+            return changes
+        return [c for c in changes if c.namespace == namespace]
+
+    # ---- Lease and ConfigMap ------------------------------------------------------------------
+    def get_object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        with self.cond:
+            obj = self.objects.get((kind, namespace, name))
+            if obj is None:
+                raise NotFound(name)
+            return copy.deepcopy(obj)
+
+    def create_object(self, kind: str, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
+        name = (obj.get("metadata") or {}).get("name")
+        if not name:
+            raise ValueError("metadata.name is required")
+        with self.cond:
+            if (kind, namespace, name) in self.objects:
+                raise Conflict(f'{kind.lower()}s "{name}" already exists')
+            return self._put(kind, namespace, name, obj)
+
+    def update_object(self, kind: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+        with self.cond:
+            current = self.objects.get((kind, namespace, name))
+            if current is None:
+                raise NotFound(name)
+            sent = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+            if sent and sent != current["metadata"]["resourceVersion"]:
+                raise Conflict(
+                    f'Operation cannot be fulfilled on {kind.lower()}s "{name}": the object has been modified; '
+                    "please apply your changes to the latest version and try again"
+                )
+            return self._put(kind, namespace, name, obj)
+
+    def _put(self, kind: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        self.rv += 1
+        meta = obj.setdefault("metadata", {})
+        meta.update(name=name, namespace=namespace, resourceVersion=str(self.rv))
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", now_text())
+        self.objects[(kind, namespace, name)] = obj
+        return copy.deepcopy(obj)
+
+
+def restamp(objs: Iterable[dict[str, Any]], copies: int, fresh_times: bool) -> list[dict[str, Any]]:
+    """``copies`` copies of each object; copies after the first (or all, with fresh_times) get new
+    uids and names, and every present timestamp is set to now. The first copy keeps its uid."""
+    stamp = now_text()
+    micro = now_text(micro=True)
+    out = []
+    for n in range(copies):
+        for obj in objs:
+            new = copy.deepcopy(obj)
+            meta = new.setdefault("metadata", {})
+            meta.pop("managedFields", None)
+            if n > 0:
+                meta["uid"] = str(uuid.uuid4())
+                meta["name"] = f"{meta.get('name', 'event')}-{n}"
+            if n > 0 or fresh_times:
+                meta["creationTimestamp"] = stamp
+                for key in _TIME_FIELDS:
+                    if new.get(key):
+                        new[key] = micro if key == "eventTime" else stamp
+                if (new.get("series") or {}).get("lastObservedTime"):
+                    new["series"]["lastObservedTime"] = micro
+            out.append(new)
+    return out

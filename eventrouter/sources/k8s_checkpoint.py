@@ -1,0 +1,221 @@
+"""Where the Kubernetes source stores its resume position: a local file or a ConfigMap.
+
+The stored document (JSON)::
+
+    {"version": 1, "server": "https://10.0.0.1", "api": "v1", "namespaces": [],
+     "positions": {"": "123456"},              # per watch ("" = all namespaces): resourceVersion
+     "delivered": {"<uid>": "<resourceVersion>", ...},   # newest last, bounded
+     "written": "2026-04-14T09:30:00Z"}
+
+Only settled events are in it (see :class:`Progress`). ``delivered`` lets a re-list after a
+too-old position (410) skip what was already delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import orjson
+
+from eventrouter.errors import ConfigError
+
+log = logging.getLogger("eventrouter.sources.kubernetes")
+
+CONFIGMAP_KEY = "checkpoint.json"
+FILE_DEFAULT = os.path.join(".eventrouter", "checkpoint.json")
+DELIVERED_CAP_FILE = 100_000
+DELIVERED_CAP_CONFIGMAP = 10_000  # a ConfigMap holds at most 1 MiB
+
+
+class CheckpointStore(Protocol):
+    cap: int
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, doc: dict[str, Any]) -> None: ...
+
+
+class FileCheckpoint:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.cap = DELIVERED_CAP_FILE
+
+    def describe(self) -> str:
+        return f"file:{self.path}"
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            with open(self.path, "rb") as fh:
+                return orjson.loads(fh.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("checkpoint %s is unreadable (%s); starting as if there were none", self.path, exc)
+            return None
+
+    def save(self, doc: dict[str, Any]) -> None:
+        """Write a temp file in the same directory, fsync, rename: a crash leaves the old or the new."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(orjson.dumps(doc))
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        try:
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError:
+            pass
+
+
+class ConfigMapCheckpoint:
+    """One ConfigMap, key ``checkpoint.json``; updates carry the resourceVersion read last."""
+
+    def __init__(self, api: Any, namespace: str, name: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self.name = name
+        self.cap = DELIVERED_CAP_CONFIGMAP
+        self._rv: str | None = None
+
+    def describe(self) -> str:
+        return f"configmap:{self.namespace}/{self.name}"
+
+    @property
+    def _path(self) -> str:
+        return f"/api/v1/namespaces/{self.namespace}/configmaps"
+
+    def load(self) -> dict[str, Any] | None:
+        resp = self.api.request("GET", f"{self._path}/{self.name}")
+        if resp.status_code == 404:
+            self._rv = None
+            return None
+        if resp.status_code != 200:
+            raise CheckpointError(f"reading {self.describe()}: HTTP {resp.status_code}")
+        obj = resp.json()
+        self._rv = obj["metadata"].get("resourceVersion")
+        text = (obj.get("data") or {}).get(CONFIGMAP_KEY)
+        if not text:
+            return None
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            log.warning("checkpoint %s is unreadable; starting as if there were none", self.describe())
+            return None
+
+    def save(self, doc: dict[str, Any]) -> None:
+        body: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": self.name, "namespace": self.namespace,
+                         "labels": {"app.kubernetes.io/managed-by": "eventrouter"}},
+            "data": {CONFIGMAP_KEY: orjson.dumps(doc).decode()},
+        }
+        for _ in range(3):
+            if self._rv is None:
+                resp = self.api.request("POST", self._path, json=body)
+            else:
+                body["metadata"]["resourceVersion"] = self._rv
+                resp = self.api.request("PUT", f"{self._path}/{self.name}", json=body)
+            if resp.status_code in (200, 201):
+                self._rv = resp.json()["metadata"]["resourceVersion"]
+                return
+            if resp.status_code in (404, 409):
+                # created or changed by someone else (a previous leader): take its version and write ours
+                current = self.api.request("GET", f"{self._path}/{self.name}")
+                self._rv = current.json()["metadata"]["resourceVersion"] if current.status_code == 200 else None
+                continue
+            raise CheckpointError(f"writing {self.describe()}: HTTP {resp.status_code}")
+        raise CheckpointError(f"writing {self.describe()}: conflicting writers")
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def parse_checkpoint_flag(flag: str | None, *, in_cluster: bool, namespace: str) -> tuple[str, str]:
+    """``('file', PATH)``, ``('configmap', 'NS/NAME')`` or ``('none', '')`` from ``--checkpoint``."""
+    if flag is None:
+        return ("configmap", f"{namespace}/eventrouter-checkpoint") if in_cluster else ("file", FILE_DEFAULT)
+    kind, _, where = flag.partition(":")
+    if flag == "none":
+        return "none", ""
+    if kind == "file" and where:
+        return "file", where
+    if kind == "configmap" and where:
+        ns, _, name = where.rpartition("/")
+        if not name:
+            raise ConfigError(f"--checkpoint={flag}: give configmap:NAMESPACE/NAME (or configmap:NAME)")
+        return "configmap", f"{ns or namespace}/{name}"
+    raise ConfigError(f"--checkpoint={flag}: use configmap:NAMESPACE/NAME, file:PATH or none")
+
+
+@dataclass
+class Progress:
+    """Tracks what may be written: the newest position whose events every sink has settled.
+
+    The source thread calls :meth:`note` after each dispatch (``seq`` from ``Router.dispatch``) and
+    for positions reached without dispatching (bookmarks, suppressed events, end of a list, with
+    the router's current seq). The housekeeping thread calls :meth:`advance` with
+    ``Router.settled_seq()``; entries at or below it move into ``positions`` and ``delivered``.
+    """
+
+    cap: int = DELIVERED_CAP_FILE
+    positions: dict[str, str] = field(default_factory=dict)
+    delivered: dict[str, str] = field(default_factory=dict)
+    pending: deque[tuple[int, str, str | None, str | None, str | None]] = field(default_factory=deque)
+    changed: bool = False
+
+    def note(self, seq: int, stream: str, position: str | None, uid: str | None, rv: str | None) -> None:
+        """``position`` None: no new resume point (a listed item); ``rv`` None with a uid: forget it."""
+        self.pending.append((seq, stream, position, uid, rv))
+
+    def advance(self, settled: int) -> None:
+        pending = self.pending
+        delivered = self.delivered
+        while pending and pending[0][0] <= settled:
+            _, stream, position, uid, rv = pending.popleft()
+            if position is not None:
+                self.positions[stream] = position
+            if uid is not None:
+                delivered.pop(uid, None)
+                if rv is not None:
+                    delivered[uid] = rv
+            self.changed = True
+        excess = len(delivered) - self.cap
+        if excess > 0:
+            for uid in list(_first(delivered, excess)):
+                del delivered[uid]
+
+    def document(self, server: str, api: str, namespaces: list[str]) -> dict[str, Any]:
+        return {
+            "version": 1, "server": server, "api": api, "namespaces": namespaces,
+            "positions": dict(self.positions), "delivered": dict(self.delivered),
+            "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+
+
+def _first(mapping: dict[str, str], n: int) -> list[str]:
+    out = []
+    for key in mapping:
+        if len(out) >= n:
+            break
+        out.append(key)
+    return out
