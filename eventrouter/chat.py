@@ -226,7 +226,7 @@ class Digest:
         parts = [f"{reason} x{g.count} {_where(ns)}" for reason, ns, g in self.ranked()[:limit]]
         rest = len(self.groups) - limit
         if rest > 0:
-            parts.append(f"and {rest} more")
+            parts.append(f"and {rest} more groups")
         if self.other:
             parts.append(f"{self.other} in other groups")
         return head + ": " + ", ".join(parts)
@@ -329,10 +329,11 @@ class ChatLayout:
         for reason, ns, group in digest.ranked()[:20]:
             names = ", ".join(group.names) + (f" and {group.more_names} more" if group.more_names else "")
             lines.append(f"- {reason} x{group.count} {_where(ns)}: {names}")
-        if len(digest.groups) > 20 or digest.other:
-            lines.append(f"- {len(digest.groups) - 20 + digest.other} more events in other groups")
-        span = f"{self.time(digest.since)} - {self.time(digest.until)}"
-        lines.append(f"Between {span}; folded into one message to stay under {rate_limit} messages a minute.")
+        rest = sum(g.count for _, _, g in digest.ranked()[20:]) + digest.other
+        if rest:
+            lines.append(f"- {rest} more in other groups")
+        lines.append(f"From {self.time(digest.since)} to {self.time(digest.until)}; one message instead of "
+                     f"{digest.total} to stay under {rate_limit} messages a minute.")
         return (self.line_break if markdown else "\n").join(lines)
 
 
