@@ -1,0 +1,430 @@
+"""Webhook sink: one HTTP request per event (or per batch) to any receiver.
+
+Talks to any HTTP(S) endpoint: your own service, an alert gateway, or a chat bot through a template
+(``docs/templates/slack.json.j2``, ``docs/templates/feishu.json.j2``). The default body is the JSON
+object of the normalized event (times in UTC); ``template=``/``template_file=`` or kube-eventer's
+``custom_body_configmap=`` replace it with a sandboxed Jinja2 template, whose ``{{ value }}`` output
+is JSON-escaped when the content type is JSON (kube-eventer's Go-style ``{{ .InvolvedObject.Name }}``
+field references work too).
+
+Credentials: whatever the receiver wants, given as ``username``/``password`` (basic auth),
+``bearer_token``, a ``header=Name=Value`` (for example ``header=X-Api-Key=$API_KEY``, with the value in
+an environment variable fed from a Kubernetes Secret) or a token in the URL itself. All of them are
+masked in logs, errors and ``eventrouter check``.
+
+URL forms::
+
+    --sink=webhook:https://HOST/PATH?[level=&namespaces=&kinds=&reason=&method=&header=K=V...
+                                      &custom_body_configmap=&custom_body_configmap_namespace=]   (kube-eventer)
+    --sink=webhook:https://HOST/PATH?method=PUT&template_file=/etc/eventrouter/body.j2&batch=true
+    --sink=webhook:https://user:$PASSWORD@HOST/PATH
+
+The query options listed in ``WebhookSink.options`` (and the core's filter/delivery options) are
+taken out of the URL that is called; any other query parameter (``?access_token=...``) is kept.
+
+Example::
+
+    --sink=webhook:https://alerts.example.com/k8s?level=Warning&header=Authorization=Bearer%20$TOKEN
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import ssl
+from collections.abc import Sequence
+from typing import Any, ClassVar
+from urllib.parse import unquote, unquote_plus
+
+import httpx
+import orjson
+
+from eventrouter import (
+    HTTP_OPTIONS,
+    Event,
+    Option,
+    Options,
+    PartialError,
+    PermanentError,
+    RetryableError,
+    Secret,
+    Sink,
+    SinkConfigError,
+    SinkError,
+    SinkURL,
+    http_client,
+    raise_for_status,
+    redact_text,
+    transport_error,
+)
+from eventrouter.templates import EventTemplate, parse_tz, template_source
+
+log = logging.getLogger("eventrouter.sinks.webhook")
+
+MASK = "***"
+BATCH_SIZE_WHEN_BATCHING = 100
+CONFIGMAP_KEY = "content"  # kube-eventer's key (#138)
+# header names, query keys and userinfo whose values are credentials
+_SENSITIVE = re.compile(r"auth|token|key|secret|passw|sign|cookie|session|credential", re.IGNORECASE)
+# a header name is an RFC 9110 token
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# path segments that look like a token: Slack/Feishu/Mattermost hook ids and the like
+_TOKEN_SEGMENT = re.compile(r"^(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{16,}$")
+_HOOK_PARENTS = frozenset({"hook", "hooks", "services", "webhook", "webhooks", "incoming"})
+
+
+class WebhookSink(Sink):
+    """Any HTTP receiver: the normalized event as JSON, or a template of yours."""
+
+    name = "webhook"
+    options: ClassVar = (
+        Option("method", str, default="POST", choices=("POST", "PUT", "PATCH", "GET"),
+               help="HTTP method (kube-eventer's default was GET; a body is sent with every method)"),
+        Option("header", list, default=[], split_commas=False,
+               help="extra request header Name=Value; repeat for more (split on the first '=')"),
+        Option("content_type", str, default="application/json", help="Content-Type of the body"),
+        Option("template", str, help="inline Jinja2 body template (sandboxed)"),
+        Option("template_file", str, help="path of a Jinja2 body template, read at start-up"),
+        Option("custom_body_configmap", str,
+               help="kube-eventer: ConfigMap whose key 'content' holds the body template (read once at start-up)"),
+        Option("custom_body_configmap_namespace", str, default="default", help="namespace of that ConfigMap"),
+        Option("batch", bool, default=False,
+               help=f"one request per batch with a JSON array body (batch_size defaults to "
+                    f"{BATCH_SIZE_WHEN_BATCHING})"),
+        Option("tz", str, default="UTC", help="time zone of last_time/first_time and Go-style {{ .LastTimestamp }}"),
+        Option("username", str, help="basic auth user"),
+        Option("password", str, secret=True, help="basic auth password"),
+        Option("bearer_token", str, secret=True, help="sent as 'Authorization: Bearer TOKEN'"),
+        *HTTP_OPTIONS,
+    )
+    delivery_defaults: ClassVar = {"batch_size": 1, "flush_interval": 1.0}
+
+    # ---- configuration (no I/O) ---------------------------------------------------------------
+    @classmethod
+    def option_query(cls, url: SinkURL) -> dict[str, list[str]]:
+        """Only our keys are options; the others belong to the receiver (``?access_token=``) and stay in the URL."""
+        ours = _own_keys()
+        return {key: values for key, values in url.query.items() if key in ours}
+
+    @classmethod
+    def parse_options(cls, url: SinkURL) -> Options:
+        opts = super().parse_options(url)
+        if opts["batch"] and "batch_size" not in opts.given:
+            # batching is why one asks for batch=true: a bigger default than one event per request
+            return Options({**opts, "batch_size": BATCH_SIZE_WHEN_BATCHING}, opts.given)
+        return opts
+
+    def __init__(self, url: SinkURL, opts: Options) -> None:
+        super().__init__(url, opts)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise SinkConfigError(self.name, "needs an http:// or https:// URL with a host, "
+                                  "for example webhook:https://alerts.example.com/k8s")
+        _warn_near_misses(url)
+        self.method: str = opts["method"]
+        self.json_body = "json" in opts["content_type"].lower()
+        self.tz = parse_tz(self.name, opts["tz"])
+        self.headers = self._build_headers()
+        self.target = self._target_url()
+        self.auth = self._build_auth()
+        self._secrets = self._collect_secrets()
+        self._template: EventTemplate | None = None
+        self._loaded = False
+        source = template_source(self.name, opts)
+        if source is not None and opts["custom_body_configmap"]:
+            raise SinkConfigError(self.name, "give either template/template_file or custom_body_configmap, "
+                                  "not both", "custom_body_configmap")
+        if source is not None:
+            option = "template_file" if opts["template_file"] else "template"
+            self._template = self._compile(source, option)
+            self._loaded = True
+        elif not opts["custom_body_configmap"]:
+            self._loaded = True
+        # built now so that unreadable TLS files fail at start-up; no connection is made yet
+        self._client: httpx.Client | None = http_client(self.name, opts)
+
+    def _build_headers(self) -> dict[str, str]:
+        headers = {"Content-Type": self.opts["content_type"], "User-Agent": "eventrouter"}
+        given: dict[str, str] = {}
+        for item in self.opts["header"]:
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or not _HEADER_NAME.match(key):
+                raise SinkConfigError(self.name, f"expected header=Name=Value with a header name, got "
+                                      f"{_mask_header(item)!r}", "header")
+            if "\n" in value or "\r" in value:
+                raise SinkConfigError(self.name, f"the value of header {key!r} contains a line break", "header")
+            given[key] = value
+        # a header= given by the user wins over our defaults, whatever its case
+        for key in given:
+            for default in list(headers):
+                if default.lower() == key.lower():
+                    del headers[default]
+        headers.update(given)
+        return headers
+
+    def _target_url(self) -> str:
+        url = self.url
+        query = url.query_without(_own_keys())
+        target = f"{url.scheme}://{url.host}{url.path}"
+        target += f"?{query}" if query else ""
+        try:
+            httpx.URL(target)
+        except (httpx.InvalidURL, ValueError) as exc:
+            problem = redact_text(str(exc), self._url_secrets())
+            raise SinkConfigError(self.name, f"the URL is not valid: {problem}") from None
+        return target
+
+    def _build_auth(self) -> httpx.Auth | None:
+        opts = self.opts
+        user, password, token = opts["username"], opts["password"], opts["bearer_token"]
+        if self.url.userinfo:
+            if user:
+                raise SinkConfigError(self.name, "give the user either in the URL or as username=, not both",
+                                      "username")
+            name, _, pw = self.url.userinfo.partition(":")
+            user, password = unquote(name), Secret(unquote(pw))
+        if password and not user:
+            raise SinkConfigError(self.name, "password= needs username=", "password")
+        if token and user:
+            raise SinkConfigError(self.name, "give either bearer_token or username/password, not both",
+                                  "bearer_token")
+        if token:
+            if any(k.lower() == "authorization" for k in self.headers):
+                raise SinkConfigError(self.name, "bearer_token and header=Authorization=... both set",
+                                      "bearer_token")
+            self.headers["Authorization"] = f"Bearer {token.reveal()}"
+            return None
+        if user:
+            return httpx.BasicAuth(user, password.reveal() if password else "")
+        return None
+
+    def _url_secrets(self) -> list[str]:
+        found = []
+        if ":" in self.url.userinfo:
+            found.append(unquote(self.url.userinfo.partition(":")[2]))
+        found.extend(seg for seg in self.url.path.split("/") if _TOKEN_SEGMENT.match(seg))
+        segments = [s for s in self.url.path.split("/") if s]
+        if len(segments) >= 2 and any(s.lower() in _HOOK_PARENTS for s in segments[:-1]):
+            found.append(segments[-1])
+        for key, values in self.url.query.items():
+            if _SENSITIVE.search(key):
+                found.extend(values)
+        return found
+
+    def _collect_secrets(self) -> list[Any]:
+        secrets: list[Any] = [self.opts["password"], self.opts["bearer_token"], *self._url_secrets()]
+        secrets.extend(v for k, v in self.headers.items() if _SENSITIVE.search(k))
+        return [s for s in secrets if s]
+
+    def _compile(self, source: str, option: str) -> EventTemplate:
+        template = EventTemplate(self.name, source, option=option, json_escape=self.json_body, tz=self.tz)
+        if self.json_body:
+            # a template that cannot make JSON would fail on every event: say so now
+            from eventrouter.templates import sample_event
+
+            sample = template.render(sample_event())
+            try:
+                orjson.loads(sample)
+            except orjson.JSONDecodeError as exc:
+                raise SinkConfigError(self.name, f"the template does not render valid JSON ({exc}); fix it or "
+                                      "set content_type to a non-JSON type", option) from None
+        return template
+
+    @classmethod
+    def redact(cls, url: SinkURL) -> str:
+        """Secret options, the URL password, token-like path segments, and sensitive header values and
+        query parameters are shown as ``***``."""
+        text = url.redacted(cls.secret_keys())
+        head, sep, query = text.partition("?")
+        head = _mask_path(head)
+        parts = []
+        for part in query.split("&") if sep else []:
+            key, eq, value = part.partition("=")
+            name = unquote_plus(key)
+            if name == "header" and eq:
+                parts.append(f"{key}={_mask_header(unquote_plus(value))}")
+            elif eq and value != MASK and _SENSITIVE.search(name) and name not in _own_keys():
+                parts.append(f"{key}={MASK}")
+            else:
+                parts.append(part)
+        return head + (sep + "&".join(parts) if sep else "")
+
+    # ---- delivery -----------------------------------------------------------------------------
+    def open(self) -> None:
+        """Read the ConfigMap template (kube-eventer's custom_body_configmap), once."""
+        if self._loaded:
+            return
+        name = self.opts["custom_body_configmap"]
+        namespace = self.opts["custom_body_configmap_namespace"]
+        source = _read_configmap(self.name, namespace, name, float(self.opts["timeout"]))
+        self._template = self._compile(source, "custom_body_configmap")
+        self._loaded = True
+        log.info("webhook: body template read from ConfigMap %s/%s", namespace, name)
+
+    def send(self, batch: Sequence[Event]) -> None:
+        if not self._loaded:
+            try:
+                self.open()
+            except SinkConfigError as exc:
+                # run does not call open(): keep the events and retry until the ConfigMap can be read
+                raise RetryableError(str(exc)) from None
+        if self.opts["batch"]:
+            self._request(self._batch_body(batch))
+            return
+        self._send_each(batch)
+
+    def _send_each(self, batch: Sequence[Event]) -> None:
+        """One request per event. What was delivered before a failure is not sent again."""
+        rejected: list[Event] = []
+        last: SinkError | None = None
+        for index, event in enumerate(batch):
+            try:
+                self._request(self._body(event))
+            except PermanentError as exc:
+                rejected.append(event)
+                last = exc
+            except RetryableError as exc:
+                if index == 0:
+                    raise
+                raise PartialError(str(exc), retry=batch[index:], rejected=rejected,
+                                   retry_after=exc.retry_after) from None
+        if rejected:
+            assert last is not None
+            if len(rejected) == len(batch):
+                raise last
+            raise PartialError(f"{len(rejected)} of {len(batch)} events rejected: {last}", rejected=rejected)
+
+    def _body(self, event: Event) -> bytes:
+        if self._template is None:
+            return orjson.dumps(event.to_dict())
+        try:
+            return self._template.render(event).encode()
+        except Exception as exc:  # the template passed the start-up check; this event breaks it
+            raise PermanentError(f"the template failed on this event: {type(exc).__name__}: {exc}") from None
+
+    def _batch_body(self, batch: Sequence[Event]) -> bytes:
+        if self._template is None:
+            return orjson.dumps([event.to_dict() for event in batch])
+        items = [self._body(event) for event in batch]
+        if self.json_body:
+            return b"[" + b",".join(item.strip() for item in items) + b"]"
+        return b"\n".join(item.rstrip(b"\n") for item in items) + b"\n"
+
+    def _request(self, body: bytes) -> None:
+        if self._client is None:
+            self._client = http_client(self.name, self.opts)
+        try:
+            response = self._client.request(self.method, self.target, content=body, headers=self.headers,
+                                             auth=self.auth)
+        except httpx.HTTPError as exc:
+            raise RetryableError(self._redact(str(transport_error(exc, "webhook receiver")))) from None
+        self._classify(response)
+
+    def _classify(self, response: httpx.Response) -> None:
+        """2xx: delivered. 408, 425, 429 (Retry-After honoured) and 5xx: RetryableError. Other: PermanentError."""
+        if not 200 <= response.status_code < 300 and response.content:
+            log.debug("webhook: HTTP %d: %s", response.status_code,
+                      self._redact(response.text[:2048]))
+        try:
+            raise_for_status(response, "webhook receiver")
+        except RetryableError as exc:
+            raise RetryableError(self._redact(str(exc)), exc.retry_after) from None
+        except PermanentError as exc:
+            raise PermanentError(self._redact(str(exc))) from None
+
+    def _redact(self, text: str) -> str:
+        return redact_text(text, self._secrets)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+
+def _own_keys() -> frozenset[str]:
+    return frozenset(k for option in WebhookSink.all_options() for k in option.keys)
+
+
+def _warn_near_misses(url: SinkURL) -> None:
+    """A receiver parameter that looks like a misspelt option is forwarded, but not silently."""
+    ours = _own_keys()
+    for key in url.query:
+        if key in ours:
+            continue
+        close = difflib.get_close_matches(key, ours, n=1, cutoff=0.8)
+        if close:
+            log.warning("webhook: query parameter %r is not an option, so it is sent to the receiver; "
+                        "did you mean %r?", key, close[0])
+
+
+def _mask_header(item: str) -> str:
+    key, sep, _value = item.partition("=")
+    if sep and _SENSITIVE.search(key):
+        return f"{key}={MASK}"
+    return item
+
+
+def _mask_path(head: str) -> str:
+    """Mask token-like path segments (Slack, Feishu, Mattermost hooks) in ``name:scheme://host/path``."""
+    prefix, sep, path = head.partition("://")
+    if not sep:
+        return head
+    host, slash, rest = path.partition("/")
+    segments = rest.split("/") if slash else []
+    hooked = any(s.lower() in _HOOK_PARENTS for s in segments[:-1])
+    masked = [MASK if _TOKEN_SEGMENT.match(s) or (hooked and i == len(segments) - 1 and s) else s
+              for i, s in enumerate(segments)]
+    return f"{prefix}{sep}{host}{slash}{'/'.join(masked)}"
+
+
+def _read_configmap(sink: str, namespace: str, name: str, timeout: float) -> str:
+    """GET /api/v1/namespaces/NS/configmaps/NAME with the in-cluster config, else KUBECONFIG/~/.kube/config."""
+    from kubernetes import client, config
+
+    option = "custom_body_configmap"
+    where = f"ConfigMap {namespace}/{name}"
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or "~/.kube/config",
+                                    client_configuration=cfg)
+        except (config.ConfigException, OSError) as exc:
+            raise SinkConfigError(sink, f"cannot read {where}: no in-cluster service account and no usable "
+                                  f"kubeconfig ({exc})", option) from None
+    headers = {"Accept": "application/json"}
+    # the key is "BearerToken" in current clients, "authorization" in older ones
+    token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
+    if token:
+        headers["Authorization"] = token
+    auth = httpx.BasicAuth(cfg.username, cfg.password or "") if cfg.username else None
+    verify: Any = False
+    try:
+        if cfg.verify_ssl:
+            verify = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
+            if cfg.cert_file:
+                verify.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    except (OSError, ssl.SSLError) as exc:
+        raise SinkConfigError(sink, f"cannot read {where}: bad TLS files in the kubeconfig: {exc}", option) from None
+    url = f"{cfg.host.rstrip('/')}/api/v1/namespaces/{namespace}/configmaps/{name}"
+    try:
+        with httpx.Client(verify=verify, timeout=timeout) as http:
+            response = http.get(url, headers=headers, auth=auth)
+    except httpx.HTTPError as exc:
+        raise SinkConfigError(sink, f"cannot read {where} from {cfg.host}: {type(exc).__name__}: {exc}",
+                              option) from None
+    if response.status_code != 200:
+        hint = {403: " (the service account needs RBAC 'get' on configmaps)", 404: " (it does not exist)"}
+        raise SinkConfigError(sink, f"cannot read {where}: HTTP {response.status_code}"
+                              f"{hint.get(response.status_code, '')}", option)
+    try:
+        content = orjson.loads(response.content).get("data", {}).get(CONFIGMAP_KEY)
+    except (orjson.JSONDecodeError, AttributeError):
+        content = None
+    if not content:
+        raise SinkConfigError(sink, f"{where} has no key '{CONFIGMAP_KEY}' (kube-eventer's key for the body "
+                              "template)", option)
+    return str(content)
