@@ -80,7 +80,7 @@ def check_command(argv: Sequence[str]) -> int:
                 sink.send([event])
                 sink.tick()
                 print("    send-test: delivered")
-        except SinkError as exc:
+        except (SinkError, ConfigError) as exc:  # open() may find a config problem (a missing ConfigMap)
             print(f"    failed: {type(exc).__name__}: {_redact(sink, exc)}")
             status = max(status, 1)
         finally:
