@@ -300,8 +300,8 @@ class ElasticsearchSink(Sink):
         nodes, self._url_secrets = [], []
         for node in raw_nodes:
             if not re.match(r"^https?://[^/?#]+", node):
-                raise SinkConfigError(self.name, f"{redact_text(node, self._url_secrets)!r} is not an "
-                                      "http:// or https:// URL", "nodes")
+                shown = re.sub(r"^([^@/]*//)?[^@/]*@", lambda m: (m.group(1) or "") + "***@", node)
+                raise SinkConfigError(self.name, f"{shown!r} is not an http:// or https:// URL", "nodes")
             base, password = _split_userinfo(node)
             nodes.append(base)
             if password:
@@ -384,9 +384,15 @@ class ElasticsearchSink(Sink):
     def index_for(self, event: Event) -> str:
         if self._data_stream:
             return self._data_stream
-        fields = _IndexFields(event, self.opts["cluster_name"])
+        fields = _IndexFields(event, self._cluster(event))
         pattern = self._index_no_ns if self._index_no_ns and not fields["namespace"] else self._index
         return pattern.format_map(fields)
+
+    def _cluster(self, event: Event) -> str:
+        """cluster_name when given, else --cluster-name (the event's cluster), else kube-eventer's "default"."""
+        if "cluster_name" in self.opts.given:
+            return str(self.opts["cluster_name"])
+        return event.cluster or self.opts["cluster_name"]
 
     def _template_target(self) -> tuple[str, str]:
         """(template name, index pattern) for the indices this sink writes."""
@@ -535,7 +541,6 @@ class ElasticsearchSink(Sink):
     def bulk_body(self, batch: Sequence[Event]) -> bytes:
         """The NDJSON body: an action line and a source line per event, ending with a newline."""
         typed = self._typed
-        cluster = self.opts["cluster_name"]
         lines = []
         for event in batch:
             action: dict[str, Any] = {"_index": self.index_for(event)}
@@ -543,11 +548,10 @@ class ElasticsearchSink(Sink):
                 action["_type"] = self._doc_type
             action["_id"] = doc_id(event)
             if self._format == "kube-eventer":
-                source = kube_eventer_doc(event, cluster)
+                source = kube_eventer_doc(event, self._cluster(event))
             else:
                 source = event.to_dict()
-                if "cluster_name" in self.opts.given:
-                    source["cluster"] = cluster
+                source["cluster"] = self._cluster(event)
             if self._data_stream:
                 source = {"@timestamp": format_time(event.last_timestamp), **source}
             lines.append(orjson.dumps({self._op: action}))

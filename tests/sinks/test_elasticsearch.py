@@ -159,6 +159,12 @@ def test_redacted_round_trip(start_es, caplog):
     bad.close()
 
 
+def test_bad_node_url_error_hides_the_password():
+    with pytest.raises(SinkConfigError) as info:
+        build("elasticsearch:?nodes=elastic:pw-hidden-9@es:9200")
+    assert "pw-hidden-9" not in str(info.value) and "***@es:9200" in str(info.value)
+
+
 # ---- classification -------------------------------------------------------------------------------
 OK_BODY = b'{"took":3,"errors":false,"items":[{"index":{"_index":"x","_id":"1","status":201,"result":"created"}}]}'
 CLASSIFY = [
@@ -216,7 +222,7 @@ def test_json_body_es8(es):
     assert request.headers["content-type"] == "application/x-ndjson"
     assert lines(request.body) == [
         {"index": {"_index": "heapster-2026.04.14", "_id": "00000000-0000-4000-8000-000000000003-1003-1"}},
-        {"uid": "00000000-0000-4000-8000-000000000003", "resource_version": "1003", "cluster": "",
+        {"uid": "00000000-0000-4000-8000-000000000003", "resource_version": "1003", "cluster": "default",
          "namespace": "default", "name": "app-3.17a0b0c0d0e0f000", "type": "Warning", "reason": "BackOff",
          "message": "Back-off restarting failed container app in pod app-3", "count": 1,
          "first_timestamp": "2026-04-14T09:30:03Z", "last_timestamp": "2026-04-14T09:30:03Z",
@@ -404,6 +410,19 @@ def test_index_names(es, query, event, expected):
     assert sink.index_for(event) == expected
     sink.send([event])
     assert doc_id(event) in es.docs[expected]
+
+
+@pytest.mark.parametrize(("query", "cluster", "expected"), [
+    ("", "", "default"),  # kube-eventer's default
+    ("", "lab", "lab"),  # --cluster-name
+    ("cluster_name=prod", "lab", "prod"),  # the sink's own option wins
+])
+def test_cluster_name(es, query, cluster, expected):
+    event = make_event(1, cluster=cluster)
+    build(f"elasticsearch:{es.url}?{query}").send([event])
+    build(f"elasticsearch:{es.url}?format=kube-eventer&index=ke&{query}").send([event])
+    assert es.docs["heapster-2026.04.14"][doc_id(event)]["cluster"] == expected
+    assert es.docs["ke-2026.04.14"][doc_id(event)]["EventTags"]["cluster_name"] == expected
 
 
 def test_pipeline_query(es):
