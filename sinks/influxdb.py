@@ -1,0 +1,305 @@
+"""InfluxDB sink: one point per event, in kube-eventer's measurement, tag and field layout.
+
+Talks HTTP (httpx) to InfluxDB 1.x (``POST /write``, line protocol) or to InfluxDB 2.x/3.x and
+1.8+'s compatibility API (``POST /api/v2/write``), at nanosecond precision.
+
+Credentials:
+
+- 1.x: ``user=`` and ``pw=`` (sent as HTTP basic auth). The user needs WRITE on the database, and
+  ALL PRIVILEGES (admin) if eventrouter should create it (``CREATE DATABASE``, done once).
+- 2.x/3.x: an API token with write access to the bucket (``influx auth create --write-bucket ID``),
+  ``token=$INFLUX_TOKEN``; on 1.8 the token is ``user:password`` and the bucket ``db/rp``.
+
+URL forms::
+
+    --sink=influxdb:http://influxdb:8086?user=root&pw=root&db=k8s&withfields=false&insecuressl=false&cluster_name=default
+                                                                     (kube-eventer, InfluxDB 1.x)
+    --sink=influxdb:https://influx.example:8086?db=k8s&withfields=true&retention=30d
+    --sink=influxdb:http://influxdb:8086?org=my-org&bucket=k8s&token=$INFLUX_TOKEN   (2.x/3.x)
+
+Points (kube-eventer's layout, time = the event's last timestamp):
+
+- default: measurement ``log/events``, field ``value`` = the Kubernetes Event as indented JSON,
+  tags ``uid``, ``pod_id`` and ``pod_name`` (Pod events only), ``hostname``, ``cluster_name``;
+- ``withfields=true``: measurement ``events``, field ``message``, tags ``uid``, ``pod_id`` (Pod),
+  ``object_name``, ``type``, ``kind``, ``component``, ``reason``, ``namespace_name``, ``hostname``,
+  ``cluster_name``.
+
+Empty tags are left out. A retried batch rewrites the same points (same series and time), so it
+never duplicates. Example::
+
+    --sink=influxdb:http://influxdb.monitoring:8086?user=eventer&pw=$INFLUX_PW&db=k8s
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import httpx
+
+from eventrouter import (
+    HTTP_OPTIONS,
+    Event,
+    Option,
+    PermanentError,
+    RetryableError,
+    Sink,
+    SinkConfigError,
+    SinkError,
+    http_client,
+    redact_text,
+    transport_error,
+)
+
+log = logging.getLogger("eventrouter.sinks.influxdb")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+DEFAULT_HOST = "localhost:8086"
+
+
+# ---- line protocol -------------------------------------------------------------------------------
+_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
+_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
+_FIELD_STRING = str.maketrans({"\\": "\\\\", '"': '\\"'})
+
+
+def _tag(text: str) -> str:
+    escaped = text.translate(_KEY)
+    # a trailing backslash would escape the ',' or ' ' that follows the value
+    return escaped + " " if escaped.endswith("\\") else escaped
+
+
+def line(measurement: str, tags: dict[str, str], fields: dict[str, str], time_ns: int) -> str:
+    """One line of InfluxDB line protocol: string fields only, tags sorted, empty tags left out."""
+    tag_text = "".join(f",{_tag(k)}={_tag(v)}" for k, v in sorted(tags.items()) if v)
+    field_text = ",".join(f'{_tag(k)}="{v.translate(_FIELD_STRING)}"' for k, v in fields.items())
+    return f"{measurement.translate(_MEASUREMENT)}{tag_text} {field_text} {time_ns}"
+
+
+def nanoseconds(value: datetime) -> int:
+    delta = value.astimezone(UTC) - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def event_json(event: Event) -> str:
+    """The Event as indented JSON, as kube-eventer's ``json.MarshalIndent(event, "", " ")``."""
+    obj = event.raw if isinstance(event.raw, dict) else event.to_dict()
+    return json.dumps(obj, indent=1, ensure_ascii=False)
+
+
+def point(event: Event, *, with_fields: bool, cluster_name: str) -> str:
+    obj = event.involved_object
+    is_pod = obj.kind == "Pod"
+    tags = {"uid": event.uid, "hostname": event.source_host, "cluster_name": cluster_name}
+    if is_pod:
+        tags["pod_id"] = obj.uid
+    if with_fields:
+        tags.update(object_name=obj.name, type=event.type, kind=obj.kind, component=event.source_component,
+                    reason=event.reason, namespace_name=event.namespace)
+        return line("events", tags, {"message": event.message}, nanoseconds(event.last_timestamp))
+    if is_pod:
+        tags["pod_name"] = obj.name
+    return line("log/events", tags, {"value": event_json(event)}, nanoseconds(event.last_timestamp))
+
+
+# ---- responses ------------------------------------------------------------------------------------
+def _retry_after(value: str | None) -> float | None:
+    if value and value.strip().isdigit():
+        return float(value.strip())
+    return None
+
+
+def _classify(status: int, body: str, retry_after: str | None = None) -> SinkError | None:
+    """What a /write or /api/v2/write answer means: None (delivered), retry, or give up."""
+    if 200 <= status < 300:
+        return None
+    message = body.strip()[:300]
+    try:
+        parsed = json.loads(body)
+        message = str(parsed.get("error") or parsed.get("message") or message)[:300]
+    except (ValueError, AttributeError):
+        pass
+    if status == 400 and message.startswith("partial write: points beyond retention policy dropped="):
+        # the other points were written; these would have expired anyway (old events replayed)
+        log.debug("influxdb: %s", message)
+        return None
+    text = f"InfluxDB answered HTTP {status}" + (f": {message}" if message else "")
+    if status == 429 or status >= 500:
+        return RetryableError(text, _retry_after(retry_after))
+    if status == 404 and "database not found" in message:
+        return DatabaseMissing(text)
+    if status in (401, 403):
+        return PermanentError(f"{text} (check user/pw or token, and the write permission)")
+    if status == 413:
+        return PermanentError(f"{text} (lower batch_size)")
+    return PermanentError(text)
+
+
+class DatabaseMissing(RetryableError):
+    """The 1.x database was dropped: create it again on the next send."""
+
+
+# ---- the sink ------------------------------------------------------------------------------------
+_RETENTION = re.compile(r"^(?:\d+(?:ns|u|µ|ms|s|m|h|d|w))+$|^(?:INF|inf)$")
+
+
+def _check_retention(value: str) -> str | None:
+    if value and not _RETENTION.match(value):
+        return f"{value!r} is not an InfluxQL duration such as 720h, 30d, 4w or INF"
+    return None
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class InfluxDBSink(Sink):
+    """InfluxDB 1.x, 2.x, 3.x: one point per event.  influxdb:http://h:8086?db=k8s (or org=&bucket=&token=)"""
+
+    name = "influxdb"
+    options: ClassVar = (
+        Option("user", str, default="", help="1.x user"),
+        Option("pw", str, secret=True, aliases=("password",), help="1.x password"),
+        Option("db", str, default="k8s", help="1.x database; created if missing"),
+        Option("retention", str, default="", validate=_check_retention,
+               help="1.x: duration of the default retention policy when eventrouter creates the database "
+                    "(720h, 30d, INF)"),
+        Option("withfields", bool, default=False,
+               help="measurement 'events' with field 'message' and more tags, instead of 'log/events'"),
+        Option("cluster_name", str, default="default", help="the cluster_name tag (default: --cluster-name, "
+               "else 'default')"),
+        Option("insecuressl", bool, default=False, help="do not verify the server certificate (kube-eventer)"),
+        Option("org", str, default="", help="2.x organization (name); 3.x ignores it"),
+        Option("bucket", str, default="", help="2.x/3.x bucket or database; on 1.8 'db/retention_policy'"),
+        Option("token", str, secret=True, help="2.x/3.x API token; on 1.8 'user:password'"),
+        Option("concurrency", int, default=1, min=1, help="kube-eventer option, accepted (no effect)"),
+        Option("disable_counter_metrics", bool, default=False, help="kube-eventer option, accepted (no effect)"),
+        *HTTP_OPTIONS,
+    )
+    delivery_defaults: ClassVar = {"batch_size": 1000, "flush_interval": 1.0}
+
+    def __init__(self, url, opts, *, transport: httpx.BaseTransport | None = None) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(url, opts)
+        self.v2 = bool(opts["bucket"] or opts["org"] or opts["token"])
+        if self.v2:
+            if not opts["bucket"]:
+                raise SinkConfigError(self.name, "InfluxDB 2.x/3.x needs the bucket (with org= and token=)", "bucket")
+            for name in ("db", "retention", "user", "pw"):
+                if name in opts.given:
+                    raise SinkConfigError(self.name, "is an InfluxDB 1.x option; with bucket= use org= and token= "
+                                          "(on 1.8: token=user:password, bucket=db/retention_policy)", name)
+        if url.scheme and url.scheme not in ("http", "https"):
+            raise SinkConfigError(self.name, f"scheme {url.scheme!r} is not supported; use http:// or https://")
+        if url.userinfo:
+            raise SinkConfigError(self.name, "put credentials in user= and pw= (or token=), not in the URL")
+        if not url.scheme and url.path:
+            raise SinkConfigError(self.name, "expected http://host:8086 (or https://) before '?'")
+        self.base_url = f"{url.scheme or 'http'}://{url.host or DEFAULT_HOST}{url.path.rstrip('/')}"
+        self.with_fields: bool = opts["withfields"]
+        tls_opts = {**opts, "insecure_skip_verify": opts["insecuressl"] or opts["insecure_skip_verify"]}
+        self._transport = transport
+        self._client_opts = tls_opts
+        self._client: httpx.Client | None = None
+        self._db_ready = self.v2
+        self._secrets = [opts["pw"], opts["token"]]
+
+    # ---- HTTP ----------------------------------------------------------------------------------
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            kwargs: dict[str, Any] = {"base_url": self.base_url}
+            if self._transport is not None:
+                kwargs["transport"] = self._transport
+            if self.v2:
+                if self.opts["token"]:
+                    kwargs["headers"] = {"Authorization": f"Token {self.opts['token'].reveal()}"}
+            elif self.opts["user"] or self.opts["pw"]:
+                kwargs["auth"] = (self.opts["user"], self.opts["pw"].reveal() if self.opts["pw"] else "")
+            self._client = http_client(self.name, self._client_opts, **kwargs)
+        return self._client
+
+    def _post(self, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return self._http().post(path, **kwargs)
+        except httpx.HTTPError as exc:
+            error = transport_error(exc, f"InfluxDB at {self.base_url}")
+            raise RetryableError(redact_text(str(error), self._secrets)) from None
+
+    def _ensure_database(self) -> None:
+        """1.x: CREATE DATABASE (a no-op when it exists). A non-admin user is allowed to skip it."""
+        if self._db_ready:
+            return
+        db = self.opts["db"]
+        statement = f"CREATE DATABASE {_quote_ident(db)}"
+        if self.opts["retention"]:
+            statement += f' WITH DURATION {self.opts["retention"]} NAME "default"'
+        response = self._post("/query", data={"q": statement})
+        error = _classify(response.status_code, response.text)
+        if error is None:
+            try:
+                results = response.json().get("results") or [{}]
+                problem = results[0].get("error") or ""
+            except (ValueError, AttributeError):
+                problem = ""
+            if "conflicts with an existing policy" in problem:
+                log.warning("influxdb: database %r exists with another retention policy; retention= is ignored", db)
+            elif problem and "already exists" not in problem:
+                if "admin" not in problem and "not authorized" not in problem:
+                    raise PermanentError(f"cannot create database {db!r}: {problem}")
+                log.warning("influxdb: user %r may not create databases; database %r must exist",
+                            self.opts["user"], db)
+        elif isinstance(error, PermanentError) and response.status_code == 403:
+            log.warning("influxdb: user %r may not create databases; database %r must exist", self.opts["user"], db)
+        else:
+            raise error
+        self._db_ready = True
+
+    def _write_params(self) -> dict[str, str]:
+        opts = self.opts
+        if self.v2:
+            params = {"bucket": opts["bucket"], "precision": "ns"}
+            if opts["org"]:
+                params["org"] = opts["org"]
+            return params
+        # no rp=: points go to the database's default retention policy (the one retention= creates)
+        return {"db": opts["db"], "precision": "ns"}
+
+    # ---- Sink API ------------------------------------------------------------------------------
+    def open(self) -> None:
+        self._ensure_database()
+        if self.v2:
+            try:
+                response = self._http().get("/ping")
+            except httpx.HTTPError as exc:
+                raise RetryableError(redact_text(str(transport_error(exc, f"InfluxDB at {self.base_url}")),
+                                                 self._secrets)) from None
+            if response.status_code >= 500:
+                raise RetryableError(f"InfluxDB answered HTTP {response.status_code} to /ping")
+
+    def send(self, batch: Sequence[Event]) -> None:
+        if not batch:
+            return
+        self._ensure_database()
+        cluster = self.opts["cluster_name"]
+        explicit = "cluster_name" in self.opts.given
+        body = "\n".join(
+            point(e, with_fields=self.with_fields, cluster_name=cluster if explicit else (e.cluster or cluster))
+            for e in batch
+        ).encode("utf-8")
+        path = "/api/v2/write" if self.v2 else "/write"
+        response = self._post(path, params=self._write_params(), content=body,
+                              headers={"Content-Type": "text/plain; charset=utf-8"})
+        error = _classify(response.status_code, response.text, response.headers.get("Retry-After"))
+        if isinstance(error, DatabaseMissing):
+            self._db_ready = False  # dropped under us: create it again before the retry
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
