@@ -38,9 +38,10 @@ log = logging.getLogger("eventrouter.simulator")
 class Faults:
     """What goes wrong next. Each counter is consumed by the requests it affects."""
 
-    gone_after: int | None = None  # next watch: send ERROR 410 after this many events, then close
-    drop_after: int | None = None  # next watch: close mid-line after this many events
-    stall_after: int | None = None  # next watch: after this many events, send nothing for stall_seconds
+    # taken by one open (or the next) watch, counting from the moment it is set:
+    gone_after: int | None = None  # send ERROR 410 after this many more events, then close
+    drop_after: int | None = None  # close mid-line after this many more events
+    stall_after: int | None = None  # after this many more events, send nothing for stall_seconds
     stall_seconds: float = 30.0
     http_gone: int = 0  # the next N watch requests get HTTP 410
     errors: list[int] = field(default_factory=list)  # statuses for the next requests (429, 500, ...)
@@ -57,6 +58,7 @@ class Request:
     path: str
     verb: str  # the RBAC verb: get, list, watch, create, update
     status: int
+    query: dict[str, str] = field(default_factory=dict)
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -105,14 +107,23 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = [p for p in url.path.split("/") if p]
         verb = _verb(method, parts, query)
+        self._logged = False
+        self._request = (method, url.path, verb, query)
         status = 0
         try:
             status = self._handle(sim, method, parts, query)
         finally:
-            sim.log_request(Request(method, url.path, verb, status))
+            self._log(status)
+
+    def _log(self, status: int) -> None:
+        """Log once, when the status is known (a watch logs when its stream starts)."""
+        if not self._logged:
+            self._logged = True
+            self.server.sim.log_request(Request(*self._request[:3], status, self._request[3]))
 
     def _handle(self, sim: Simulator, method: str, parts: list[str], query: dict[str, str]) -> int:
-        if sim.token and self.headers.get("Authorization") != f"Bearer {sim.token}":
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if sim.token and (scheme.lower() != "bearer" or token.strip() != sim.token):
             self._fail(401, "Unauthorized")
             return 401
         error = sim.faults.take_error()
@@ -186,13 +197,12 @@ class Handler(BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks") in ("1", "true", "True")
         timeout = float(query.get("timeoutSeconds") or 1800)
         deadline = time.monotonic() + timeout
-        gone_after, faults.gone_after = faults.gone_after, None
-        drop_after, faults.drop_after = faults.drop_after, None
-        stall_after, faults.stall_after = faults.stall_after, None
+        gone_after = drop_after = stall_after = None
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+        self._log(200)
         kind = "v1" if api == "v1" else "events.k8s.io/v1"
         try:
             if rv_text in ("", "0"):
@@ -226,6 +236,13 @@ class Handler(BaseHTTPRequestHandler):
                             410, "Expired", f"too old resource version: {position} ({store.floor})")}) + b"\n")
                         return 200
                 now = time.monotonic()
+                # a fault set now applies to the next K events of one open watch (this one, if first)
+                if faults.gone_after is not None and gone_after is None:
+                    gone_after, faults.gone_after = sent + faults.gone_after, None
+                if faults.drop_after is not None and drop_after is None:
+                    drop_after, faults.drop_after = sent + faults.drop_after, None
+                if faults.stall_after is not None and stall_after is None:
+                    stall_after, faults.stall_after = sent + faults.stall_after, None
                 if changes:
                     lines = [c.line(api) for c in changes]
                     for limit, action in ((gone_after, "gone"), (drop_after, "drop"), (stall_after, "stall")):

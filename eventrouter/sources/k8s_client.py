@@ -74,9 +74,9 @@ class ApiClient:
         value = self.config.get_api_key_with_prefix("BearerToken", alias="authorization")
         if not value:
             return {}
-        if not value.lower().startswith("bearer "):
-            value = f"Bearer {value}"
-        return {"Authorization": value}
+        if value[:7].lower() == "bearer ":
+            value = value[7:]
+        return {"Authorization": f"Bearer {value.strip()}"}
 
     def reload(self) -> None:
         """Credentials were refused: load the configuration again (re-runs exec plugins)."""
