@@ -204,10 +204,14 @@ class S3Sink(Sink):
             groups.setdefault(group_of(self._template, event.last_timestamp), []).append((line, event))
         if self._spool.used and self._spool.used + size > self.store_dir_limit:
             self._make_room(size)
+        written: list[tuple[Chunk, int, int]] = []  # (chunk, size, events) before this batch, to undo
         try:
             for group, lines in groups.items():
-                self._append(group, lines)
+                self._append(group, lines, written)
         except OSError as exc:
+            # the router sends the whole batch again: take back what part of it reached the disk
+            for chunk, size, events in reversed(written):
+                self._spool.truncate(chunk, size, events)
             raise RetryableError(f"cannot write the spool in {self.store_dir}: {exc.strerror or exc}") from None
 
     def tick(self) -> None:
@@ -238,10 +242,10 @@ class S3Sink(Sink):
     # ---- spool --------------------------------------------------------------------------------
     def _start(self) -> None:
         """First use: lock the spool, seal what a previous run left and upload it before new data."""
-        if self._started:
-            return
         if self._closed:
             raise PermanentError("the s3 sink is closed")
+        if self._started:
+            return
         try:
             self._spool.start(self._clock())
         except SpoolBusy as exc:
@@ -258,7 +262,7 @@ class S3Sink(Sink):
             except SinkError as exc:
                 log.warning("s3 sink: upload of earlier chunks failed, retrying later: %s", self._redact(str(exc)))
 
-    def _append(self, group: str, lines: list[tuple[bytes, Event]]) -> None:
+    def _append(self, group: str, lines: list[tuple[bytes, Event]], written: list[tuple[Chunk, int, int]]) -> None:
         chunk = self._open.get(group)
         pending: list[bytes] = []
         pending_size = 0
@@ -267,6 +271,7 @@ class S3Sink(Sink):
                 chunk = self._new_chunk(group, event)
             elif chunk.size + pending_size + len(line) > self.total_file_size and (chunk.events or pending):
                 if pending:
+                    written.append((chunk, chunk.size, chunk.events))
                     self._spool.append(chunk, b"".join(pending), len(pending))
                     pending, pending_size = [], 0
                 self._seal(group)
@@ -274,6 +279,7 @@ class S3Sink(Sink):
             pending.append(line)
             pending_size += len(line)
         if chunk is not None and pending:
+            written.append((chunk, chunk.size, chunk.events))
             self._spool.append(chunk, b"".join(pending), len(pending))
 
     def _new_chunk(self, group: str, event: Event) -> Chunk:
@@ -369,7 +375,8 @@ class S3Sink(Sink):
                 aws_access_key_id=opts["access_key_id"] or None,
                 aws_secret_access_key=secret.reveal() if secret else None,
                 aws_session_token=token.reveal() if token else None,
-                region_name=opts["region"] or None,
+                # botocore reads AWS_DEFAULT_REGION only; EKS (IRSA, Pod Identity) also sets AWS_REGION
+                region_name=opts["region"] or os.environ.get("AWS_REGION") or None,
             )
             self._client = session.client(
                 "s3",

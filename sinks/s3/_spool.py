@@ -120,6 +120,19 @@ class Spool:
         chunk.events += events
         self.used += len(data)
 
+    def truncate(self, chunk: Chunk, size: int, events: int) -> None:
+        """Cut a chunk back to an earlier size (undo a batch); a sealed chunk left empty is dropped."""
+        with open(chunk.path, "r+b") as f:
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+        self.used -= chunk.size - size
+        chunk.size, chunk.events = size, events
+        if not events and chunk in self.ready:
+            self.ready.remove(chunk)
+            os.unlink(chunk.path)
+            self.used -= size
+
     def seal(self, chunk: Chunk) -> None:
         ready = chunk.path[: -len(".open")] + ".ready"
         os.replace(chunk.path, ready)

@@ -358,6 +358,20 @@ def test_full_spool_refuses_until_uploads_work(moto, tmp_path):
     assert [line["uid"] for line in moto.all_lines(name)] == [make_event(n).uid for n in [*accepted, refused]]
 
 
+def test_disk_error_mid_batch_takes_the_partial_batch_back(moto, bucket, tmp_path):
+    store = tmp_path / "spool"
+    sink = build(flag_for(moto, bucket, store))
+    sink.send([make_event(0)])  # chunk 1 (hour 09) exists and holds one event
+    (store / "00000002.open").mkdir()  # the next chunk file cannot be created: a disk error
+    batch = [make_event(1), make_event(2, last_timestamp=datetime(2026, 4, 14, 10, 1, tzinfo=UTC))]
+    with pytest.raises(RetryableError, match="cannot write the spool"):
+        sink.send(batch)
+    (store / "00000002.open").rmdir()
+    sink.send(batch)  # the router's retry of the same batch
+    sink.close()
+    assert [line["uid"] for line in moto.all_lines(bucket)] == [make_event(n).uid for n in (0, 1, 2)]
+
+
 def test_crash_before_upload_then_restart_uploads_leftovers_first(moto, bucket, tmp_path):
     store = tmp_path / "spool"
     crashed = build(flag_for(moto, bucket, store, "&upload_timeout=1h"))
