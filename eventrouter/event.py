@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_EMPTY: dict[str, Any] = {}
 
 
 class MalformedEvent(ValueError):
@@ -83,7 +84,9 @@ class Event:
         if kind is not None and kind != "Event":
             raise MalformedEvent(f"kind is {kind!r}, not 'Event'")
         try:
-            if "regarding" in obj or "note" in obj or str(obj.get("apiVersion", "")).startswith("events.k8s.io"):
+            if "involvedObject" not in obj and (
+                "regarding" in obj or "note" in obj or str(obj.get("apiVersion", "")).startswith("events.k8s.io")
+            ):
                 return cls._from_events_v1(obj, meta, cluster)
             return cls._from_core_v1(obj, meta, cluster)
         except MalformedEvent:
@@ -93,72 +96,71 @@ class Event:
 
     @classmethod
     def _from_core_v1(cls, obj: dict[str, Any], meta: dict[str, Any], cluster: str) -> Event:
-        series = obj.get("series") or {}
-        source = obj.get("source") or {}
-        created = parse_time(meta.get("creationTimestamp"))
-        event_time = parse_time(obj.get("eventTime"))
-        last = (
-            parse_time(obj.get("lastTimestamp"))
-            or parse_time(series.get("lastObservedTime"))
-            or event_time
-            or created
-            or EPOCH
-        )
-        first = parse_time(obj.get("firstTimestamp")) or event_time or created or last
-        reporting = obj.get("reportingComponent") or ""
+        get = obj.get
+        series = get("series")
+        source = get("source") or _EMPTY
+        # pick the raw strings first and parse each once (parse_time is cached, but not free)
+        last = parse_time(
+            get("lastTimestamp")
+            or (series and series.get("lastObservedTime"))
+            or get("eventTime")
+            or meta.get("creationTimestamp")
+        ) or EPOCH
+        first = parse_time(get("firstTimestamp") or get("eventTime") or meta.get("creationTimestamp")) or last
+        reporting = get("reportingComponent") or ""
         return cls(
             uid=meta.get("uid") or "",
             resource_version=str(meta.get("resourceVersion") or ""),
             namespace=meta.get("namespace") or "",
             name=meta.get("name") or "",
-            type=obj.get("type") or "",
-            reason=obj.get("reason") or "",
-            message=obj.get("message") or "",
-            count=_count(obj.get("count"), series.get("count"), None),
+            type=get("type") or "",
+            reason=get("reason") or "",
+            message=get("message") or "",
+            count=_count(get("count"), series and series.get("count")),
             first_timestamp=first,
             last_timestamp=last,
-            involved_object=_involved(obj.get("involvedObject")),
+            involved_object=_involved(get("involvedObject")),
             source_component=source.get("component") or reporting,
             source_host=source.get("host") or "",
             reporting_controller=reporting,
-            reporting_instance=obj.get("reportingInstance") or "",
-            action=obj.get("action") or "",
+            reporting_instance=get("reportingInstance") or "",
+            action=get("action") or "",
             cluster=cluster,
             raw=obj,
         )
 
     @classmethod
     def _from_events_v1(cls, obj: dict[str, Any], meta: dict[str, Any], cluster: str) -> Event:
-        series = obj.get("series") or {}
-        source = obj.get("deprecatedSource") or {}
-        created = parse_time(meta.get("creationTimestamp"))
-        event_time = parse_time(obj.get("eventTime"))
-        last = (
-            parse_time(obj.get("deprecatedLastTimestamp"))
-            or parse_time(series.get("lastObservedTime"))
-            or event_time
-            or created
-            or EPOCH
-        )
-        first = parse_time(obj.get("deprecatedFirstTimestamp")) or event_time or created or last
-        controller = obj.get("reportingController") or ""
+        get = obj.get
+        series = get("series")
+        source = get("deprecatedSource") or _EMPTY
+        last = parse_time(
+            get("deprecatedLastTimestamp")
+            or (series and series.get("lastObservedTime"))
+            or get("eventTime")
+            or meta.get("creationTimestamp")
+        ) or EPOCH
+        first = parse_time(
+            get("deprecatedFirstTimestamp") or get("eventTime") or meta.get("creationTimestamp")
+        ) or last
+        controller = get("reportingController") or ""
         return cls(
             uid=meta.get("uid") or "",
             resource_version=str(meta.get("resourceVersion") or ""),
             namespace=meta.get("namespace") or "",
             name=meta.get("name") or "",
-            type=obj.get("type") or "",
-            reason=obj.get("reason") or "",
-            message=obj.get("note") or "",
-            count=_count(obj.get("deprecatedCount"), series.get("count"), None),
+            type=get("type") or "",
+            reason=get("reason") or "",
+            message=get("note") or "",
+            count=_count(get("deprecatedCount"), series and series.get("count")),
             first_timestamp=first,
             last_timestamp=last,
-            involved_object=_involved(obj.get("regarding")),
+            involved_object=_involved(get("regarding")),
             source_component=source.get("component") or controller,
             source_host=source.get("host") or "",
             reporting_controller=controller,
-            reporting_instance=obj.get("reportingInstance") or "",
-            action=obj.get("action") or "",
+            reporting_instance=get("reportingInstance") or "",
+            action=get("action") or "",
             cluster=cluster,
             raw=obj,
         )
@@ -198,11 +200,9 @@ class Event:
         return data
 
 
-def _count(*candidates: Any) -> int:
-    for value in candidates:
-        if value is not None and value != 0:
-            return int(value)
-    return 1
+def _count(count: Any, series_count: Any) -> int:
+    value = count or series_count
+    return int(value) if value else 1
 
 
 def _involved(ref: Any) -> InvolvedObject:
@@ -218,10 +218,21 @@ def _involved(ref: Any) -> InvolvedObject:
     )
 
 
+_TIME_CACHE: dict[str, datetime] = {}
+_TIME_CACHE_SIZE = 8192
+
+
 def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 time from the API (``2023-07-10T05:31:39Z``, with or without micro/nanoseconds)."""
+    """An RFC 3339 time from the API (``2023-07-10T05:31:39Z``, with or without micro/nanoseconds).
+
+    Events of one burst share their timestamps, so parsed values are cached (bounded): this runs
+    several times per event on the hot path.
+    """
     if not value:
         return None
+    cached = _TIME_CACHE.get(value)
+    if cached is not None:
+        return cached
     if not isinstance(value, str):
         raise MalformedEvent(f"time {value!r} is not a string")
     text = value
@@ -235,9 +246,12 @@ def parse_time(value: Any) -> datetime | None:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise MalformedEvent(f"time {value!r} is not RFC 3339") from None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC) if parsed.utcoffset() else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is not UTC:
+        parsed = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if len(_TIME_CACHE) >= _TIME_CACHE_SIZE:
+        _TIME_CACHE.clear()
+    _TIME_CACHE[value] = parsed
+    return parsed
 
 
 def format_time(value: datetime) -> str:

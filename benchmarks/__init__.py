@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks (``make bench``). See benchmarks/README.md."""

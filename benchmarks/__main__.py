@@ -1,0 +1,33 @@
+"""``python -m benchmarks [NAME ...]``: run the benchmarks, print one JSON line each, then a table."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from benchmarks import pipeline
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    small = "--quick" in argv
+    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "fanout"]
+    results = []
+    for name in names:
+        if name == "pipeline":
+            results.append(("pipeline, 1 null sink", pipeline.run(20_000 if small else 200_000)))
+        elif name == "fanout":
+            results.append(("pipeline, 8 filtered null sinks", pipeline.run(20_000 if small else 200_000, True)))
+        else:
+            print(f"unknown benchmark {name!r}", file=sys.stderr)
+            return 2
+    print()
+    print(f"{'benchmark':40} {'events':>8} {'events/s':>10} {'CPU s/100k':>11} {'peak RSS MB':>12}")
+    for title, r in results:
+        print(f"{title:40} {r.get('events', ''):>8} {r.get('events_per_s', ''):>10} "
+              f"{r.get('cpu_s_per_100k', ''):>11} {r.get('peak_rss_mb', ''):>12}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,59 @@
+"""Pipeline throughput: simulator watch stream -> decode -> normalize -> filter -> enqueue -> null sink(s).
+
+N events are added to the simulator (in a child process) after the router's first list, so all of them
+arrive through the chunked watch stream. Figures are for this process only (the router).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from benchmarks._common import RouterInProcess, SimulatorChild, cpu_seconds, null_sink, peak_rss_mb, report
+
+# eight sinks with different filters, to show the cost of fan-out
+FANOUT_FILTERS = [
+    "",
+    "level=Warning",
+    "level=Normal",
+    "namespaces=default,kube-system",
+    "kinds=Pod,Node",
+    "reasons=BackOff|Failed.*&exclude_namespaces=kube-system",
+    "exclude_reasons=^Pull|^Creat|^Start&min_count=2",
+    "exclude_kinds=Node&exclude_namespaces=,",
+]
+
+
+def run(n: int = 200_000, fanout: bool = False) -> dict[str, Any]:
+    sim = SimulatorChild()
+    queries = FANOUT_FILTERS if fanout else [""]
+    # a queue as large as the burst: this measures throughput, not the overflow policy
+    sinks = [null_sink(f"{q}&queue_size={n}&batch_size=1000&flush_interval=20ms".lstrip("&")) for q in queries]
+    sinks[0].expect = n
+    router = RouterInProcess(sim, list(sinks))
+    try:
+        router.start()
+        cpu0 = cpu_seconds()
+        start = time.monotonic()
+        sim.go(n)
+        if not sinks[0].done.wait(600):
+            raise RuntimeError(f"only {sinks[0].count} of {n} events arrived")
+        elapsed = time.monotonic() - start
+        cpu = cpu_seconds() - cpu0
+    finally:
+        router.stop()
+        sim.close()
+    runners = router.router.runners
+    return report(
+        "pipeline-fanout8" if fanout else "pipeline",
+        {
+            "events": n,
+            "sinks": len(sinks),
+            "events_per_s": round(n / elapsed),
+            "cpu_s_per_100k": round(cpu / n * 100_000, 2),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "delivered_per_sink": [s.count for s in sinks],
+            "filtered_per_sink": [r.stats.filtered for r in runners],
+            "dropped": sum(r.stats.dropped_overflow for r in runners),
+        },
+    )
