@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -80,12 +81,9 @@ def _go_time(value: datetime) -> str:
     return text + "Z"
 
 
-def _go_ordered(obj: dict[str, Any], order: Sequence[str], keep_null: str = "") -> dict[str, Any]:
-    out = {k: obj[k] for k in order if obj.get(k) not in (None, "", [], {}, 0)}
-    if keep_null and keep_null not in out:
-        out = {**out, keep_null: None}
-        out = {k: out[k] for k in order if k in out}
-    return out
+def _go_ordered(obj: dict[str, Any], order: Sequence[str], keep: str = "") -> dict[str, Any]:
+    """The fields in Go's order, empty ones left out except ``keep`` (Go writes a zero metav1.Time as null)."""
+    return {k: obj.get(k) for k in order if k == keep or obj.get(k) not in (None, "", [], {}, 0)}
 
 
 def kube_eventer_doc(event: Event, cluster_name: str) -> dict[str, Any]:
@@ -102,7 +100,7 @@ def kube_eventer_doc(event: Event, cluster_name: str) -> dict[str, Any]:
         tags.update(pod_id=obj.uid, pod_name=obj.name)
     return {
         "Count": event.count,
-        "Metadata": _go_ordered(meta, _META_ORDER, keep_null="creationTimestamp"),
+        "Metadata": _go_ordered(meta, _META_ORDER, keep="creationTimestamp"),
         "InvolvedObject": _go_ordered(ref, _REF_ORDER),
         "Source": _go_ordered({"component": event.source_component, "host": event.source_host},
                               ("component", "host")),
@@ -243,12 +241,14 @@ class _Nodes:
 
 def _check_ver(value: int) -> str | None:
     if value not in (5, 6, 7, 8, 9):
-        return f"version {value} is not supported; use 5, 6, 7, 8 or 9 (or leave ver out to detect it)"
+        return (f"version {value} is not supported; use 5, 6, 7, 8 or 9, or leave ver out to detect it "
+                "(OpenSearch: leave it out)")
     return None
 
 
 def _split_userinfo(url: str) -> tuple[str, str | None]:
-    """``http://user:pass@h:9200/`` -> (``http://h:9200``, ``pass``)."""
+    """``http://user:pass@h:9200/`` -> (``http://user:pass@h:9200``, ``pass``): httpx sends the userinfo as
+    basic auth; the password is kept aside to mask it in messages."""
     scheme, sep, rest = url.partition("://")
     authority, slash, path = rest.partition("/")
     password = None
@@ -309,6 +309,9 @@ class ElasticsearchSink(Sink):
         self._nodes = _Nodes(nodes)
         self._secrets = [*self._url_secrets, opts["esUserSecret"], opts["api_key"]]
         self._check_auth(opts)
+        for option in ("ca_file", "cert_file", "key_file"):
+            if opts[option] and not os.path.isfile(opts[option]):
+                raise SinkConfigError(self.name, f"{opts[option]!r} is not a readable file", option)
         self._data_stream = opts["data_stream"] or ""
         self._format = opts["format"]
         self._use_namespace = "use_namespace" in opts.given
@@ -503,7 +506,7 @@ class ElasticsearchSink(Sink):
         if 200 <= response.status_code < 300:
             self._template_done = True
             return
-        if response.status_code in (429,) or response.status_code >= 500 or strict:
+        if response.status_code == 429 or response.status_code >= 500 or strict:
             self._raise(response, f"PUT {path}")
         # 4xx (e.g. no manage_index_templates privilege): write anyway, with the server's dynamic mappings
         self._template_done = True

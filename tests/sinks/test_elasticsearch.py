@@ -85,8 +85,9 @@ FLAGS = [
     ("elasticsearch:http://es:9200?ver=8", {"ver": 8, "template": True, "format": "json"}),
     ("elasticsearch:http://es:9200?ver=9&template=false&format=kube-eventer",
      {"ver": 9, "template": False, "format": "kube-eventer"}),
-    ("elasticsearch:https://es:9200?api_key=id:key&data_stream=logs-k8s.events-default&ca_file=/ca.pem",
-     {"data_stream": "logs-k8s.events-default", "ca_file": "/ca.pem"}),
+    ("elasticsearch:https://es:9200?api_key=id:key&data_stream=logs-k8s.events-default"
+     "&ca_file=/etc/ssl/certs/ca-certificates.crt",
+     {"data_stream": "logs-k8s.events-default", "ca_file": "/etc/ssl/certs/ca-certificates.crt"}),
     ("elasticsearch:https://es:9200?insecure_skip_verify=true&nodes=https://a:9200,https://b:9200",
      {"insecure_skip_verify": True, "nodes": ["https://a:9200", "https://b:9200"]}),
     ("elasticsearch:http://es:9200?index=k8s-{namespace}-{YYYY.MM}", {"index": "k8s-{namespace}-{YYYY.MM}"}),
@@ -107,6 +108,7 @@ BAD_FLAGS = [
     ("elasticsearch:http://es:9200?format=logstash", "format", "one of json, kube-eventer"),
     ("elasticsearch:http://es:9200?data_stream=k8s&ver=6", "data_stream", "7.9 or later"),
     ("elasticsearch:?nodes=es:9200", "nodes", "not an http:// or https:// URL"),
+    ("elasticsearch:https://es:9200?ca_file=/nonexistent/ca.pem", "ca_file", "not a readable file"),
     ("elasticsearch:http://es:9200?healthCheck=maybe", "healthCheck", "true or false"),
     ("elasticsearch:http://es:9200?sniffing=false", "sniffing", "unknown option"),
 ]
