@@ -319,9 +319,12 @@ def test_versions_detected_from_banner(start_es, version, distribution, template
 
 
 def test_explicit_ver_skips_detection_and_template_false_skips_put(es):
-    sink = build(f"elasticsearch:{es.url}?ver=8&template=false")
+    sink = build(f"elasticsearch:{es.url}?ver=8&template=false&healthCheck=false")
+    sink.open()
     sink.send([make_event(1)])
     assert [r.path for r in es.requests] == ["/_bulk"]
+    build(f"elasticsearch:{es.url}?ver=8&template=false").open()  # healthCheck (default): GET / must answer
+    assert [r.path for r in es.requests] == ["/_bulk", "/"]
 
 
 def test_banner_forbidden_falls_back_to_kube_eventer_default_5(start_es, caplog):
@@ -542,7 +545,7 @@ def test_nodes_cooldown():
 
 
 # ---- end to end -----------------------------------------------------------------------------------
-def test_router_end_to_end_every_event_indexed_exactly_once(es):
+def test_router_end_to_end_every_event_indexed_exactly_once(es, caplog):
     events = real_events(300)
     es.fail_item(doc_id(events[5]), 429, 429)
     es.fail_item(doc_id(events[77]), 503)
@@ -560,6 +563,7 @@ def test_router_end_to_end_every_event_indexed_exactly_once(es):
     assert set(stored) == expected
     assert all(count == 1 for count in es.writes.values())  # nothing written twice
     assert runner.stats.sent == 299 and runner.stats.failed == 1
+    assert "first error: 400 document_parsing_exception" in caplog.text  # one sample of the rejected item
     assert router.settled_seq() == 300
 
 
