@@ -243,7 +243,7 @@ class WebhookSink(Sink):
         for part in query.split("&") if sep else []:
             key, eq, value = part.partition("=")
             name = unquote_plus(key)
-            if name == "header" and eq:
+            if name == "header" and eq and _mask_header(unquote_plus(value)) != unquote_plus(value):
                 parts.append(f"{key}={_mask_header(unquote_plus(value))}")
             elif eq and value != MASK and _SENSITIVE.search(name) and name not in _own_keys():
                 parts.append(f"{key}={MASK}")
@@ -271,9 +271,34 @@ class WebhookSink(Sink):
                 # run does not call open(): keep the events and retry until the ConfigMap can be read
                 raise RetryableError(str(exc)) from None
         if self.opts["batch"]:
-            self._request(self._batch_body(batch))
+            self._send_batch(batch)
+        else:
+            self._send_each(batch)
+
+    def _send_batch(self, batch: Sequence[Event]) -> None:
+        """One request for the batch; an event the template cannot render is left out and counted as failed."""
+        if self._template is None:
+            self._request(orjson.dumps([event.to_dict() for event in batch]))
             return
-        self._send_each(batch)
+        items: list[bytes] = []
+        rejected: list[Event] = []
+        last: SinkError | None = None
+        for event in batch:
+            try:
+                items.append(self._body(event))
+            except PermanentError as exc:
+                rejected.append(event)
+                last = exc
+        if items:
+            if self.json_body:
+                self._request(b"[" + b",".join(item.strip() for item in items) + b"]")
+            else:
+                self._request(b"\n".join(item.rstrip(b"\n") for item in items) + b"\n")
+        if rejected:
+            assert last is not None
+            if not items:
+                raise last
+            raise PartialError(f"{len(rejected)} of {len(batch)} events rejected: {last}", rejected=rejected)
 
     def _send_each(self, batch: Sequence[Event]) -> None:
         """One request per event. What was delivered before a failure is not sent again."""
@@ -303,14 +328,6 @@ class WebhookSink(Sink):
             return self._template.render(event).encode()
         except Exception as exc:  # the template passed the start-up check; this event breaks it
             raise PermanentError(f"the template failed on this event: {type(exc).__name__}: {exc}") from None
-
-    def _batch_body(self, batch: Sequence[Event]) -> bytes:
-        if self._template is None:
-            return orjson.dumps([event.to_dict() for event in batch])
-        items = [self._body(event) for event in batch]
-        if self.json_body:
-            return b"[" + b",".join(item.strip() for item in items) + b"]"
-        return b"\n".join(item.rstrip(b"\n") for item in items) + b"\n"
 
     def _request(self, body: bytes) -> None:
         if self._client is None:

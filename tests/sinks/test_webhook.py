@@ -678,3 +678,31 @@ def test_example_templates_render_every_real_event(hook):
     headers = [p["attachments"][0]["blocks"][0]["text"]["text"] for p in slack]
     assert [h.split(" on ")[0] for h in headers] == [e.reason for e in events]
     assert [p["card"]["elements"][1]["text"]["content"] for p in feishu] == [e.message[:4000] for e in events]
+
+
+def test_check_command(hook, tmp_path, monkeypatch, capsys):
+    from eventrouter.commands import check_command
+
+    assert check_command([f"--sink=webhook:{hook.url()}?bearer_token=chk-s3cr3t-token", "--send-test"]) == 0
+    assert hook.requests[0].json()["reason"] == "EventrouterTest"
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    assert check_command([f"--sink=webhook:{hook.url()}?custom_body_configmap=body"]) == 1
+    out = capsys.readouterr().out
+    assert "send-test: delivered" in out
+    assert "failed: SinkConfigError: --sink=webhook: option 'custom_body_configmap'" in out
+    assert "chk-s3cr3t-token" not in out
+
+
+@pytest.mark.parametrize("batch", ["true", "false"])
+def test_an_event_the_template_cannot_render_is_rejected_alone(hook, batch):
+    # renders for the start-up sample (count 1), divides by zero for count 5
+    template = quote('{"x": {{ 10 // (count - 5) }}}')
+    sink = build(f"webhook:{hook.url()}?batch={batch}&template={template}")
+    events = [make_event(1, count=2), make_event(2, count=5), make_event(3, count=7)]
+    with pytest.raises(PartialError) as info:
+        sink.send(events)
+    assert info.value.rejected == [events[1]] and info.value.retry == []
+    assert "ZeroDivisionError" in str(info.value)
+    bodies = [r.json() for r in hook.requests]
+    assert bodies == ([[{"x": -4}, {"x": 5}]] if batch == "true" else [{"x": -4}, {"x": 5}])
