@@ -4,7 +4,7 @@ The stored document (JSON)::
 
     {"version": 1, "server": "https://10.0.0.1", "api": "v1", "namespaces": [],
      "positions": {"": "123456"},              # per watch ("" = all namespaces): resourceVersion
-     "delivered": {"<uid>": "<resourceVersion>", ...},   # newest last, bounded
+     "delivered": {"<uid>": ["<resourceVersion>", count, lastTimestamp (unix s)], ...},  # newest last, bounded
      "written": "2026-04-14T09:30:00Z"}
 
 Only settled events are in it (see :class:`Progress`). ``delivered`` lets a re-list after a
@@ -180,24 +180,26 @@ class Progress:
     cap: int = DELIVERED_CAP_FILE
     positions: dict[str, str] = field(default_factory=dict)
     delivered: dict[str, str] = field(default_factory=dict)
-    pending: deque[tuple[int, str, str | None, str | None, str | None]] = field(default_factory=deque)
+    pending: deque[tuple[int, str, str | None, str | None, str | None, Any]] = field(default_factory=deque)
     changed: bool = False
 
-    def note(self, seq: int, stream: str, position: str | None, uid: str | None, rv: str | None) -> None:
-        """``position`` None: no new resume point (a listed item); ``rv`` None with a uid: forget it."""
-        self.pending.append((seq, stream, position, uid, rv))
+    def note(self, seq: int, stream: str, position: str | None, uid: str | None = None, rv: str | None = None,
+             seen_as: Any = None) -> None:
+        """``position`` None: no new resume point (a listed item); ``rv`` None with a uid: forget it.
+        ``seen_as`` is what the user saw of that occurrence (count, lastTimestamp, ...)."""
+        self.pending.append((seq, stream, position, uid, rv, seen_as))
 
     def advance(self, settled: int) -> None:
         pending = self.pending
         delivered = self.delivered
         while pending and pending[0][0] <= settled:
-            _, stream, position, uid, rv = pending.popleft()
+            _, stream, position, uid, rv, seen_as = pending.popleft()
             if position is not None:
                 self.positions[stream] = position
             if uid is not None:
                 delivered.pop(uid, None)
                 if rv is not None:
-                    delivered[uid] = rv
+                    delivered[uid] = [rv, *Seen.compact(seen_as)]
             self.changed = True
         excess = len(delivered) - self.cap
         if excess > 0:
@@ -210,6 +212,46 @@ class Progress:
             "positions": dict(self.positions), "delivered": dict(self.delivered),
             "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+
+
+class Seen:
+    """What a user saw of a delivered occurrence, as the checkpoint keeps it: count and lastTimestamp.
+
+    Compares equal to the source's full ``(count, last_timestamp, message, type, reason)`` tuple
+    when count and time match, so an invisible update made while the router was down is not
+    forwarded after a restart.
+    """
+
+    __slots__ = ("count", "ts")
+
+    def __init__(self, count: int, ts: int) -> None:
+        self.count, self.ts = count, ts
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Seen):
+            return (self.count, self.ts) == (other.count, other.ts)
+        if isinstance(other, tuple) and len(other) >= 2:
+            return other[0] == self.count and int(other[1].timestamp()) == self.ts
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @staticmethod
+    def compact(seen_as: Any) -> tuple[int, int] | tuple[()]:
+        if isinstance(seen_as, Seen):
+            return (seen_as.count, seen_as.ts)
+        if isinstance(seen_as, tuple):
+            return (seen_as[0], int(seen_as[1].timestamp()))
+        return ()
+
+    @staticmethod
+    def restore(value: Any) -> tuple[str, Seen | None]:
+        """A ``delivered`` value (``rv`` or ``[rv, count, ts]``) as the source's seen-map entry."""
+        if isinstance(value, list) and len(value) == 3:
+            return str(value[0]), Seen(int(value[1]), int(value[2]))
+        if isinstance(value, list) and value:
+            return str(value[0]), None
+        return str(value), None
 
 
 def _first(mapping: dict[str, str], n: int) -> list[str]:

@@ -41,6 +41,7 @@ from eventrouter.sources.k8s_checkpoint import (
     ConfigMapCheckpoint,
     FileCheckpoint,
     Progress,
+    Seen,
     parse_checkpoint_flag,
 )
 from eventrouter.sources.k8s_client import SA_NAMESPACE, SA_TOKEN, ApiClient, in_cluster, load_configuration
@@ -189,7 +190,7 @@ class KubernetesSource:
             progress.positions.update(doc.get("positions") or {})
             progress.delivered.update(doc.get("delivered") or {})
             resume = {k: v for k, v in progress.positions.items() if k in self._paths}
-        self.seen = {uid: (rv, None) for uid, rv in progress.delivered.items()}
+        self.seen = {uid: Seen.restore(value) for uid, value in progress.delivered.items()}
         self.progress = progress
         first_start = doc is None
         streams = list(self._paths)
@@ -310,10 +311,10 @@ class KubernetesSource:
         if (prev is not None and prev[1] == seen_as) or (cutoff is not None and event.last_timestamp < cutoff):
             if prev is not None:
                 self.state.unchanged_suppressed += 1
-            progress.note(router.seq, stream, None, uid, rv)  # type: ignore[union-attr]
+            progress.note(router.seq, stream, None, uid, rv, seen_as)  # type: ignore[union-attr]
             return uid
         seq = router.dispatch(event)
-        progress.note(seq, stream, None, uid, rv)  # type: ignore[union-attr]
+        progress.note(seq, stream, None, uid, rv, seen_as)  # type: ignore[union-attr]
         return uid
 
     def _watch(self, router: Router, stream: str, rv: str, halted: Callable[[], bool],
@@ -403,11 +404,11 @@ class KubernetesSource:
         seen[uid] = (rv, seen_as)
         if prev is not None and prev[1] == seen_as:
             state.unchanged_suppressed += 1
-            progress.note(router.seq, stream, rv, uid, rv)  # type: ignore[union-attr]
+            progress.note(router.seq, stream, rv, uid, rv, seen_as)  # type: ignore[union-attr]
             return rv
         if len(seen) > self.seen_cap:
             self._trim_seen()
-        progress.note(router.dispatch(event), stream, rv, uid, rv)  # type: ignore[union-attr]
+        progress.note(router.dispatch(event), stream, rv, uid, rv, seen_as)  # type: ignore[union-attr]
         return rv
 
     def _watch_error(self, stream: str, status: Any, backoff: Backoff, halted: Callable[[], bool]) -> str:

@@ -1,0 +1,218 @@
+"""The checkpoint: only settled events, atomic file writes, ConfigMap, and restarts that neither
+repeat nor miss events (also when the stored position is too old)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from eventrouter import RetryableError
+from eventrouter.errors import ConfigError
+from eventrouter.sources import SourceContext
+from eventrouter.sources.k8s_checkpoint import FileCheckpoint, Progress, parse_checkpoint_flag
+from tests.servers.simulator import Collector, Harness, Simulator, wait_for
+
+
+@pytest.fixture
+def sim():
+    s = Simulator([]).start()
+    s.faults.bookmark_interval = 0.2
+    yield s
+    s.stop()
+
+
+def run(sim: Simulator, tmp_path: Path, checkpoint: str | None = None, sink: Collector | None = None,
+        **ctx: object) -> Harness:
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
+    context = SourceContext(checkpoint=checkpoint or f"file:{tmp_path / 'checkpoint.json'}", **ctx)  # type: ignore[arg-type]
+    return Harness(f"kubernetes:?inClusterConfig=false&auth={kubeconfig}", context, sink).start()
+
+
+def add(sim: Simulator, n: int) -> list[str]:
+    return [sim.add_event()["metadata"]["uid"] for _ in range(n)]
+
+
+def rv_of(sim: Simulator, uid: str) -> str:
+    return sim.store.events[uid]["metadata"]["resourceVersion"]
+
+
+# ---- flags ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("flag", "in_cluster", "expected"), [
+    (None, False, ("file", ".eventrouter/checkpoint.json")),
+    (None, True, ("configmap", "ns1/eventrouter-checkpoint")),
+    ("file:/var/lib/er/ck.json", True, ("file", "/var/lib/er/ck.json")),
+    ("configmap:monitoring/er", False, ("configmap", "monitoring/er")),
+    ("configmap:er", False, ("configmap", "ns1/er")),
+    ("none", True, ("none", "")),
+])
+def test_checkpoint_flag(flag: str | None, in_cluster: bool, expected: tuple[str, str]) -> None:
+    assert parse_checkpoint_flag(flag, in_cluster=in_cluster, namespace="ns1") == expected
+
+
+@pytest.mark.parametrize("flag", ["s3:bucket", "file:", "configmap:", "configmap:ns/"])
+def test_checkpoint_flag_errors(flag: str) -> None:
+    with pytest.raises(ConfigError, match=r"--checkpoint=.*configmap:NAMESPACE/NAME"):
+        parse_checkpoint_flag(flag, in_cluster=False, namespace="default")
+
+
+# ---- Progress: only settled events move the position ----------------------------------------------
+
+def test_progress_moves_only_up_to_the_settled_seq() -> None:
+    p = Progress(cap=3)
+    p.note(1, "", None, "a", "10")  # listed
+    p.note(2, "", None, "b", "11")
+    p.note(2, "", "20", None, None)  # end of the list
+    p.note(3, "", "21", "c", "21")  # watched
+    p.note(3, "", "22", "a", None)  # DELETED a
+    p.advance(1)
+    assert p.positions == {} and p.delivered == {"a": ["10"]}
+    p.advance(2)
+    assert p.positions == {"": "20"} and p.delivered == {"a": ["10"], "b": ["11"]}
+    p.advance(3)
+    assert p.positions == {"": "22"} and p.delivered == {"b": ["11"], "c": ["21"]}
+    for n, uid in enumerate("defg"):
+        p.note(4 + n, "", str(30 + n), uid, str(30 + n))
+    p.advance(10)
+    assert list(p.delivered) == ["e", "f", "g"]  # bounded: the oldest go first
+
+
+def test_file_checkpoint_is_written_atomically(tmp_path: Path) -> None:
+    store = FileCheckpoint(str(tmp_path / "sub" / "ck.json"))
+    assert store.load() is None
+    store.save({"positions": {"": "1"}})
+    store.save({"positions": {"": "2"}})
+    assert store.load() == {"positions": {"": "2"}}
+    assert [p.name for p in (tmp_path / "sub").iterdir()] == ["ck.json"]  # no temp file left behind
+    (tmp_path / "sub" / "ck.json").write_text("{not json")
+    assert store.load() is None
+
+
+# ---- restarts -------------------------------------------------------------------------------------
+
+def test_restart_resumes_without_repeats_and_delivers_what_happened_while_down(sim: Simulator,
+                                                                               tmp_path: Path) -> None:
+    before = add(sim, 5)
+    first = run(sim, tmp_path)
+    wait_for(lambda: len(first.sink.keys) == 5)
+    add(sim, 1)
+    wait_for(lambda: len(first.sink.keys) == 6)
+    first.stop()
+    doc = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
+    assert len(doc["delivered"]) == 6 and doc["server"] == sim.url
+
+    while_down = add(sim, 3)
+    sim.repeat(before[0])  # happened again while we were down: a new occurrence
+    sim.touch(before[1])  # an invisible update: not an occurrence
+    requests_before = len(sim.request_log)
+    second = run(sim, tmp_path)
+    wait_for(lambda: len(second.sink.keys) >= 4)
+    add(sim, 1)
+    wait_for(lambda: len(second.sink.keys) >= 5)
+    second.stop()
+    got = second.sink.occurrences
+    # the watch from the checkpoint replays only what changed after it: nothing listed again
+    assert [r.verb for r in sim.request_log[requests_before:] if "events" in r.path] == ["watch"]
+    assert got[:4] == [*[(u, 1) for u in while_down], (before[0], 2)]
+    assert len(got) == 5 and second.state.unchanged_suppressed == 1
+
+
+def test_restart_with_a_too_old_position_relists_and_skips_what_was_delivered(sim: Simulator,
+                                                                               tmp_path: Path) -> None:
+    before = add(sim, 4)
+    first = run(sim, tmp_path)
+    wait_for(lambda: len(first.sink.keys) == 4)
+    first.stop()
+    while_down = add(sim, 2)
+    sim.repeat(before[0])
+    sim.compact()  # the checkpoint's resourceVersion is gone: the watch gets 410
+    second = run(sim, tmp_path)
+    wait_for(lambda: second.state.relists == 1 and len(second.sink.keys) == 3)
+    second.stop()
+    expected = [(u, rv_of(sim, u)) for u in [*while_down, before[0]]]
+    assert sorted(second.sink.keys) == sorted(expected)
+    assert second.state.duplicates_suppressed == 3
+
+
+def test_first_start_without_checkpoint_delivers_the_listed_events(sim: Simulator, tmp_path: Path) -> None:
+    uids = add(sim, 3)
+    h = run(sim, tmp_path)
+    wait_for(lambda: len(h.sink.keys) == 3)
+    h.stop()
+    assert [e.uid for e in h.sink.events] == uids
+
+
+class Gate(Collector):
+    """A sink that refuses everything until opened."""
+
+    def __init__(self, url, opts) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(url, opts)
+        self.open_gate = threading.Event()
+
+    def send(self, batch) -> None:  # type: ignore[no-untyped-def]
+        if not self.open_gate.is_set():
+            raise RetryableError("not yet")
+        super().send(batch)
+
+
+def test_checkpoint_holds_only_settled_events(sim: Simulator, tmp_path: Path) -> None:
+    first_batch = add(sim, 2)
+    ok = run(sim, tmp_path)
+    wait_for(lambda: len(ok.sink.keys) == 2)
+    ok.stop()
+    settled = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
+
+    later = add(sim, 3)
+    gate = Gate.make("retry_backoff_max=0.2")
+    stuck = run(sim, tmp_path, sink=gate)
+    wait_for(lambda: stuck.state.received.get("ADDED") == 3, what="the watch to read the new events")
+    time.sleep(1.0)  # five checkpoint intervals: nothing settled, so nothing may be written
+    assert stuck.state.checkpoint_written is None
+    doc = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
+    assert doc["positions"] == settled["positions"] and set(doc["delivered"]) == set(first_batch)
+    stuck.kill()  # crash before anything was delivered
+
+    again = run(sim, tmp_path)
+    wait_for(lambda: len(again.sink.keys) == 3)
+    again.stop()
+    assert [e.uid for e in again.sink.events] == later  # at least once: nothing lost
+
+
+def test_file_checkpoint_of_another_server_is_ignored(sim: Simulator, tmp_path: Path) -> None:
+    add(sim, 2)
+    (tmp_path / "checkpoint.json").write_bytes(orjson.dumps(
+        {"version": 1, "server": "https://elsewhere:6443", "positions": {"": "999999"}, "delivered": {}}))
+    h = run(sim, tmp_path)
+    wait_for(lambda: len(h.sink.keys) == 2)
+    h.stop()
+    assert orjson.loads((tmp_path / "checkpoint.json").read_bytes())["server"] == sim.url
+
+
+def test_configmap_checkpoint_resumes(sim: Simulator, tmp_path: Path) -> None:
+    add(sim, 3)
+    first = run(sim, tmp_path, checkpoint="configmap:monitoring/er-ck")
+    wait_for(lambda: len(first.sink.keys) == 3)
+    first.stop()
+    cm = sim.store.get_object("ConfigMap", "monitoring", "er-ck")
+    assert len(orjson.loads(cm["data"]["checkpoint.json"])["delivered"]) == 3
+    new = add(sim, 2)
+    second = run(sim, tmp_path, checkpoint="configmap:monitoring/er-ck")
+    wait_for(lambda: len(second.sink.keys) == 2)
+    second.stop()
+    assert [e.uid for e in second.sink.events] == new
+    verbs = {(r.verb, r.path) for r in sim.request_log if "configmaps" in r.path}
+    assert verbs == {("get", "/api/v1/namespaces/monitoring/configmaps/er-ck"),
+                     ("create", "/api/v1/namespaces/monitoring/configmaps"),
+                     ("update", "/api/v1/namespaces/monitoring/configmaps/er-ck")}
+
+
+def test_checkpoint_none_always_lists(sim: Simulator, tmp_path: Path) -> None:
+    add(sim, 2)
+    h = run(sim, tmp_path, checkpoint="none")
+    wait_for(lambda: len(h.sink.keys) == 2)
+    h.stop()
+    assert not (tmp_path / "checkpoint.json").exists()
