@@ -99,8 +99,14 @@ def point(event: Event, *, with_fields: bool, cluster_name: str) -> str:
     if is_pod:
         tags["pod_id"] = obj.uid
     if with_fields:
-        tags.update(object_name=obj.name, type=event.type, kind=obj.kind, component=event.source_component,
-                    reason=event.reason, namespace_name=event.namespace)
+        tags.update(
+            object_name=obj.name,
+            type=event.type,
+            kind=obj.kind,
+            component=event.source_component,
+            reason=event.reason,
+            namespace_name=event.namespace,
+        )
         return line("events", tags, {"message": event.message}, nanoseconds(event.last_timestamp))
     if is_pod:
         tags["pod_name"] = obj.name
@@ -166,13 +172,25 @@ class InfluxDBSink(Sink):
         Option("user", str, default="", help="1.x user"),
         Option("pw", str, secret=True, aliases=("password",), help="1.x password"),
         Option("db", str, default="k8s", help="1.x database; created if missing"),
-        Option("retention", str, default="", validate=_check_retention,
-               help="1.x: duration of the default retention policy when eventrouter creates the database "
-                    "(720h, 30d, INF)"),
-        Option("withfields", bool, default=False,
-               help="measurement 'events' with field 'message' and more tags, instead of 'log/events'"),
-        Option("cluster_name", str, default="default", help="the cluster_name tag (default: --cluster-name, "
-               "else 'default')"),
+        Option(
+            "retention",
+            str,
+            default="",
+            validate=_check_retention,
+            help="1.x: duration of the default retention policy when eventrouter creates the database (720h, 30d, INF)",
+        ),
+        Option(
+            "withfields",
+            bool,
+            default=False,
+            help="measurement 'events' with field 'message' and more tags, instead of 'log/events'",
+        ),
+        Option(
+            "cluster_name",
+            str,
+            default="default",
+            help="the cluster_name tag (default: --cluster-name, else 'default')",
+        ),
         Option("insecuressl", bool, default=False, help="do not verify the server certificate (kube-eventer)"),
         Option("org", str, default="", help="2.x organization (name); 3.x ignores it"),
         Option("bucket", str, default="", help="2.x/3.x bucket or database; on 1.8 'db/retention_policy'"),
@@ -191,8 +209,12 @@ class InfluxDBSink(Sink):
                 raise SinkConfigError(self.name, "InfluxDB 2.x/3.x needs the bucket (with org= and token=)", "bucket")
             for name in ("db", "retention", "user", "pw"):
                 if name in opts.given:
-                    raise SinkConfigError(self.name, "is an InfluxDB 1.x option; with bucket= use org= and token= "
-                                          "(on 1.8: token=user:password, bucket=db/retention_policy)", name)
+                    raise SinkConfigError(
+                        self.name,
+                        "is an InfluxDB 1.x option; with bucket= use org= and token= "
+                        "(on 1.8: token=user:password, bucket=db/retention_policy)",
+                        name,
+                    )
         if url.scheme and url.scheme not in ("http", "https"):
             raise SinkConfigError(self.name, f"scheme {url.scheme!r} is not supported; use http:// or https://")
         if url.userinfo:
@@ -250,8 +272,7 @@ class InfluxDBSink(Sink):
             elif problem and "already exists" not in problem:
                 if "admin" not in problem and "not authorized" not in problem:
                     raise PermanentError(f"cannot create database {db!r}: {problem}")
-                log.warning("influxdb: user %r may not create databases; database %r must exist",
-                            self.opts["user"], db)
+                log.warning("influxdb: user %r may not create databases; database %r must exist", self.opts["user"], db)
         elif isinstance(error, PermanentError) and response.status_code == 403:
             log.warning("influxdb: user %r may not create databases; database %r must exist", self.opts["user"], db)
         else:
@@ -275,8 +296,9 @@ class InfluxDBSink(Sink):
             try:
                 response = self._http().get("/ping")
             except httpx.HTTPError as exc:
-                raise RetryableError(redact_text(str(transport_error(exc, f"InfluxDB at {self.base_url}")),
-                                                 self._secrets)) from None
+                raise RetryableError(
+                    redact_text(str(transport_error(exc, f"InfluxDB at {self.base_url}")), self._secrets)
+                ) from None
             if response.status_code >= 500:
                 raise RetryableError(f"InfluxDB answered HTTP {response.status_code} to /ping")
 
@@ -291,8 +313,9 @@ class InfluxDBSink(Sink):
             for e in batch
         ).encode("utf-8")
         path = "/api/v2/write" if self.v2 else "/write"
-        response = self._post(path, params=self._write_params(), content=body,
-                              headers={"Content-Type": "text/plain; charset=utf-8"})
+        response = self._post(
+            path, params=self._write_params(), content=body, headers={"Content-Type": "text/plain; charset=utf-8"}
+        )
         error = _classify(response.status_code, response.text, response.headers.get("Retry-After"))
         if isinstance(error, DatabaseMissing):
             self._db_ready = False  # dropped under us: create it again before the retry

@@ -126,8 +126,10 @@ COLUMNS: dict[str, tuple[str, Callable[[Event], Any]]] = {
     "type": ("VARCHAR(32) NOT NULL DEFAULT ''", lambda e: e.type),
     "reason": ("VARCHAR(128) NOT NULL DEFAULT ''", lambda e: e.reason),
     "message": ("MEDIUMTEXT NOT NULL", lambda e: e.message),
-    "event_id": ("VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL",
-                 lambda e: e.uid or f"{e.namespace}/{e.name}"),
+    "event_id": (
+        "VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL",
+        lambda e: e.uid or f"{e.namespace}/{e.name}",
+    ),
     "first_occurrence_time": ("DATETIME(6) NOT NULL", lambda e: e.first_timestamp),
     "last_occurrence_time": ("DATETIME(6) NOT NULL", lambda e: e.last_timestamp),
     "count": ("INT UNSIGNED NOT NULL DEFAULT 1", lambda e: e.count),
@@ -187,8 +189,7 @@ class Column:
 
 def _upsert_sql(table: str, columns: Sequence[Column], unique: bool) -> str:
     names = [c.name for c in columns]
-    sql = (f"INSERT INTO `{table}` ({', '.join(f'`{n}`' for n in names)}) "
-           f"VALUES ({', '.join(['%s'] * len(names))})")
+    sql = f"INSERT INTO `{table}` ({', '.join(f'`{n}`' for n in names)}) VALUES ({', '.join(['%s'] * len(names))})"
     if not unique:
         return sql
     by_name = {c.name: c for c in columns}
@@ -204,11 +205,17 @@ def _upsert_sql(table: str, columns: Sequence[Column], unique: bool) -> str:
         sets.append("`count` = GREATEST(`count`, VALUES(`count`))")
     first = by_name.get("first_occurrence_time")
     if first is not None:
-        sets.append("`first_occurrence_time` = LEAST(`first_occurrence_time`, VALUES(`first_occurrence_time`))"
-                    if first.is_time else "`first_occurrence_time` = `first_occurrence_time`")
+        sets.append(
+            "`first_occurrence_time` = LEAST(`first_occurrence_time`, VALUES(`first_occurrence_time`))"
+            if first.is_time
+            else "`first_occurrence_time` = `first_occurrence_time`"
+        )
     if last is not None:
-        sets.append("`last_occurrence_time` = GREATEST(`last_occurrence_time`, VALUES(`last_occurrence_time`))"
-                    if last.is_time else "`last_occurrence_time` = VALUES(`last_occurrence_time`)")
+        sets.append(
+            "`last_occurrence_time` = GREATEST(`last_occurrence_time`, VALUES(`last_occurrence_time`))"
+            if last.is_time
+            else "`last_occurrence_time` = VALUES(`last_occurrence_time`)"
+        )
     if not sets:
         sets.append("`event_id` = `event_id`")
     return sql + " ON DUPLICATE KEY UPDATE " + ", ".join(sets)
@@ -216,31 +223,44 @@ def _upsert_sql(table: str, columns: Sequence[Column], unique: bool) -> str:
 
 # ---- error classification ------------------------------------------------------------------------
 # Server or network trouble that a later attempt (on a new connection) can get past.
-RETRYABLE_CODES = frozenset({
-    0,  # PyMySQL InterfaceError: the connection is already closed
-    1040,  # too many connections
-    1053,  # server shutdown in progress
-    1152, 1153, 1158, 1159, 1160, 1161,  # aborted connection / network read or write errors
-    1205, 1213,  # lock wait timeout, deadlock
-    1290, 1836,  # read-only server (a failover in progress)
-    1317,  # query interrupted
-    1927,  # MariaDB: connection was killed
-    2002, 2003, 2005, 2006, 2013, 2014, 2055,  # cannot connect, server gone away, lost connection
-    4031,  # disconnected by the server because of inactivity
-})
+RETRYABLE_CODES: dict[int, str] = {
+    0: "PyMySQL: the connection is already closed",
+    1040: "too many connections",
+    1053: "server shutdown in progress",
+    1152: "aborted connection",
+    1158: "network read error",
+    1159: "network read timeout",
+    1160: "network write error",
+    1161: "network write timeout",
+    1205: "lock wait timeout",
+    1213: "deadlock",
+    1290: "read-only server (a failover in progress)",
+    1317: "query interrupted",
+    1836: "read-only mode",
+    1927: "MariaDB: connection was killed",
+    2002: "cannot connect (socket)",
+    2003: "cannot connect (TCP)",
+    2005: "unknown host",
+    2006: "server has gone away",
+    2013: "lost connection during query",
+    2014: "commands out of sync",
+    2055: "lost connection",
+    4031: "disconnected by the server because of inactivity",
+}
 _PERMANENT_HINTS = {
     1044: "the database does not exist or the user may not use it (GRANT SELECT, INSERT, UPDATE, CREATE ON db.*)",
     1045: "the server refused the login: wrong user or password in the DSN",
     1049: "the database does not exist: create it (CREATE DATABASE ... CHARACTER SET utf8mb4) or fix the DSN",
     1142: "the user lacks a privilege on the table (it needs SELECT, INSERT, UPDATE, and CREATE to create it)",
     1146: "the table does not exist",
+    1153: "a row is bigger than the server's max_allowed_packet (raise it, or the row cannot be written)",
 }
 
 
 def _classify(code: int, message: str) -> SinkError:
     """The error a server or client error code means for the batch: retry it later, or give up."""
     text = f"MySQL error {code}: {message}" if code else f"MySQL connection error: {message or 'connection closed'}"
-    if code in RETRYABLE_CODES or 2000 <= code < 3000:
+    if code in RETRYABLE_CODES:
         return RetryableError(text)
     hint = _PERMANENT_HINTS.get(code)
     return PermanentError(f"{hint} ({text})" if hint else text)
@@ -266,17 +286,31 @@ class MySQLSink(Sink):
     name = "mysql"
     extra = "mysql"
     options: ClassVar = (
-        Option("table", str, default=DEFAULT_TABLE, validate=_check_table,
-               help="table to write; created if missing, used as it is if it exists"),
-        Option("password", str, secret=True,
-               help="password, when it is not in the DSN (user:password@...)"),
-        Option("charset", list, default=["utf8mb4"], validate=_check_charsets,
-               help="Go DSN charset; the connection always uses utf8mb4 so emoji and CJK survive"),
+        Option(
+            "table",
+            str,
+            default=DEFAULT_TABLE,
+            validate=_check_table,
+            help="table to write; created if missing, used as it is if it exists",
+        ),
+        Option("password", str, secret=True, help="password, when it is not in the DSN (user:password@...)"),
+        Option(
+            "charset",
+            list,
+            default=["utf8mb4"],
+            validate=_check_charsets,
+            help="Go DSN charset; the connection always uses utf8mb4 so emoji and CJK survive",
+        ),
         Option("timeout", Duration, default=Duration(10.0), min=0.001, help="connect timeout (Go DSN)"),
         Option("readTimeout", Duration, default=Duration(30.0), min=0.001, help="read timeout (Go DSN)"),
         Option("writeTimeout", Duration, default=Duration(30.0), min=0.001, help="write timeout (Go DSN)"),
-        Option("tls", str, default="false", choices=("false", "true", "skip-verify", "preferred"),
-               help="TLS to the server (Go DSN): true verifies the certificate, skip-verify does not"),
+        Option(
+            "tls",
+            str,
+            default="false",
+            choices=("false", "true", "skip-verify", "preferred"),
+            help="TLS to the server (Go DSN): true verifies the certificate, skip-verify does not",
+        ),
         Option("parseTime", bool, default=False, help="Go DSN option, accepted for compatibility (no effect)"),
         Option("loc", str, default="UTC", help="Go DSN option, accepted for compatibility: times are stored in UTC"),
     )
@@ -420,9 +454,12 @@ class MySQLSink(Sink):
         if not known:
             raise PermanentError(f"{self._where()}: the table has none of the columns {', '.join(COLUMNS)}")
         if not unique:
-            log.warning("mysql: table %s has no unique key on event_id: every repeat of an event adds a row "
-                        "(as kube-eventer does). ALTER TABLE ... ADD UNIQUE KEY (event_id) makes repeats update "
-                        "one row.", self._where())
+            log.warning(
+                "mysql: table %s has no unique key on event_id: every repeat of an event adds a row "
+                "(as kube-eventer does). ALTER TABLE ... ADD UNIQUE KEY (event_id) makes repeats update "
+                "one row.",
+                self._where(),
+            )
         self._columns = known
         self._sql = _upsert_sql(self.table, known, unique)
 
@@ -433,10 +470,13 @@ class MySQLSink(Sink):
             (self.table,),
         )
         return {
-            str(name).lower(): Column(str(name), str(dtype).lower(),
-                                      int(chars) if chars is not None else None,
-                                      int(octets) if octets is not None else None,
-                                      str(charset).lower() if charset else None)
+            str(name).lower(): Column(
+                str(name),
+                str(dtype).lower(),
+                int(chars) if chars is not None else None,
+                int(octets) if octets is not None else None,
+                str(charset).lower() if charset else None,
+            )
             for name, dtype, chars, octets, charset in cur.fetchall()
         }
 

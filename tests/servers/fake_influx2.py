@@ -94,8 +94,12 @@ class FakeInflux2:
         if request.headers.get("Authorization") != f"Token {self.token}":
             return 401, {}, b'{"code":"unauthorized","message":"unauthorized access"}'
         if request.query.get("org") != self.org:
-            return 404, {}, b'{"code":"not found","message":"organization name \\"%s\\" not found"}' % (
-                request.query.get("org", "").encode())
+            return (
+                404,
+                {},
+                b'{"code":"not found","message":"organization name \\"%s\\" not found"}'
+                % (request.query.get("org", "").encode()),
+            )
         if request.query.get("bucket") != self.bucket:
             return 404, {}, b'{"code":"not found","message":"bucket not found"}'
         return 204, {}, b""

@@ -48,10 +48,10 @@ class InfluxDB:
             f"""reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
 [meta]
-  dir = "{self.base / 'meta'}"
+  dir = "{self.base / "meta"}"
 [data]
-  dir = "{self.base / 'data'}"
-  wal-dir = "{self.base / 'wal'}"
+  dir = "{self.base / "data"}"
+  wal-dir = "{self.base / "wal"}"
   query-log-enabled = false
 [http]
   enabled = true
@@ -82,8 +82,9 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 raise RuntimeError(f"influxd did not answer /ping in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.1)
         # with auth on, the first admin user may be created without credentials
-        response = httpx.post(f"{self.url}/query", data={
-            "q": f"CREATE USER {ADMIN} WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"})
+        response = httpx.post(
+            f"{self.url}/query", data={"q": f"CREATE USER {ADMIN} WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"}
+        )
         if response.status_code != 200 or '"error"' in response.text:
             raise RuntimeError(f"cannot create the admin user: {response.status_code} {response.text}")
         return self

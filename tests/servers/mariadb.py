@@ -48,10 +48,19 @@ class MariaDB:
             self._install()
         self.proc = subprocess.Popen(
             [
-                MARIADBD, "--no-defaults", f"--datadir={self.datadir}", f"--socket={self.socket}",
-                f"--port={self.port}", "--bind-address=127.0.0.1", f"--user={_user()}",
-                f"--pid-file={self.base / 'mysqld.pid'}", f"--log-error={self.log}", "--skip-name-resolve",
-                "--innodb-buffer-pool-size=32M", "--skip-log-bin", "--performance-schema=OFF",
+                MARIADBD,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                f"--socket={self.socket}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--user={_user()}",
+                f"--pid-file={self.base / 'mysqld.pid'}",
+                f"--log-error={self.log}",
+                "--skip-name-resolve",
+                "--innodb-buffer-pool-size=32M",
+                "--skip-log-bin",
+                "--performance-schema=OFF",
                 "--max-connections=50",
             ],
             stdout=subprocess.DEVNULL,
@@ -101,8 +110,14 @@ class MariaDB:
     def _install(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
-            [INSTALL_DB, "--no-defaults", f"--datadir={self.datadir}", "--auth-root-authentication-method=normal",
-             "--skip-test-db", f"--user={_user()}"],
+            [
+                INSTALL_DB,
+                "--no-defaults",
+                f"--datadir={self.datadir}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                f"--user={_user()}",
+            ],
             capture_output=True,
             text=True,
             timeout=120,
@@ -119,8 +134,16 @@ class MariaDB:
 
     # ---- helpers for tests ----------------------------------------------------------------------
     def root(self, database: str | None = None) -> pymysql.connections.Connection:
-        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="", database=database,
-                               charset="utf8mb4", autocommit=True, connect_timeout=5)
+        return pymysql.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="root",
+            password="",
+            database=database,
+            charset="utf8mb4",
+            autocommit=True,
+            connect_timeout=5,
+        )
 
     def query(self, sql: str, args: tuple | None = None, database: str = DATABASE) -> list[dict]:
         with self.root(database) as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:

@@ -58,21 +58,40 @@ def nasty_event(n: int = 1) -> Event:
 # ---- flags ---------------------------------------------------------------------------------------
 FLAGS = [
     # kube-eventer's documented flag
-    ("influxdb:http://127.0.0.1:8086?user=root&pw=root&db=k8s&withfields=false&insecuressl=false"
-     "&cluster_name=default",
-     dict(base_url="http://127.0.0.1:8086", v2=False, user="root", pw="root", db="k8s", withfields=False,
-          cluster_name="default")),
-    ("influxdb:https://monitoring-influxdb:8086?db=events&withfields=true&retention=30d&cluster_name=prod",
-     dict(base_url="https://monitoring-influxdb:8086", db="events", withfields=True, retention="30d",
-          cluster_name="prod")),
+    (
+        "influxdb:http://127.0.0.1:8086?user=root&pw=root&db=k8s&withfields=false&insecuressl=false"
+        "&cluster_name=default",
+        dict(
+            base_url="http://127.0.0.1:8086",
+            v2=False,
+            user="root",
+            pw="root",
+            db="k8s",
+            withfields=False,
+            cluster_name="default",
+        ),
+    ),
+    (
+        "influxdb:https://monitoring-influxdb:8086?db=events&withfields=true&retention=30d&cluster_name=prod",
+        dict(
+            base_url="https://monitoring-influxdb:8086",
+            db="events",
+            withfields=True,
+            retention="30d",
+            cluster_name="prod",
+        ),
+    ),
     ("influxdb:?db=k8s", dict(base_url="http://localhost:8086", db="k8s")),
-    ("influxdb:http://h:8086?insecuressl=true&concurrency=4&disable_counter_metrics=true",
-     dict(insecuressl=True, concurrency=4)),
+    (
+        "influxdb:http://h:8086?insecuressl=true&concurrency=4&disable_counter_metrics=true",
+        dict(insecuressl=True, concurrency=4),
+    ),
     ("influxdb:http://h:8086?password=pw2", dict(pw="pw2")),
-    ("influxdb:http://h:8086?org=my-org&bucket=k8s&token=tok",
-     dict(v2=True, org="my-org", bucket="k8s", token="tok")),
-    ("influxdb:https://us-east-1-1.aws.cloud2.influxdata.com?bucket=k8s&token=tok",  # 3.x: no org
-     dict(v2=True, bucket="k8s", base_url="https://us-east-1-1.aws.cloud2.influxdata.com")),
+    ("influxdb:http://h:8086?org=my-org&bucket=k8s&token=tok", dict(v2=True, org="my-org", bucket="k8s", token="tok")),
+    (
+        "influxdb:https://us-east-1-1.aws.cloud2.influxdata.com?bucket=k8s&token=tok",  # 3.x: no org
+        dict(v2=True, bucket="k8s", base_url="https://us-east-1-1.aws.cloud2.influxdata.com"),
+    ),
 ]
 
 
@@ -126,10 +145,15 @@ def test_redacted_round_trip(caplog: pytest.LogCaptureFixture) -> None:
 
 # ---- line protocol ----------------------------------------------------------------------------------
 def test_line_protocol_escaping() -> None:
-    text = line("log/events, x", {"b": "v 1,=", "a": "", "c": "tail\\", "k ey": "x\ny"},
-                {"value": 'say "hi"\\\nok'}, 1_700_000_000_123_456_000)
-    assert text == ('log/events\\,\\ x,b=v\\ 1\\,\\=,c=tail\\ ,k\\ ey=x\\ny value="say \\"hi\\"\\\\\nok" '
-                    "1700000000123456000")
+    text = line(
+        "log/events, x",
+        {"b": "v 1,=", "a": "", "c": "tail\\", "k ey": "x\ny"},
+        {"value": 'say "hi"\\\nok'},
+        1_700_000_000_123_456_000,
+    )
+    assert text == (
+        'log/events\\,\\ x,b=v\\ 1\\,\\=,c=tail\\ ,k\\ ey=x\\ny value="say \\"hi\\"\\\\\nok" 1700000000123456000'
+    )
 
 
 def test_nanoseconds() -> None:
@@ -143,11 +167,13 @@ def test_default_and_withfields_points() -> None:
     value = json.dumps(ev.to_dict(), indent=1, ensure_ascii=False).replace("\\", "\\\\").replace('"', '\\"')
     assert point(ev, with_fields=False, cluster_name="default") == (
         f"log/events,cluster_name=default,hostname=node-1,pod_id={ev.involved_object.uid},pod_name=app-3,"
-        f'uid={ev.uid} value="{value}" {ts}')
+        f'uid={ev.uid} value="{value}" {ts}'
+    )
     assert point(ev, with_fields=True, cluster_name="c1") == (
         f"events,cluster_name=c1,component=kubelet,hostname=node-1,kind=Pod,namespace_name=default,"
         f"object_name=app-3,pod_id={ev.involved_object.uid},reason=BackOff,type=Warning,uid={ev.uid} "
-        f'message="Back-off restarting failed container app in pod app-3" {ts}')
+        f'message="Back-off restarting failed container app in pod app-3" {ts}'
+    )
     node = replace(ev, involved_object=replace(ev.involved_object, kind="Node", name="node-1", uid="n1"))
     assert ",pod_id=" not in point(node, with_fields=False, cluster_name="x")
     assert ",pod_name=" not in point(node, with_fields=False, cluster_name="x")
@@ -197,8 +223,13 @@ def test_v1_creates_database_and_points_read_back_exactly(influx: InfluxDB) -> N
     assert [p["time"] for p in points] == ["2026-04-14T09:30:01Z", "2026-04-14T09:30:02Z"]
     nasty, plain = events
     assert {k: v for k, v in points[0].items() if k != "value"} == {
-        "time": "2026-04-14T09:30:01Z", "uid": nasty.uid, "pod_id": nasty.involved_object.uid,
-        "pod_name": nasty.involved_object.name, "hostname": "node 1,rack=a", "cluster_name": "prod cluster"}
+        "time": "2026-04-14T09:30:01Z",
+        "uid": nasty.uid,
+        "pod_id": nasty.involved_object.uid,
+        "pod_name": nasty.involved_object.name,
+        "hostname": "node 1,rack=a",
+        "cluster_name": "prod cluster",
+    }
     assert points[0]["value"] == json.dumps(nasty.to_dict(), indent=1, ensure_ascii=False)
     assert json.loads(points[0]["value"])["message"] == nasty.message
     assert points[1]["uid"] == plain.uid and json.loads(points[1]["value"]) == plain.to_dict()
@@ -209,11 +240,22 @@ def test_v1_withfields_layout(influx: InfluxDB) -> None:
     ev = replace(nasty_event(4), cluster="from-cli")
     sink.send([ev])
     sink.close()
-    assert influx.points("events", "fields") == [{
-        "time": "2026-04-14T09:30:04Z", "uid": ev.uid, "pod_id": "pod uid 4", "object_name": "web app,4=x",
-        "type": "Warning", "kind": "Pod", "component": "kube let", "reason": "Back Off,=",
-        "namespace_name": "default", "hostname": "node 1,rack=a", "cluster_name": "from-cli",
-        "message": ev.message}]
+    assert influx.points("events", "fields") == [
+        {
+            "time": "2026-04-14T09:30:04Z",
+            "uid": ev.uid,
+            "pod_id": "pod uid 4",
+            "object_name": "web app,4=x",
+            "type": "Warning",
+            "kind": "Pod",
+            "component": "kube let",
+            "reason": "Back Off,=",
+            "namespace_name": "default",
+            "hostname": "node 1,rack=a",
+            "cluster_name": "from-cli",
+            "message": ev.message,
+        }
+    ]
     assert "log/events" not in str(influx.query("SHOW MEASUREMENTS", "fields"))
 
 
@@ -235,15 +277,17 @@ def test_v1_wrong_password_fails_at_check(influx: InfluxDB, capsys: pytest.Captu
     with pytest.raises(PermanentError, match="HTTP 401"):
         sink.open()
     sink.close()
-    assert cli_main(["check", f"--sink={v1_flag(influx, 'k8s', pw=SECRET)}",
-                     f"--sink={v1_flag(influx, 'checked')}"]) == 1
+    assert (
+        cli_main(["check", f"--sink={v1_flag(influx, 'k8s', pw=SECRET)}", f"--sink={v1_flag(influx, 'checked')}"]) == 1
+    )
     out = capsys.readouterr().out
     assert SECRET not in out and ADMIN_PASSWORD not in out
     assert "failed: PermanentError: InfluxDB answered HTTP 401" in out and out.count("open: ok") == 1
 
 
 def test_v1_writer_without_admin_rights_writes_to_an_existing_database(
-        influx: InfluxDB, caplog: pytest.LogCaptureFixture) -> None:
+    influx: InfluxDB, caplog: pytest.LogCaptureFixture
+) -> None:
     influx.query('CREATE DATABASE "shared"')
     influx.query("CREATE USER writer WITH PASSWORD 'writer-pw'")
     influx.query('GRANT WRITE ON "shared" TO writer')
@@ -270,8 +314,15 @@ def test_v1_real_events_end_to_end_through_the_cli(influx: InfluxDB, tmp_path: P
     objs = real_objects()[:300]
     source = tmp_path / "events.jsonl"
     source.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in objs))
-    status = cli_main([f"--source=file:{source}", f"--sink={v1_flag(influx, 'real')}", "--healthz-port=0",
-                       f"--checkpoint=file:{tmp_path / 'checkpoint'}", "--cluster-name=kind"])
+    status = cli_main(
+        [
+            f"--source=file:{source}",
+            f"--sink={v1_flag(influx, 'real')}",
+            "--healthz-port=0",
+            f"--checkpoint=file:{tmp_path / 'checkpoint'}",
+            "--cluster-name=kind",
+        ]
+    )
     assert status == 0
     events = [Event.from_object(o) for o in objs]
     points = influx.points("log/events", "real")
@@ -312,8 +363,10 @@ def test_v2_errors_and_retry_after(fake2: FakeInflux2) -> None:
     assert SECRET not in str(info.value)
     wrong.close()
     sink = build_sink(v2_flag(fake2))
-    fake2.responses += [(429, {"Retry-After": "7"}, b'{"code":"too many requests","message":"slow down"}'),
-                        (503, {"Retry-After": "2"}, b"")]
+    fake2.responses += [
+        (429, {"Retry-After": "7"}, b'{"code":"too many requests","message":"slow down"}'),
+        (503, {"Retry-After": "2"}, b""),
+    ]
     with pytest.raises(RetryableError) as first:
         sink.send([make_event(1)])
     assert first.value.retry_after == 7.0 and "slow down" in str(first.value)
@@ -334,8 +387,9 @@ def test_v2_end_to_end_through_the_router(fake2: FakeInflux2) -> None:
     runner = SinkRunner.build(sink)
     router = Router([runner])
     router.start()
-    events = [make_event(n, last_timestamp=datetime(2026, 4, 14, tzinfo=UTC) + timedelta(seconds=n))
-              for n in range(120)]
+    events = [
+        make_event(n, last_timestamp=datetime(2026, 4, 14, tzinfo=UTC) + timedelta(seconds=n)) for n in range(120)
+    ]
     for ev in events:
         router.dispatch(ev)
     assert router.stop(20)

@@ -41,24 +41,39 @@ def naive(dt: datetime) -> datetime:
 # ---- flags -------------------------------------------------------------------------------------------
 FLAGS = [
     # kube-eventer's documented forms
-    ("mysql:?user:pw@tcp(h:3306)/db?charset=utf8&table=kube_event",
-     dict(user="user", password="pw", net="tcp", address="h:3306", database="db", table="kube_event")),
-    ("mysql:?root:transwarp@tcp(172.16.180.132:3306)/kube_eventer?charset=utf8&table=k8s_event",
-     dict(user="root", password="transwarp", address="172.16.180.132:3306", database="kube_eventer",
-          table="k8s_event")),
-    ("mysql:?root:pw@tcp(mysql:3306)/kube_eventer?charset=utf8",
-     dict(user="root", database="kube_eventer", table="kube_event")),
+    (
+        "mysql:?user:pw@tcp(h:3306)/db?charset=utf8&table=kube_event",
+        dict(user="user", password="pw", net="tcp", address="h:3306", database="db", table="kube_event"),
+    ),
+    (
+        "mysql:?root:transwarp@tcp(172.16.180.132:3306)/kube_eventer?charset=utf8&table=k8s_event",
+        dict(
+            user="root", password="transwarp", address="172.16.180.132:3306", database="kube_eventer", table="k8s_event"
+        ),
+    ),
+    (
+        "mysql:?root:pw@tcp(mysql:3306)/kube_eventer?charset=utf8",
+        dict(user="root", database="kube_eventer", table="kube_event"),
+    ),
     # Go DSN parameters after '&' (kube-eventer passes the whole query as the DSN when table= is absent)
-    ("mysql:?u:pw@tcp(h:3306)/db?charset=utf8mb4,utf8&parseTime=true&loc=Local",
-     dict(user="u", database="db", charset=["utf8mb4", "utf8"], parseTime=True)),
+    (
+        "mysql:?u:pw@tcp(h:3306)/db?charset=utf8mb4,utf8&parseTime=true&loc=Local",
+        dict(user="u", database="db", charset=["utf8mb4", "utf8"], parseTime=True),
+    ),
     # a password with '&', '?' and '@'; the unix socket form; password= instead of the DSN
-    ("mysql:?app:p&w?x@y@tcp(db:3306)/k8s&table=ev", dict(user="app", password="p&w?x@y", address="db:3306",
-                                                         table="ev")),
-    ("mysql:?app@unix(/run/mysqld/mysqld.sock)/k8s&password=pw2&level=Warning",
-     dict(net="unix", address="/run/mysqld/mysqld.sock", password="pw2", level=["Warning"])),
+    (
+        "mysql:?app:p&w?x@y@tcp(db:3306)/k8s&table=ev",
+        dict(user="app", password="p&w?x@y", address="db:3306", table="ev"),
+    ),
+    (
+        "mysql:?app@unix(/run/mysqld/mysqld.sock)/k8s&password=pw2&level=Warning",
+        dict(net="unix", address="/run/mysqld/mysqld.sock", password="pw2", level=["Warning"]),
+    ),
     ("mysql:?app:pw@/k8s", dict(net="tcp", address="127.0.0.1:3306", database="k8s")),
-    ("mysql:?app:pw@tcp(h)/k8s?timeout=5s&readTimeout=1m&tls=skip-verify&batch_size=100",
-     dict(timeout=5.0, readTimeout=60.0, tls="skip-verify", batch_size=100)),
+    (
+        "mysql:?app:pw@tcp(h)/k8s?timeout=5s&readTimeout=1m&tls=skip-verify&batch_size=100",
+        dict(timeout=5.0, readTimeout=60.0, tls="skip-verify", batch_size=100),
+    ),
 ]
 
 
@@ -100,8 +115,13 @@ def test_bad_flags(text: str, message: str) -> None:
 
 def test_parse_dsn_keeps_params_for_options() -> None:
     dsn = parse_dsn("u:p@tcp(h:1)/db?charset=utf8&table=t")
-    assert (dsn.user, dsn.password, dsn.address, dsn.database, dsn.params) == ("u", "p", "h:1", "db",
-                                                                               "charset=utf8&table=t")
+    assert (dsn.user, dsn.password, dsn.address, dsn.database, dsn.params) == (
+        "u",
+        "p",
+        "h:1",
+        "db",
+        "charset=utf8&table=t",
+    )
 
 
 def test_redacted_round_trip(caplog: pytest.LogCaptureFixture) -> None:
@@ -136,6 +156,8 @@ CLASSIFY = [
     (1406, "Data too long for column 'reason' at row 1", PermanentError),
     (1366, "Incorrect string value: '\\xF0\\x9F\\x94\\xA5' for column 'message'", PermanentError),
     (1064, "You have an error in your SQL syntax", PermanentError),
+    (1153, "Got a packet bigger than 'max_allowed_packet' bytes", PermanentError),
+    (2059, "Authentication plugin 'x' cannot be loaded", PermanentError),
 ]
 
 
@@ -156,41 +178,95 @@ def test_classify_says_what_to_fix() -> None:
 def test_creates_table_and_writes_exact_rows(server: MariaDB) -> None:
     sink = build_sink(flag(server, "exact"))
     sink.open()
-    columns = [r["COLUMN_NAME"] for r in server.query(
-        "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s AND TABLE_NAME='exact' "
-        "ORDER BY ORDINAL_POSITION", (DATABASE,))]
-    assert columns == ["id", "namespace", "kind", "name", "type", "reason", "message", "event_id",
-                       "first_occurrence_time", "last_occurrence_time", "count", "cluster", "source_host",
-                       "resource_version", "update_time"]
-    types = {r["COLUMN_NAME"]: r["COLUMN_TYPE"] for r in server.query(
-        "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s "
-        "AND TABLE_NAME='exact'", (DATABASE,))}
+    columns = [
+        r["COLUMN_NAME"]
+        for r in server.query(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s AND TABLE_NAME='exact' "
+            "ORDER BY ORDINAL_POSITION",
+            (DATABASE,),
+        )
+    ]
+    assert columns == [
+        "id",
+        "namespace",
+        "kind",
+        "name",
+        "type",
+        "reason",
+        "message",
+        "event_id",
+        "first_occurrence_time",
+        "last_occurrence_time",
+        "count",
+        "cluster",
+        "source_host",
+        "resource_version",
+        "update_time",
+    ]
+    types = {
+        r["COLUMN_NAME"]: r["COLUMN_TYPE"]
+        for r in server.query(
+            "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS WHERE TABLE_SCHEMA=%s "
+            "AND TABLE_NAME='exact'",
+            (DATABASE,),
+        )
+    }
     assert types["first_occurrence_time"] == types["last_occurrence_time"] == "datetime(6)"
-    indexes = {r["INDEX_NAME"] for r in server.query(
-        "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s AND TABLE_NAME='exact'",
-        (DATABASE,))}
+    indexes = {
+        r["INDEX_NAME"]
+        for r in server.query(
+            "SELECT INDEX_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA=%s AND TABLE_NAME='exact'",
+            (DATABASE,),
+        )
+    }
     assert indexes == {"PRIMARY", "uk_event_id", "idx_last_occurrence_time", "idx_namespace_reason_time"}
 
     first = make_event(1, cluster="prod", first_timestamp=datetime(2026, 4, 14, 9, 0, 0, 123456, tzinfo=UTC))
-    node = make_event(2, type="Normal", reason="NodeReady", message="Node node-2 status is now: NodeReady",
-                      involved_object=replace(make_event(2).involved_object, kind="Node", namespace="",
-                                              name="node-2"))
+    node = make_event(
+        2,
+        type="Normal",
+        reason="NodeReady",
+        message="Node node-2 status is now: NodeReady",
+        involved_object=replace(make_event(2).involved_object, kind="Node", namespace="", name="node-2"),
+    )
     sink.send([first, node])
     sink.close()
-    rows = server.query("SELECT namespace, kind, name, type, reason, message, event_id, first_occurrence_time, "
-                        "last_occurrence_time, count, cluster, source_host, resource_version FROM exact "
-                        "ORDER BY event_id")
+    rows = server.query(
+        "SELECT namespace, kind, name, type, reason, message, event_id, first_occurrence_time, "
+        "last_occurrence_time, count, cluster, source_host, resource_version FROM exact "
+        "ORDER BY event_id"
+    )
     assert rows == [
-        dict(namespace="default", kind="Pod", name="app-1", type="Warning", reason="BackOff",
-             message="Back-off restarting failed container app in pod app-1", event_id=first.uid,
-             first_occurrence_time=datetime(2026, 4, 14, 9, 0, 0, 123456),
-             last_occurrence_time=datetime(2026, 4, 14, 9, 30, 1), count=1, cluster="prod",
-             source_host="node-1", resource_version="1001"),
-        dict(namespace="", kind="Node", name="node-2", type="Normal", reason="NodeReady",
-             message="Node node-2 status is now: NodeReady", event_id=node.uid,
-             first_occurrence_time=datetime(2026, 4, 14, 9, 30, 2),
-             last_occurrence_time=datetime(2026, 4, 14, 9, 30, 2), count=1, cluster="",
-             source_host="node-1", resource_version="1002"),
+        dict(
+            namespace="default",
+            kind="Pod",
+            name="app-1",
+            type="Warning",
+            reason="BackOff",
+            message="Back-off restarting failed container app in pod app-1",
+            event_id=first.uid,
+            first_occurrence_time=datetime(2026, 4, 14, 9, 0, 0, 123456),
+            last_occurrence_time=datetime(2026, 4, 14, 9, 30, 1),
+            count=1,
+            cluster="prod",
+            source_host="node-1",
+            resource_version="1001",
+        ),
+        dict(
+            namespace="",
+            kind="Node",
+            name="node-2",
+            type="Normal",
+            reason="NodeReady",
+            message="Node node-2 status is now: NodeReady",
+            event_id=node.uid,
+            first_occurrence_time=datetime(2026, 4, 14, 9, 30, 2),
+            last_occurrence_time=datetime(2026, 4, 14, 9, 30, 2),
+            count=1,
+            cluster="",
+            source_host="node-1",
+            resource_version="1002",
+        ),
     ]
 
 
@@ -210,24 +286,37 @@ def test_repeat_updates_the_row(server: MariaDB) -> None:
     ev = make_event(5)
     later = ev.last_timestamp + timedelta(minutes=5)
     bumped = replace(ev, count=3, last_timestamp=later, resource_version="2005", message="Back-off again")
-    stale = replace(ev, count=2, last_timestamp=ev.last_timestamp + timedelta(minutes=1), resource_version="1500",
-                    message="older")
+    stale = replace(
+        ev, count=2, last_timestamp=ev.last_timestamp + timedelta(minutes=1), resource_version="1500", message="older"
+    )
     sink.send([ev])
     sink.send([bumped, bumped])  # a repeat, and the same event twice in one batch
     sink.send([stale])  # an older occurrence retried late must not roll the row back
     sink.send([bumped])  # a retried batch
     sink.close()
-    rows = server.query("SELECT event_id, count, message, resource_version, first_occurrence_time, "
-                        "last_occurrence_time FROM repeats")
-    assert rows == [dict(event_id=ev.uid, count=3, message="Back-off again", resource_version="2005",
-                         first_occurrence_time=naive(ev.first_timestamp), last_occurrence_time=naive(later))]
+    rows = server.query(
+        "SELECT event_id, count, message, resource_version, first_occurrence_time, last_occurrence_time FROM repeats"
+    )
+    assert rows == [
+        dict(
+            event_id=ev.uid,
+            count=3,
+            message="Back-off again",
+            resource_version="2005",
+            first_occurrence_time=naive(ev.first_timestamp),
+            last_occurrence_time=naive(later),
+        )
+    ]
 
 
 def test_unicode_and_a_64_kb_message(server: MariaDB) -> None:
     sink = build_sink(flag(server, "unicode"))
     big = ("a" * 1023 + "🔥") * 64  # 65536 characters, 65728 bytes: more than a TEXT column holds
-    cjk = make_event(1, message="节点 node-1 磁盘压力 🔥💥 — ünïcödé 'quoted' \"double\" \\ back",
-                     involved_object=replace(make_event(1).involved_object, name="应用-1"))
+    cjk = make_event(
+        1,
+        message="节点 node-1 磁盘压力 🔥💥 — ünïcödé 'quoted' \"double\" \\ back",
+        involved_object=replace(make_event(1).involved_object, name="应用-1"),
+    )
     sink.send([cjk, make_event(2, message=big)])
     sink.close()
     rows = server.query("SELECT name, message FROM unicode ORDER BY event_id")
@@ -253,17 +342,25 @@ def test_existing_kube_eventer_table_is_used_as_it_is(server: MariaDB, caplog: p
         sink.send([replace(ev, count=2)])
     sink.close()
     assert "no unique key on event_id" in caplog.text
-    rows = server.query("SELECT name, namespace, event_id, type, reason, message, kind, first_occurrence_time, "
-                        "last_occurrence_time FROM ke_event ORDER BY id")
-    expected = dict(name="app-7", namespace="default", event_id=ev.uid, type="Warning", reason="BackOff",
-                    message=("disk full \ufffd " + "x" * 300)[:255], kind="Pod",
-                    first_occurrence_time="2026-04-14 09:30:07 +0000 UTC",
-                    last_occurrence_time="2026-04-14 09:30:07 +0000 UTC")
+    rows = server.query(
+        "SELECT name, namespace, event_id, type, reason, message, kind, first_occurrence_time, "
+        "last_occurrence_time FROM ke_event ORDER BY id"
+    )
+    expected = dict(
+        name="app-7",
+        namespace="default",
+        event_id=ev.uid,
+        type="Warning",
+        reason="BackOff",
+        message=("disk full \ufffd " + "x" * 300)[:255],
+        kind="Pod",
+        first_occurrence_time="2026-04-14 09:30:07 +0000 UTC",
+        last_occurrence_time="2026-04-14 09:30:07 +0000 UTC",
+    )
     assert rows == [expected, expected]  # like kube-eventer: a repeat is another row in this table
 
 
-def test_check_reports_wrong_password_and_missing_database(server: MariaDB,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_reports_wrong_password_and_missing_database(server: MariaDB, capsys: pytest.CaptureFixture[str]) -> None:
     wrong = build_sink(flag(server, "t", password=SECRET))
     with pytest.raises(PermanentError) as info:
         wrong.open()
@@ -276,8 +373,17 @@ def test_check_reports_wrong_password_and_missing_database(server: MariaDB,
     with pytest.raises(PermanentError, match="the database does not exist: create it"):
         build_sink(root_missing).open()
 
-    assert cli_main(["check", f"--sink={flag(server, 't', password=SECRET)}", f"--sink={root_missing}",
-                     f"--sink={flag(server, 'checked')}"]) == 1
+    assert (
+        cli_main(
+            [
+                "check",
+                f"--sink={flag(server, 't', password=SECRET)}",
+                f"--sink={root_missing}",
+                f"--sink={flag(server, 'checked')}",
+            ]
+        )
+        == 1
+    )
     out = capsys.readouterr().out
     assert SECRET not in out and PASSWORD not in out
     assert "failed: PermanentError" in out and "wrong user or password" in out
@@ -312,8 +418,10 @@ def test_server_restart_mid_stream_loses_and_repeats_nothing(server: MariaDB) ->
         for ev in events[:200]:
             router.dispatch(ev)
         deadline = time.monotonic() + 30
-        while not server.query("SELECT COUNT(*) AS n FROM information_schema.TABLES WHERE TABLE_NAME='restart'")[0][
-                "n"] or server.query("SELECT COUNT(*) AS n FROM restart")[0]["n"] < 20:
+        while (
+            not server.query("SELECT COUNT(*) AS n FROM information_schema.TABLES WHERE TABLE_NAME='restart'")[0]["n"]
+            or server.query("SELECT COUNT(*) AS n FROM restart")[0]["n"] < 20
+        ):
             assert time.monotonic() < deadline, "nothing arrived before the restart"
             time.sleep(0.02)
         server.kill()  # SIGKILL while batches are in flight
@@ -337,8 +445,15 @@ def test_real_events_end_to_end_through_the_cli(server: MariaDB, tmp_path: Path)
     objs = real_objects()[:400]
     source = tmp_path / "events.jsonl"
     source.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in objs))
-    status = cli_main([f"--source=file:{source}", f"--sink={flag(server, 'real_events')}", "--healthz-port=0",
-                       f"--checkpoint=file:{tmp_path / 'checkpoint'}", "--cluster-name=kind"])
+    status = cli_main(
+        [
+            f"--source=file:{source}",
+            f"--sink={flag(server, 'real_events')}",
+            "--healthz-port=0",
+            f"--checkpoint=file:{tmp_path / 'checkpoint'}",
+            "--cluster-name=kind",
+        ]
+    )
     assert status == 0
     latest: dict[str, dict] = {}
     for obj in objs:
@@ -350,5 +465,10 @@ def test_real_events_end_to_end_through_the_cli(server: MariaDB, tmp_path: Path)
         row = by_id[uid]
         involved = obj["involvedObject"]
         assert (row["namespace"], row["kind"], row["name"], row["reason"], row["cluster"]) == (
-            involved.get("namespace", ""), involved["kind"], involved["name"], obj["reason"], "kind")
+            involved.get("namespace", ""),
+            involved["kind"],
+            involved["name"],
+            obj["reason"],
+            "kind",
+        )
         assert row["count"] == max(Event.from_object(o).count for o in objs if o["metadata"]["uid"] == uid)
