@@ -137,6 +137,7 @@ class S3Sink(Sink):
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         super().__init__(url, opts)
+        self.require("boto3")  # a missing client library is a start-up error, not a failed upload
         if url.scheme != "s3" or not url.host:
             raise SinkConfigError(self.name, "give the bucket as s3:s3://BUCKET/PREFIX?region=...")
         if url.userinfo:
@@ -210,8 +211,11 @@ class S3Sink(Sink):
                 self._append(group, lines, written)
         except OSError as exc:
             # the router sends the whole batch again: take back what part of it reached the disk
-            for chunk, size, events in reversed(written):
-                self._spool.truncate(chunk, size, events)
+            try:
+                for chunk, size, events in reversed(written):
+                    self._spool.truncate(chunk, size, events)
+            except OSError:
+                log.warning("s3 sink: could not take back a partly spooled batch; its retry may repeat events")
             raise RetryableError(f"cannot write the spool in {self.store_dir}: {exc.strerror or exc}") from None
 
     def tick(self) -> None:

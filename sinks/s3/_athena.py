@@ -10,6 +10,7 @@ string column ``dt``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -87,6 +88,12 @@ def athena_ddl(bucket: str, prefix: str, key_format: str, *, table: str, years: 
     )
 
 
+def _table(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a table name (TABLE or DATABASE.TABLE: letters, digits, _)")
+    return text
+
+
 def _years(text: str) -> tuple[int, int]:
     low, sep, high = text.partition(",")
     if not sep or not low.strip().isdigit() or not high.strip().isdigit() or int(low) > int(high):
@@ -102,7 +109,8 @@ def athena_ddl_command(argv: Sequence[str]) -> int:
         description="Print the Athena CREATE EXTERNAL TABLE for the objects an s3 sink writes.",
     )
     parser.add_argument("--sink", required=True, help="the s3:s3://BUCKET/PREFIX?... flag the router runs with")
-    parser.add_argument("--table", default="kubernetes_events", help="table name, optionally database.table")
+    parser.add_argument("--table", type=_table, default="kubernetes_events",
+                        help="table name, optionally database.table")
     parser.add_argument("--years", type=_years, default=(2020, 2050),
                         help="projection range of the year partition (default 2020,2050)")
     args = parser.parse_args(argv)

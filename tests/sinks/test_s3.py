@@ -569,3 +569,6 @@ def test_ddl_refuses_key_formats_athena_cannot_project(key_format, message, caps
 def test_ddl_command_errors():
     assert cli_main(["athena-ddl", "--sink=log:stdout"]) == 2
     assert cli_main(["athena-ddl", "--sink=s3:s3://bkt?regoin=x"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli_main(["athena-ddl", "--sink=s3:s3://bkt", "--table=x; DROP TABLE y"])
+    assert info.value.code == 2
