@@ -19,7 +19,7 @@ from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
 from sinks.dingtalk import MAX_CONTENT, DingTalkSink, _classify, sign
-from tests.helpers import make_event, real_events
+from tests.helpers import make_event, real_events, real_objects
 from tests.servers.fake_dingtalk import FakeClock, FakeDingTalk
 
 TOKEN = "T0KEN-abcdef123456"
@@ -338,3 +338,20 @@ def test_check_send_test(capsys):
         status = cli_main(["check", "--sink", robot_flag(server), "--send-test"])
         out = capsys.readouterr().out
     assert status == 1 and "keywords not in content" in out and TOKEN not in out
+
+
+def test_cli_run_replays_real_events_once_per_problem_and_digests_the_rest(tmp_path):
+    warnings = [o for o in real_objects() if o.get("type") == "Warning"]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in real_objects()))
+    problems = {(e.involved_object.kind, e.involved_object.namespace, e.involved_object.name, e.reason)
+                for e in real_events() if e.type == "Warning"}
+    with FakeDingTalk(secret=SECRET, keywords=("prod",)) as server:
+        status = cli_main(["--source=file:" + str(path), "--cluster-name=prod", "--healthz-port=0",
+                           "--sink=" + robot_flag(server, "&label=prod&batch_size=1000")])
+    assert status == 0 and len(warnings) > len(problems)
+    contents = server.contents()
+    assert len(contents) == 20 and all(r.errcode == 0 for r in server.requests)
+    assert all("Level:Warning" in c and "Cluster:prod" in c for c in contents[:19])
+    # the digest went out at shutdown: every problem beyond the first 19 is in it, repeats are not
+    assert contents[19].splitlines()[2].startswith(f"{len(problems) - 19} more Warning events: ")
