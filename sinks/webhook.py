@@ -35,6 +35,7 @@ import os
 import re
 import ssl
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import unquote, unquote_plus
 
@@ -44,6 +45,8 @@ import orjson
 from eventrouter import (
     HTTP_OPTIONS,
     Event,
+    EventTemplate,
+    InvolvedObject,
     Option,
     Options,
     PartialError,
@@ -55,11 +58,12 @@ from eventrouter import (
     SinkError,
     SinkURL,
     http_client,
+    parse_tz,
     raise_for_status,
     redact_text,
+    template_source,
     transport_error,
 )
-from eventrouter.templates import EventTemplate, parse_tz, template_source
 
 log = logging.getLogger("eventrouter.sinks.webhook")
 
@@ -222,11 +226,8 @@ class WebhookSink(Sink):
         template = EventTemplate(self.name, source, option=option, json_escape=self.json_body, tz=self.tz)
         if self.json_body:
             # a template that cannot make JSON would fail on every event: say so now
-            from eventrouter.templates import sample_event
-
-            sample = template.render(sample_event())
             try:
-                orjson.loads(sample)
+                orjson.loads(template.render(_SAMPLE))
             except orjson.JSONDecodeError as exc:
                 raise SinkConfigError(self.name, f"the template does not render valid JSON ({exc}); fix it or "
                                       "set content_type to a non-JSON type", option) from None
@@ -358,6 +359,16 @@ class WebhookSink(Sink):
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+# renders templates at start-up; the message holds what breaks hand-made JSON
+_SAMPLE = Event(
+    uid="00000000-0000-4000-8000-000000000000", resource_version="1", namespace="default", name="web-0.1",
+    type="Warning", reason="BackOff", message='Back-off restarting "app"\n\tin pod web-0 \\ ✓', count=2,
+    first_timestamp=datetime(2024, 1, 1, tzinfo=UTC), last_timestamp=datetime(2024, 1, 1, 0, 5, tzinfo=UTC),
+    involved_object=InvolvedObject(kind="Pod", namespace="default", name="web-0", api_version="v1"),
+    source_component="kubelet", source_host="node-1",
+)
 
 
 def _own_keys() -> frozenset[str]:

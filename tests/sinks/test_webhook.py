@@ -696,7 +696,7 @@ def test_check_command(hook, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("batch", ["true", "false"])
 def test_an_event_the_template_cannot_render_is_rejected_alone(hook, batch):
-    # renders for the start-up sample (count 1), divides by zero for count 5
+    # renders for the start-up samples (count 1 and 2), divides by zero for count 5
     template = quote('{"x": {{ 10 // (count - 5) }}}')
     sink = build(f"webhook:{hook.url()}?batch={batch}&template={template}")
     events = [make_event(1, count=2), make_event(2, count=5), make_event(3, count=7)]
