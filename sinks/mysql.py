@@ -309,8 +309,9 @@ class MySQLSink(Sink):
             str,
             default="false",
             choices=("false", "true", "skip-verify", "preferred"),
-            help="TLS to the server (Go DSN): true verifies the certificate, skip-verify does not",
+            help="TLS (Go DSN): true (required, verified), skip-verify (required, not verified), preferred, false",
         ),
+        Option("ca_file", str, help="PEM file of the CA that signed the server certificate (implies tls=true)"),
         Option("parseTime", bool, default=False, help="Go DSN option, accepted for compatibility (no effect)"),
         Option("loc", str, default="UTC", help="Go DSN option, accepted for compatibility: times are stored in UTC"),
     )
@@ -386,12 +387,22 @@ class MySQLSink(Sink):
             args["unix_socket"] = self.dsn.address
         else:
             args["host"], args["port"] = self._host, self._port
-        if opts["tls"] in ("true", "skip-verify", "preferred"):
-            context = ssl.create_default_context()
-            if opts["tls"] != "true":
+        tls = opts["tls"]
+        if opts["ca_file"] and "tls" not in opts.given:
+            tls = "true"
+        if tls == "false":
+            args["ssl_disabled"] = True  # PyMySQL would otherwise try TLS when the server offers it
+        elif tls in ("true", "skip-verify"):
+            # an ssl context makes TLS required: the connection fails rather than fall back to plain text
+            try:
+                context = ssl.create_default_context(cafile=opts["ca_file"] or None)
+            except (OSError, ssl.SSLError) as exc:
+                raise PermanentError(f"cannot load ca_file {opts['ca_file']!r}: {exc}") from None
+            if tls == "skip-verify":
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
             args["ssl"] = context
+        # "preferred": PyMySQL's default, TLS without verification when the server offers it
         return args
 
     def _error(self, exc: BaseException) -> SinkError:
@@ -401,6 +412,10 @@ class MySQLSink(Sink):
         else:
             code, message = 2013, f"{type(exc).__name__}: {exc}"
         error = _classify(code, message)
+        if "CERTIFICATE_VERIFY_FAILED" in message or "Hostname mismatch" in message:
+            error = PermanentError(
+                f"TLS: the server certificate is not trusted; give ca_file= or tls=skip-verify ({message})"
+            )
         text = redact_text(str(error), [self.opts["password"]])
         return type(error)(f"{self._where()}: {text}")
 

@@ -33,8 +33,10 @@ def free_port() -> int:
 
 
 class MariaDB:
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: (certificate chain PEM, private key PEM) to serve TLS as well as plain connections."""
         self.base = Path(base)
+        self.tls = tls
         self.datadir = self.base / "data"
         self.socket = self.base / "mysqld.sock"
         self.log = self.base / "error.log"
@@ -62,6 +64,7 @@ class MariaDB:
                 "--skip-log-bin",
                 "--performance-schema=OFF",
                 "--max-connections=50",
+                *([f"--ssl-cert={self.tls[0]}", f"--ssl-key={self.tls[1]}"] if self.tls else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

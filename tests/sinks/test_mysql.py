@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import trustme
 
 from eventrouter import Event, PermanentError, RetryableError, SinkConfigError, SinkURL
 from eventrouter.cli import main as cli_main
@@ -24,8 +25,21 @@ SECRET = "pw-Zx81-secret"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    db = MariaDB(tmp_path_factory.mktemp("mariadb")).start()
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    base = tmp_path_factory.mktemp("tls")
+    files = {"ca": base / "ca.pem", "cert": base / "cert.pem", "key": base / "key.pem"}
+    ca.cert_pem.write_to_path(files["ca"])
+    cert.private_key_pem.write_to_path(files["key"])
+    for n, pem in enumerate(cert.cert_chain_pems):
+        pem.write_to_path(files["cert"], append=n > 0)
+    return files
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tls_files: dict[str, Path]):
+    db = MariaDB(tmp_path_factory.mktemp("mariadb"), tls=(tls_files["cert"], tls_files["key"])).start()
     yield db
     db.stop()
 
@@ -472,3 +486,32 @@ def test_real_events_end_to_end_through_the_cli(server: MariaDB, tmp_path: Path)
             "kind",
         )
         assert row["count"] == max(Event.from_object(o).count for o in objs if o["metadata"]["uid"] == uid)
+
+
+def _cipher(sink: MySQLSink) -> str:
+    with sink._conn.cursor() as cur:
+        cur.execute("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        return cur.fetchone()[1]
+
+
+def test_tls_modes(server: MariaDB, tls_files: dict[str, Path]) -> None:
+    verified = build_sink(flag(server, "tls", f"&tls=true&ca_file={tls_files['ca']}"))
+    verified.send([make_event(1)])
+    assert _cipher(verified)  # the session is encrypted
+    verified.close()
+    implied = build_sink(flag(server, "tls", f"&ca_file={tls_files['ca']}"))
+    implied.open()
+    assert _cipher(implied)
+    implied.close()
+    unverified = build_sink(flag(server, "tls", "&tls=skip-verify"))
+    unverified.open()
+    assert _cipher(unverified)
+    unverified.close()
+    plain = build_sink(flag(server, "tls"))
+    plain.open()
+    assert _cipher(plain) == ""  # tls=false (the default) means no TLS, as in the Go driver
+    plain.close()
+    untrusted = build_sink(flag(server, "tls", "&tls=true"))
+    with pytest.raises(PermanentError, match="server certificate is not trusted"):
+        untrusted.open()
+    assert server.query("SELECT name FROM tls") == [{"name": "app-1"}]
