@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from benchmarks import pipeline
+from benchmarks import memory, pipeline, restart
 
 
 def main(argv: list[str]) -> int:
@@ -18,6 +18,12 @@ def main(argv: list[str]) -> int:
             results.append(("pipeline, 1 null sink", pipeline.run(20_000 if small else 200_000)))
         elif name == "fanout":
             results.append(("pipeline, 8 filtered null sinks", pipeline.run(20_000 if small else 200_000, True)))
+        elif name == "memory":
+            results.append(("stalled sink, 500k events", memory.run(50_000 if small else 500_000,
+                                                                    5_000 if small else 50_000)))
+        elif name == "restart":
+            results.append(("restart (SIGTERM) mid-stream", restart.run(2_000 if small else 20_000)))
+            results.append(("restart (SIGKILL) mid-stream", restart.run(2_000 if small else 20_000, kill=True)))
         else:
             print(f"unknown benchmark {name!r}", file=sys.stderr)
             return 2
