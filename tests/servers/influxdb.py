@@ -36,6 +36,7 @@ class InfluxDB:
         self.rpc_port = free_port()
         self.log = self.base / "influxd.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._admin_created = False
 
     @property
     def url(self) -> str:
@@ -81,12 +82,15 @@ bind-address = "127.0.0.1:{self.rpc_port}"
                 self.stop()
                 raise RuntimeError(f"influxd did not answer /ping in {timeout}s:\n{self.log_tail()}")
             time.sleep(0.1)
+        if self._admin_created:
+            return self  # a restart: the meta directory keeps the users
         # with auth on, the first admin user may be created without credentials
         response = httpx.post(
             f"{self.url}/query", data={"q": f"CREATE USER {ADMIN} WITH PASSWORD '{ADMIN_PASSWORD}' WITH ALL PRIVILEGES"}
         )
         if response.status_code != 200 or '"error"' in response.text:
             raise RuntimeError(f"cannot create the admin user: {response.status_code} {response.text}")
+        self._admin_created = True
         return self
 
     def stop(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -334,6 +335,32 @@ def test_v1_real_events_end_to_end_through_the_cli(influx: InfluxDB, tmp_path: P
         ts = datetime.fromisoformat(p["time"].replace("Z", "+00:00"))
         ev = latest[(p["uid"], nanoseconds(ts))]
         assert json.loads(p["value"]) == ev.raw
+
+
+def test_v1_server_restart_mid_stream_loses_nothing(influx: InfluxDB) -> None:
+    sink = build_sink(v1_flag(influx, "restart", "&batch_size=20&flush_interval=50ms&retry_backoff_max=300ms"))
+    runner = SinkRunner.build(sink)
+    router = Router([runner])
+    router.start()
+    events = [make_event(n, uid=f"uid-{n}") for n in range(300)]
+    try:
+        for ev in events[:100]:
+            router.dispatch(ev)
+        deadline = time.monotonic() + 30
+        while runner.stats.sent < 20:
+            assert time.monotonic() < deadline, "nothing arrived before the restart"
+            time.sleep(0.02)
+        influx.stop()
+        for ev in events[100:]:
+            router.dispatch(ev)
+        time.sleep(1.0)
+        influx.start()
+    finally:
+        if influx.proc is None:
+            influx.start()
+        drained = router.stop(60)
+    assert drained and runner.stats.failed == 0 and runner.stats.retried > 0
+    assert sorted(p["uid"] for p in influx.points("log/events", "restart")) == sorted(e.uid for e in events)
 
 
 # ---- InfluxDB 2.x/3.x -------------------------------------------------------------------------------
