@@ -353,7 +353,8 @@ class ChatFlow:
     """Per-robot flow control: repeats, rate window and digest. One per sink instance."""
 
     def __init__(self, *, rate_limit: int = 20, repeat_interval: float = 1800.0, window: float = RATE_WINDOW,
-                 max_keys: int = 10000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_keys: int = 10000, clock: Callable[[], float] = time.monotonic, sink: str = "") -> None:
+        self.log = logging.getLogger(f"eventrouter.sinks.{sink}") if sink else log
         self.rate_limit = rate_limit
         self.rate = RateWindow(rate_limit, window)
         self.repeats = RepeatFilter(repeat_interval, max_keys)
@@ -436,9 +437,9 @@ class ChatFlow:
         try:
             self.tick(post_event, post_digest)
         except SinkError as exc:
-            log.warning("chat digest not sent at shutdown (%s): %s", type(exc).__name__, exc)
+            self.log.warning("digest not sent at shutdown (%s): %s", type(exc).__name__, exc)
         if self.digest is not None:
-            log.warning("chat digest not sent at shutdown (rate limit reached): %s", digest.headline())
+            self.log.warning("digest not sent at shutdown (rate limit reached): %s", digest.headline())
             self.digest = None
 
 

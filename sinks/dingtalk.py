@@ -133,7 +133,7 @@ class DingTalkSink(Sink):
         self.endpoint = self._endpoint(url)
         self.layout = ChatLayout(self.name, opts, cluster_id=opts["cluster_id"])
         self.flow = ChatFlow(rate_limit=opts["rate_limit"], repeat_interval=float(opts["repeat_interval"]),
-                             clock=clock)
+                             clock=clock, sink=self.name)
         self._wall = wall
         self._secrets = [opts["access_token"], opts["sign"]]
         self._client: httpx.Client | None = None

@@ -150,7 +150,7 @@ class WeChatSink(Sink):
         self.layout = ChatLayout(self.name, opts, line_break="\n")
         self.limit = LIMITS[(self.mode, self.layout.msg_type)]
         self.flow = ChatFlow(rate_limit=opts["rate_limit"], repeat_interval=float(opts["repeat_interval"]),
-                             clock=clock)
+                             clock=clock, sink=self.name)
         self._clock = clock
         self._token: str | None = None
         self._token_expires = 0.0

@@ -241,7 +241,7 @@ def test_permanent_digest_failure_drops_it_and_close_reports_what_was_left(caplo
         flow.tick(rec.event, rec.digest)
     assert flow.pending() == 0
     flow.send([make_event(n) for n in range(10, 13)], rec.event)  # window full: all folded
-    with caplog.at_level(logging.WARNING, "eventrouter.chat"):
+    with caplog.at_level(logging.WARNING):
         flow.close(rec.event, rec.digest)
     assert "3 more Warning events: BackOff x3 in ns default" in caplog.text
     assert flow.pending() == 0
