@@ -95,6 +95,7 @@ class KubernetesSource:
                 api, ctx.leader_elect_namespace or namespace, ctx.leader_elect_name,
                 lease_duration=ctx.leader_elect_lease_duration, renew_deadline=ctx.leader_elect_renew_deadline,
                 retry_period=ctx.leader_elect_retry_period)
+            self.state.leader = False  # until the Lease is ours
         self.checkpoint_interval = CHECKPOINT_INTERVAL
         self.seen_cap = SEEN_CAP
         self.seen: dict[str, tuple[str, Any]] = {}  # uid -> (resourceVersion, what the user sees | None)
