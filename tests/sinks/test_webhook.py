@@ -502,13 +502,18 @@ def test_permanent_400_is_not_retried(hook, caplog):
     assert 'HTTP 400: {"error":"no_text"}' in caplog.text
 
 
-def test_cli_end_to_end(hook, tmp_path):
+def test_cli_end_to_end(hook, tmp_path, capfd, monkeypatch):
     objects = real_objects()[:5]
     source = tmp_path / "events.jsonl"
     source.write_bytes(b"\n".join(orjson.dumps(o) for o in objects) + b"\n")
-    status = cli_main([f"--source=file:{source}", f"--sink=webhook:{hook.url()}?batch=true",
-                       "--healthz-port=0", "--cluster-name=prod"])
+    monkeypatch.setenv("HOOK_TOKEN", "cli-s3cr3t-hook-token")
+    status = cli_main([f"--source=file:{source}", f"--sink=webhook:{hook.url()}?batch=true&bearer_token=$HOOK_TOKEN",
+                       "--healthz-port=0", "--cluster-name=prod", "-v", "5"])
     assert status == 0
+    output = capfd.readouterr()
+    assert "bearer_token=***" in output.err
+    assert "cli-s3cr3t-hook-token" not in output.out + output.err
+    assert {r.headers["authorization"] for r in hook.requests} == {"Bearer cli-s3cr3t-hook-token"}
     delivered = [item for r in hook.requests for item in r.json()]
     assert [d["uid"] for d in delivered] == [o["metadata"]["uid"] for o in objects]
     assert {d["cluster"] for d in delivered} == {"prod"}
@@ -706,3 +711,48 @@ def test_an_event_the_template_cannot_render_is_rejected_alone(hook, batch):
     assert "ZeroDivisionError" in str(info.value)
     bodies = [r.json() for r in hook.requests]
     assert bodies == ([[{"x": -4}, {"x": 5}]] if batch == "true" else [{"x": -4}, {"x": 5}])
+
+
+# every body template of kube-eventer's docs/en/webhook-sink.md, as users have them in ConfigMaps
+KE_TEXT = ('EventType:{{ .Type }}\\nEventKind:{{ .InvolvedObject.Kind }}\\nEventReason:{{ .Reason }}'
+           '\\nEventTime:{{ .LastTimestamp }}\\nEventMessage:{{ .Message }}')
+KE_TEXT_RENDERED = f"EventType:Warning\nEventKind:Pod\nEventReason:BackOff\nEventTime:2026-04-14 09:30:06 UTC" \
+                   f"\nEventMessage:{TRICKY}"
+KE_SLACK_ATTACHMENTS = (
+    '{\n    "channel": "testing",\n    "icon_emoji": ":k8s:",\n    "username": "eventer",\n    "attachments": [\n'
+    '        {\n            "color": "warning",\n            "text": "*Type*: `{{.Type}}`\\n*Namespace*: '
+    '`{{.InvolvedObject.Namespace}}`\\n*Object*: `{{ .InvolvedObject.Kind }}/{{ .InvolvedObject.Name }}`\\n'
+    '*Reason*: `{{ .Reason }}`\\n*Meaasge*: `{{ .Message }}`\\n*Time*: `{{ .LastTimestamp }}`"\n        }\n    ]\n  }'
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "path", "expected"),
+    [
+        ('{\t"msgtype": "text",\n\t"text": {"content":"' + KE_TEXT + '"},\n\t"markdown": {"title":"","text":""}\n}',
+         ("text", "content"), KE_TEXT_RENDERED),
+        ('{"msgtype": "text","text": {"content": "' + KE_TEXT + '"}}', ("text", "content"), KE_TEXT_RENDERED),
+        ('{"channel": "testing",\n"username": "Eventer",\n"text":"' + KE_TEXT + '"}', ("text",), KE_TEXT_RENDERED),
+        ('{\n   "title": "Kube-eventer",\n   "text":  "' + KE_TEXT.replace(":", ":  ") + '"\n   }', ("title",),
+         "Kube-eventer"),
+        (KE_SLACK_ATTACHMENTS, ("attachments", 0, "text"),
+         f"*Type*: `Warning`\n*Namespace*: `default`\n*Object*: `Pod/app-6`\n*Reason*: `BackOff`\n"
+         f"*Meaasge*: `{TRICKY}`\n*Time*: `2026-04-14 09:30:06 UTC`"),
+        (FEISHU_V2_CONTENT, ("card", "elements", 0, "text", "content"),
+         f"**EventType:**  Warning\n**EventKind:**  Pod\n**EventReason:**  BackOff\n"
+         f"**EventTime:**  2026-04-14 09:30:06 UTC\n**EventMessage:**  {TRICKY}"),
+    ],
+    ids=["dingtalk", "wechat", "slack", "feishu", "slack-attachments", "feishu-v2"],
+)
+def test_kube_eventer_documented_templates(hook, content, path, expected):
+    build(f"webhook:{hook.url()}?template={quote(content, safe='')}").send([make_event(6, message=TRICKY)])
+    value = hook.requests[0].json()
+    for step in path:
+        value = value[step]
+    assert value == expected
+
+
+def test_kube_eventer_bearychat_example_is_not_json():
+    # the docs' BearyChat body lacks its braces; kube-eventer sent it anyway, we refuse it at start-up
+    with pytest.raises(SinkConfigError, match="does not render valid JSON"):
+        build(f"webhook:https://h/p?template={quote(chr(34) + 'text' + chr(34) + ':' + chr(34) + KE_TEXT + chr(34))}")
