@@ -527,6 +527,3 @@ class MySQLSink(Sink):
 
     def close(self) -> None:
         self._drop_connection()
-
-    def describe(self) -> str:
-        return self.redact(self.url)

@@ -363,6 +363,17 @@ def test_v1_server_restart_mid_stream_loses_nothing(influx: InfluxDB) -> None:
     assert sorted(p["uid"] for p in influx.points("log/events", "restart")) == sorted(e.uid for e in events)
 
 
+def test_v1_events_k8s_io_v1_objects(influx: InfluxDB) -> None:
+    events = [Event.from_object(o) for o in real_objects("events-k8s-io-v1")[:50]]
+    sink = build_sink(v1_flag(influx, "events_v1", "&withfields=true"))
+    sink.send(events)
+    sink.close()
+    points = influx.points("events", "events_v1")
+    assert len(points) == len({(e.uid, e.last_timestamp) for e in events})
+    messages = {(e.uid, e.message) for e in events}
+    assert all((p["uid"], p["message"]) in messages for p in points)
+
+
 # ---- InfluxDB 2.x/3.x -------------------------------------------------------------------------------
 def v2_flag(fake: FakeInflux2, extra: str = "", token: str | None = None) -> str:
     return f"influxdb:{fake.url}?org={fake.org}&bucket={fake.bucket}&token={token or fake.token}{extra}"

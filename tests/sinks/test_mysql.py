@@ -515,3 +515,20 @@ def test_tls_modes(server: MariaDB, tls_files: dict[str, Path]) -> None:
     with pytest.raises(PermanentError, match="server certificate is not trusted"):
         untrusted.open()
     assert server.query("SELECT name FROM tls") == [{"name": "app-1"}]
+
+
+def test_events_k8s_io_v1_objects(server: MariaDB) -> None:
+    events = [Event.from_object(o) for o in real_objects("events-k8s-io-v1")[:50]]
+    sink = build_sink(flag(server, "events_v1"))
+    sink.send(events)
+    sink.close()
+    rows = server.query("SELECT event_id, kind, name, message, last_occurrence_time FROM events_v1")
+    latest = {e.uid: e for e in events}
+    assert len(rows) == len(latest)
+    for row in rows:
+        ev = latest[row["event_id"]]
+        assert (row["kind"], row["name"], row["message"]) == (
+            ev.involved_object.kind,
+            ev.involved_object.name,
+            ev.message,
+        )
