@@ -204,6 +204,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._log(200)
         kind = "v1" if api == "v1" else "events.k8s.io/v1"
+        abrupt = False  # a dropped or stalled stream ends without the closing chunk
         try:
             if rv_text in ("", "0"):
                 with store.cond:
@@ -257,10 +258,10 @@ class Handler(BaseHTTPRequestHandler):
                             if action == "drop":
                                 half = lines[cut][: len(lines[cut]) // 2]
                                 self._chunk(half)
-                                self.close_connection = True
+                                abrupt = self.close_connection = True
                                 return 200
                             time.sleep(faults.stall_seconds)
-                            self.close_connection = True
+                            abrupt = self.close_connection = True
                             return 200
                     self._chunk(b"".join(lines))
                     sent += len(lines)
@@ -275,9 +276,14 @@ class Handler(BaseHTTPRequestHandler):
                         last_write = now
                 if now >= deadline:
                     break
-            self._chunk(b"")
-        except (BrokenPipeError, ConnectionResetError, OSError):
-            self.close_connection = True
+        except OSError:  # the client went away
+            abrupt = self.close_connection = True
+        finally:
+            if not abrupt:
+                try:
+                    self._chunk(b"")
+                except OSError:
+                    self.close_connection = True
         return 200
 
     def _chunk(self, data: bytes) -> None:
