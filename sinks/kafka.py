@@ -63,6 +63,8 @@ _SENSITIVE = re.compile(r"password|secret|key\.pem|private", re.IGNORECASE)
 # properties the sink sets itself; a librdkafka.* override of these would break its guarantees
 _RESERVED = frozenset({"bootstrap.servers", "logger", "error_cb", "on_delivery", "message.timeout.ms",
                        "delivery.timeout.ms"})
+# librdkafka property -> the option that sets it, to name the option in a configuration error
+_PROPERTY_OPTIONS = {"cacert": "ssl.ca.location", "cert": "ssl.certificate.location", "key": "ssl.key.location"}
 _OPEN_TIMEOUT = 10.0
 _GRACE = 5.0  # librdkafka reports every message within message.timeout.ms; this covers the last poll
 
@@ -179,8 +181,19 @@ class KafkaSink(Sink):
             probe = self._factory(self._full_config(with_brokers=False))
         except self._kafka.KafkaException as exc:
             text = redact_text(_error_text(exc), self._secrets)
-            raise SinkConfigError(self.name, f"librdkafka rejects the configuration: {text}") from None
+            option = self._option_named_in(text)
+            raise SinkConfigError(self.name, f"librdkafka rejects the configuration: {text}", option) from None
         del probe
+
+    def _option_named_in(self, text: str) -> str | None:
+        """The flag option behind the librdkafka property an error names, if any."""
+        names = {**{PASSTHROUGH + k: k for k in self._passthrough}, **_PROPERTY_OPTIONS}
+        found = []
+        for option, prop in names.items():
+            match = re.search(rf"(?<![\w.]){re.escape(prop)}(?![\w.])", text) if prop else None
+            if match:
+                found.append((match.start(), option))
+        return min(found)[1] if found else None  # the property the message names first
 
     # ---- delivery ----------------------------------------------------------------------------
     def _connect(self) -> Any:
@@ -220,6 +233,7 @@ class KafkaSink(Sink):
                     and time.monotonic() < deadline:
                 producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
         except Exception as exc:  # a fatal producer error surfaces from poll/flush as an exception
+            _serve_remaining_reports(producer, min(deadline, time.monotonic() + _GRACE))
             self._discard_producer(f"producer failed: {_error_text(exc)}")
         for index, err in list(reports.items()):
             outcome[index] = _classify(err)
@@ -321,6 +335,18 @@ def _store_report(reports: dict[int, Any], index: int, err: Any, _msg: Any) -> N
     # Runs inside poll()/flush(). It calls no method on err or msg: after a fatal error the client
     # has an exception pending, and any C method call would turn it into a SystemError.
     reports[index] = err
+
+
+def _serve_remaining_reports(producer: Any, deadline: float) -> None:
+    """After a fatal error the client stops serving reports at the first exception; the reports
+    still queued may say "stored", so serve them before the producer is dropped (else those
+    events would be sent twice)."""
+    while time.monotonic() < deadline:
+        try:
+            if not producer.flush(max(0.0, min(1.0, deadline - time.monotonic()))):
+                return
+        except Exception:
+            continue
 
 
 # error names, not numbers: they are stable across librdkafka versions

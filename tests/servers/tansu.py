@@ -50,8 +50,9 @@ class Record:
 
 
 class Tansu:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, authentication: bool = False) -> None:
         self.port = port or free_port()
+        self.authentication = authentication  # SASL required (tansu has no user until one is created)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -62,7 +63,7 @@ class Tansu:
         url = f"tcp://{self.bootstrap}"
         self.proc = subprocess.Popen(
             [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
+             "--storage-engine", "memory://tansu/", *(["--authentication"] if self.authentication else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
@@ -74,7 +75,8 @@ class Tansu:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
                     pass
-                AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5)
+                if not self.authentication:  # an unauthenticated client gets no answer from that broker
+                    AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5)
                 return self
             except (OSError, KafkaException) as exc:
                 if time.monotonic() > deadline:
