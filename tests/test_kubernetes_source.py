@@ -396,3 +396,21 @@ def test_cli_end_to_end(sim: Simulator, tmp_path: Path, capsys: pytest.CaptureFi
     assert stat.S_ISREG(os.stat(tmp_path / "c.json").st_mode)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_tls_with_the_kubeconfig_ca_and_insecure(tmp_path: Path) -> None:
+    with Simulator([], tls=True) as sim:
+        add(sim, 1)
+        h = start(sim, tmp_path / "ca")  # the kubeconfig carries certificate-authority-data
+        wait_for(lambda: len(h.sink.keys) == 1)
+        h.stop()
+        config = orjson.loads((tmp_path / "ca" / "kubeconfig").read_bytes())
+        del config["clusters"][0]["cluster"]["certificate-authority-data"]
+        (tmp_path / "bare.kc").write_bytes(orjson.dumps(config))
+        flag = f"kubernetes:?inClusterConfig=false&auth={tmp_path / 'bare.kc'}"
+        refused = Harness(flag, SourceContext(checkpoint="none")).start()
+        insecure = Harness(flag + "&insecure=true", SourceContext(checkpoint="none")).start()
+        wait_for(lambda: len(insecure.sink.keys) == 1)
+        insecure.stop()
+        refused.stop()
+        assert refused.sink.keys == [] and not refused.state.ready  # an unknown CA is not trusted

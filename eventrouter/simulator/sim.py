@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import random
+import ssl
 import threading
 import time
 import uuid
@@ -47,6 +49,7 @@ class Simulator:
         fresh_times: bool = False,
         rate: float = 0.0,
         request_log_path: str | None = None,
+        tls: bool = False,
     ) -> None:
         self.store = Store()
         self.faults = Faults()
@@ -54,6 +57,8 @@ class Simulator:
         self.port = port
         self.rate = rate
         self.request_log: list[Request] = []
+        self.tls = tls
+        self.ca_pem: bytes | None = None  # with tls: the CA that signed the server certificate
         self.snapshots: dict[str, list[dict[str, Any]]] = {}
         self.stopping = False
         self._request_log_file = open(request_log_path, "a", encoding="utf-8") if request_log_path else None  # noqa: SIM115
@@ -70,6 +75,8 @@ class Simulator:
     def start(self) -> Simulator:
         server = _Server(("127.0.0.1", self.port), Handler)
         server.sim = self
+        if self.tls:
+            server.socket = self._tls_context().wrap_socket(server.socket, server_side=True)
         self._server = server
         self.port = server.server_address[1]
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1},
@@ -101,14 +108,27 @@ class Simulator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """A throw-away CA and a server certificate for 127.0.0.1 (needs the ``trustme`` package)."""
+        import trustme
+
+        ca = trustme.CA()
+        self.ca_pem = ca.cert_pem.bytes()
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ca.issue_cert("127.0.0.1", "localhost").configure_cert(ctx)
+        return ctx
 
     def write_kubeconfig(self, path: str | Path, context: str = "simulator", namespace: str = "default") -> Path:
         """A kubeconfig (JSON is valid YAML) whose current context points at this simulator."""
         user: dict[str, Any] = {"token": self.token} if self.token else {}
+        cluster: dict[str, Any] = {"server": self.url}
+        if self.ca_pem:
+            cluster["certificate-authority-data"] = base64.b64encode(self.ca_pem).decode()
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": context, "preferences": {},
-            "clusters": [{"name": context, "cluster": {"server": self.url}}],
+            "clusters": [{"name": context, "cluster": cluster}],
             "users": [{"name": context, "user": user}],
             "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
         }

@@ -84,6 +84,7 @@ class Store:
     history: list[Change] = field(default_factory=list)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    history_limit: int = 200_000  # older changes are compacted away, as etcd does after ~5 minutes
 
     # ---- events -----------------------------------------------------------------------------
     def _record(self, kind: str, obj: dict[str, Any]) -> None:
@@ -92,6 +93,11 @@ class Store:
         namespace = obj["metadata"].get("namespace") or ""
         self.history_rvs.append(self.rv)
         self.history.append(Change(self.rv, kind, namespace, obj))
+        if len(self.history) > self.history_limit:
+            drop = len(self.history) // 10
+            self.floor = max(self.floor, self.history_rvs[drop - 1])
+            del self.history_rvs[:drop]
+            del self.history[:drop]
         self.cond.notify_all()
 
     def add_event(self, obj: dict[str, Any]) -> dict[str, Any]:
