@@ -31,6 +31,8 @@ OPTION_TABLE = [
     ("kubernetes:https://10.0.0.1:6443?inClusterConfig=false&useServiceAccount=true",
      dict(host="https://10.0.0.1:6443", in_cluster=False, use_service_account=True)),
     ("kubernetes:https://kubernetes.default?inClusterConfig=true&auth=/x", dict(in_cluster=True, kubeconfig=None)),
+    ("kubernetes:https://kubernetes.default?useServiceAccount=true&kubeletHttps=true&kubeletPort=10250",
+     dict(in_cluster=True, use_service_account=True)),
     # ours
     ("kubernetes:?kubeconfig=/k&context=prod", dict(in_cluster=False, kubeconfig="/k", context="prod")),
     ("kubernetes:?namespaces=a,b&namespaces=c,a", dict(namespaces=["a", "b", "c"])),
@@ -56,7 +58,7 @@ ERROR_TABLE = [
     ("kubernetes:?stall_timeout=fast", "option 'stall_timeout': 'fast' is not allowed; use a duration"),
     ("kubernetes:?watch_timeout=0s", "option 'watch_timeout'"),
     ("kubernetes:?namespaces=", "option 'namespaces'"),
-    ("kubernetes:?kubeletPort=10255", "unknown option 'kubeletPort'; options: inClusterConfig"),
+    ("kubernetes:?namespace=a", "unknown option 'namespace'; options: inClusterConfig"),
     ("kubernetes:ftp://host", "ftp:// is not supported"),
 ]
 

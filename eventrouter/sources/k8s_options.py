@@ -29,6 +29,7 @@ ALLOWED = {
     "stall_timeout": "a duration from 1s, such as 90s",
     "watch_timeout": "a duration from 1s, such as 5m",
 }
+IGNORED = ("kubeletPort", "kubeletHttps")  # heapster leftovers kube-eventer accepts and never reads
 
 
 @dataclass
@@ -76,6 +77,9 @@ def parse_settings(url: SinkURL) -> SourceSettings:
             raise ConfigError(f"--source=kubernetes: {url.scheme}:// is not supported; use https://HOST[:PORT]")
         s.host = f"{url.scheme}://{url.host}"
     for key, values in url.query.items():
+        if key in IGNORED:
+            log.warning("--source=kubernetes: option %r is accepted for kube-eventer compatibility and ignored", key)
+            continue
         if key not in ALLOWED:
             raise ConfigError(f"--source=kubernetes: unknown option {key!r}; options: {', '.join(ALLOWED)}")
         value = values[-1]
