@@ -9,7 +9,11 @@ import time
 from dataclasses import dataclass
 
 from eventrouter.config import build_sink
+from eventrouter.errors import SinkError
+from eventrouter.options import Secret
 from eventrouter.router import Router, SinkRunner
+from eventrouter.sink import Sink
+from eventrouter.sinkurl import redact_text
 from eventrouter.sources import SourceContext, build_source
 
 log = logging.getLogger("eventrouter")
@@ -37,6 +41,7 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
     router = Router(SinkRunner.build(sink, label=label) for sink, label in zip(sinks, labels, strict=True))
     for sink, label in zip(sinks, labels, strict=True):
         log.info("sink %s: %s", label, sink.describe())
+        _open(sink, label)
     router.start()
     server = None
     if config.healthz_port:
@@ -64,6 +69,17 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
         server.shutdown()
     _log_totals(router, drained, time.monotonic() - started)
     return 0
+
+
+def _open(sink: Sink, label: str) -> None:
+    """Connect before the first event: a configuration problem stops start-up (exit 2); a server that is
+    down only delays delivery (events queue and are retried)."""
+    try:
+        sink.open()
+    except SinkError as exc:
+        secrets = [v for v in sink.opts.values() if isinstance(v, Secret)]
+        log.warning("sink %s: not ready at start-up (%s); its events are queued and retried",
+                    label, redact_text(f"{type(exc).__name__}: {exc}", secrets))
 
 
 def _run_source(source, router, stop) -> None:  # type: ignore[no-untyped-def]

@@ -106,6 +106,8 @@ class Option:
         """What values are allowed, for error messages and ``eventrouter sinks``."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.type is list and not self.split_commas:
+            return "a list (repeat the key for more values)"
         text = _type_name(self.type)
         if self.min is not None and self.max is not None:
             text += f" from {self.min:g} to {self.max:g}"

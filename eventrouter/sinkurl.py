@@ -40,15 +40,17 @@ def expand_env(text: str, environ: dict[str, str] | None = None) -> str:
     return _ENV_REF.sub(replace, text)
 
 
-def parse_query(raw_query: str, flag: str = "--sink") -> dict[str, list[str]]:
-    """Go's ``url.ParseQuery``: ``&``-separated ``key=value``, ``+`` and ``%XX`` unescaped, order kept."""
+def parse_query(raw_query: str) -> dict[str, list[str]]:
+    """Go's ``url.ParseQuery``: ``&``-separated ``key=value``, ``+`` and ``%XX`` unescaped, order kept.
+
+    A ``%`` that starts no valid escape stays as it is (Go would drop the whole parameter, silently):
+    it lets ``key_format=%Y/%m`` and a DSN password with ``%`` through, and nothing is echoed back.
+    """
     query: dict[str, list[str]] = {}
     for part in raw_query.split("&"):
         if not part:
             continue
         key, _, value = part.partition("=")
-        if _BAD_ESCAPE.search(part):
-            raise ConfigError(f"{flag}: invalid %-escape in query parameter {unquote_plus(key)!r}")
         query.setdefault(unquote_plus(key), []).append(unquote_plus(value))
     return query
 
@@ -93,7 +95,7 @@ class SinkURL:
             if "@" in authority:
                 userinfo, _, authority = authority.rpartition("@")
             host = authority
-        query = parse_query(raw_query, f"{what}={name}") if sep else {}
+        query = parse_query(raw_query) if sep else {}
         return cls(name, rest, scheme, userinfo, host, unquote_plus(path) if "%" in path else path, raw_query, query)
 
     @property

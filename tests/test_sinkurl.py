@@ -86,9 +86,11 @@ def test_bad_flags_are_errors(flag):
     assert "--sink" in str(err.value)
 
 
-def test_bad_query_escape_names_the_parameter():
-    with pytest.raises(ConfigError, match="'level'"):
-        SinkURL.parse("webhook:http://h/?level=%zz")
+def test_a_percent_that_is_no_escape_stays_literal_and_is_never_echoed():
+    url = SinkURL.parse("s3:s3://b/p?key_format=%Y/%m/x-%25d.gz")
+    assert url.query["key_format"] == ["%Y/%m/x-%d.gz"]
+    url = SinkURL.parse("mysql:?root:p%zz@tcp(h:3306)/db?charset=utf8")
+    assert url.raw_query == "root:p%zz@tcp(h:3306)/db?charset=utf8"
 
 
 def test_env_expansion_like_go_expandenv(caplog):

@@ -149,12 +149,11 @@ def test_from_url_does_no_io(tmp_path):
     assert not store.exists()
 
 
-def test_key_format_needs_escaped_percent_in_the_flag():
-    # kube-eventer's URL grammar: a bare %Y is an invalid escape, %25Y is the strftime code
-    from eventrouter import ConfigError
-
-    with pytest.raises(ConfigError, match="invalid %-escape"):
-        build("s3:s3://bkt?key_format=year=%Y/{writer}-{seq}.json.gz")
+def test_key_format_takes_strftime_codes_bare_or_escaped():
+    # a % that starts no URL escape stays literal, so %Y works; %25Y is the same code, escaped
+    bare = build("s3:s3://bkt?key_format=year=%Y/{writer}-{seq}.json.gz")
+    escaped = build("s3:s3://bkt?key_format=year=%25Y/{writer}-{seq}.json.gz")
+    assert bare.opts["key_format"] == escaped.opts["key_format"] == "year=%Y/{writer}-{seq}.json.gz"
 
 
 # ---- secrets ----------------------------------------------------------------------------------
