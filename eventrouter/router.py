@@ -86,6 +86,7 @@ class SinkRunner:
         self._errors = ThrottledLog(logging.getLogger(f"eventrouter.sinks.{sink.name}"), 30.0)
         self._secrets = [v for v in sink.opts.values() if isinstance(v, Secret)] if hasattr(sink, "opts") else []
         self.died: BaseException | None = None
+        self._abandoned = 0  # events of the batch given up at the shutdown deadline
         self._passes_all = event_filter.passes_everything
 
     @classmethod
@@ -239,6 +240,7 @@ class SinkRunner:
             if self._hard_stop.wait(delay):
                 # shutdown deadline: leave the batch unsettled so a restart sends it again
                 stats.dropped_shutdown += len(events)
+                self._abandoned = len(events)
                 return
             stats.retried += len(events)
         stats.batches += 1
@@ -291,8 +293,9 @@ class SinkRunner:
             thread.join(1.0)
         with self._lock:
             left = len(self._queue)
+        self.stats.dropped_shutdown += left
+        left += self._abandoned
         if left:
-            self.stats.dropped_shutdown += left
             log.warning("sink %s: %d events not delivered before the shutdown deadline", self.label, left)
         return not left and not thread.is_alive()
 

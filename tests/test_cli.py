@@ -171,3 +171,37 @@ def test_sigterm_drains_the_queues_and_exits_0(tmp_path):
     uids = [orjson.loads(line)["uid"] for line in out_file.read_bytes().splitlines()]
     assert uids == [o["metadata"]["uid"] for o in objs]
     assert b"received SIGTERM" in err
+
+
+def test_a_sink_whose_server_is_down_at_start_up_only_delays_delivery(tmp_path, caplog):
+    import threading
+
+    from eventrouter.app import RunConfig, run
+    from eventrouter.sources import SourceContext
+
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(real_objects()[0]) + b"\n")
+    stop = threading.Event()
+    config = RunConfig(source=f"file:{path}", sinks=["influxdb:http://127.0.0.1:1?db=k8s&pw=pw-secret-1"],
+                       context=SourceContext(), healthz_port=0, shutdown_timeout=1.0)
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(run(config, stop)))
+    thread.start()
+    deadline = time.monotonic() + 20
+    while "send failed, retry 1" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(20)
+    assert codes == [0]
+    assert "sink influxdb: not ready at start-up" in caplog.text and "pw-secret-1" not in caplog.text
+    assert "sink influxdb: 1 events not delivered before the shutdown deadline" in caplog.text
+
+
+def test_a_sink_configuration_problem_found_on_open_exits_2(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing-kubeconfig"))
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(real_objects()[0]) + b"\n")
+    code, _, err = run_cli(capsys, f"--source=file:{path}", "--healthz-port=0",
+                             "--sink=webhook:http://127.0.0.1:1/hook?custom_body_configmap=body")
+    assert code == 2
+    assert "--sink=webhook" in err and "custom_body_configmap" in err
