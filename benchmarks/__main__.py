@@ -5,13 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from benchmarks import memory, pipeline, restart
+from benchmarks import memory, pipeline, restart, sinks
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
-    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "fanout"]
+    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "fanout", "sinks"]
     results = []
     for name in names:
         if name == "pipeline":
@@ -24,6 +24,10 @@ def main(argv: list[str]) -> int:
         elif name == "restart":
             results.append(("restart (SIGTERM) mid-stream", restart.run(2_000 if small else 20_000)))
             results.append(("restart (SIGKILL) mid-stream", restart.run(2_000 if small else 20_000, kill=True)))
+        elif name == "sinks":
+            results.extend(sinks.run(5_000 if small else 50_000))
+        elif name.startswith("sinks:"):  # one sink only, e.g. sinks:kafka
+            results.extend(sinks.run(5_000 if small else 50_000, name.split(":", 1)[1].split(",")))
         else:
             print(f"unknown benchmark {name!r}", file=sys.stderr)
             return 2
