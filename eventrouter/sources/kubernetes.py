@@ -96,6 +96,9 @@ class KubernetesSource:
                 lease_duration=ctx.leader_elect_lease_duration, renew_deadline=ctx.leader_elect_renew_deadline,
                 retry_period=ctx.leader_elect_retry_period)
             self.state.leader = False  # until the Lease is ours
+            if isinstance(self.checkpoint, FileCheckpoint):
+                log.warning("--leader-elect with a file checkpoint: a new leader in another pod cannot read it; "
+                            "use --checkpoint=configmap:NAMESPACE/NAME")
         self.checkpoint_interval = CHECKPOINT_INTERVAL
         self.seen_cap = SEEN_CAP
         self.seen: dict[str, tuple[str, Any]] = {}  # uid -> (resourceVersion, what the user sees | None)

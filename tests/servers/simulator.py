@@ -97,5 +97,6 @@ class Harness:
             elector.stop(release=False)
         self.source._done.set()  # type: ignore[attr-defined]  # no more checkpoint writes
         self.stop_event.set()
+        self.source.api.abort()  # type: ignore[attr-defined]  # the housekeeping thread is gone: wake the read
         self.thread.join(10)
         self.router.stop(0.5)
