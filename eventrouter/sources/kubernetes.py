@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-import orjson
 
 from eventrouter.errors import ConfigError
-from eventrouter.event import Event, MalformedEvent
 from eventrouter.logutil import ThrottledLog
 from eventrouter.router import Router
 from eventrouter.sinkurl import SinkURL
@@ -47,32 +43,17 @@ from eventrouter.sources.k8s_checkpoint import (
 from eventrouter.sources.k8s_client import SA_NAMESPACE, SA_TOKEN, ApiClient, in_cluster, load_configuration
 from eventrouter.sources.k8s_leader import LeaderElector
 from eventrouter.sources.k8s_options import SourceSettings, parse_settings
+from eventrouter.sources.k8s_watch import BACKOFF_MAX, Backoff, ListWatch
+
+__all__ = ["BACKOFF_MAX", "Backoff", "KubernetesSource"]
 
 log = logging.getLogger("eventrouter.sources.kubernetes")
 
 CHECKPOINT_INTERVAL = 5.0  # seconds between checkpoint writes (and one more on finish)
 SEEN_CAP = 500_000  # uids remembered for dedupe; DELETED frees them, the oldest go first past this
-BACKOFF_MAX = 30.0
 
 
-class Backoff:
-    """Exponential backoff with full jitter; ``Retry-After`` wins when the server sends it."""
-
-    def __init__(self, initial: float = 0.5, cap: float = BACKOFF_MAX) -> None:
-        self.initial, self.cap, self.attempt = initial, cap, 0
-
-    def next(self, retry_after: float | None = None) -> float:
-        self.attempt += 1
-        if retry_after is not None:
-            return retry_after
-        base = min(self.cap, self.initial * 2 ** min(self.attempt - 1, 20))
-        return random.uniform(base / 2, base)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-class KubernetesSource:
+class KubernetesSource(ListWatch):
     def __init__(self, settings: SourceSettings, ctx: Any, api: ApiClient, namespace: str) -> None:
         self.settings = settings
         self.ctx = ctx
@@ -229,244 +210,6 @@ class KubernetesSource:
             return doc
         return None
 
-    # ---- list + watch loop for one stream (all namespaces, or one) ----------------------------
-    def _stream(self, router: Router, stream: str, rv: str | None, first_start: bool,
-                halted: Callable[[], bool], locked: bool) -> None:
-        backoff = Backoff()
-        state = self.state
-        while not halted():
-            if rv is None:
-                rv = self._list(router, stream, first_start, halted, backoff, locked)
-                if rv is None:
-                    continue
-                first_start = False
-            state.ready = True
-            outcome, rv = self._watch(router, stream, rv, halted, backoff, locked)
-            if halted():
-                return
-            if outcome == "gone":
-                log.info("watch %s: resourceVersion %s is too old (410): re-listing", stream or "*", rv)
-                state.relists += 1
-                rv = None
-            else:
-                state.watch_restarts += 1
-
-    def _list(self, router: Router, stream: str, first_start: bool, halted: Callable[[], bool],
-              backoff: Backoff, locked: bool) -> str | None:
-        path = self._paths[stream]
-        params: dict[str, Any] = {"limit": self.settings.page_size}
-        cutoff = None
-        if first_start and self.ctx.max_event_age:
-            cutoff = datetime.now(UTC) - timedelta(seconds=self.ctx.max_event_age)
-        handle = self._locked(self._handle_listed) if locked else self._handle_listed
-        listed: set[str] = set()
-        while not halted():
-            try:
-                resp = self.api.request("GET", path, params=params)
-            except httpx.TransportError as exc:
-                self._errors.log(logging.WARNING, "list", "list %s failed: %s; retrying", path, type(exc).__name__)
-                self._sleep(backoff.next(), halted)
-                return None
-            if resp.status_code == 410 and "continue" in params:
-                log.info("list %s: the continue token expired (410); listing again", path)
-                params.pop("continue")
-                continue
-            if resp.status_code != 200:
-                self._http_failure("list", path, resp, backoff, halted)
-                return None
-            doc = orjson.loads(resp.content)
-            for obj in doc.get("items") or ():
-                uid = handle(router, stream, obj, cutoff)
-                if uid:
-                    listed.add(uid)
-            meta = doc.get("metadata") or {}
-            token = meta.get("continue")
-            if not token:
-                list_rv = str(meta.get("resourceVersion") or "")
-                if len(self._paths) == 1:
-                    # a full list: every uid not in it is gone; forget it (bounded memory)
-                    for uid in [u for u in self.seen if u not in listed]:
-                        del self.seen[uid]
-                self.progress.note(router.seq, stream, list_rv, None, None)  # type: ignore[union-attr]
-                backoff.reset()
-                return list_rv
-            params["continue"] = token
-        return None
-
-    def _handle_listed(self, router: Router, stream: str, obj: Any, cutoff: datetime | None) -> str | None:
-        meta = obj.get("metadata") if isinstance(obj, dict) else None
-        if not isinstance(meta, dict):
-            self.state.malformed += 1
-            return None
-        uid, rv = meta.get("uid") or "", str(meta.get("resourceVersion") or "")
-        prev = self.seen.get(uid)
-        if prev is not None and prev[0] == rv:
-            self.state.duplicates_suppressed += 1
-            return uid
-        try:
-            event = Event.from_object(obj, self.cluster)
-        except MalformedEvent as exc:
-            self._malformed(exc)
-            return uid
-        self.state.count("ADDED")
-        seen_as = (event.count, event.last_timestamp, event.message, event.type, event.reason)
-        self.seen[uid] = (rv, seen_as)
-        progress = self.progress
-        if (prev is not None and prev[1] == seen_as) or (cutoff is not None and event.last_timestamp < cutoff):
-            if prev is not None:
-                self.state.unchanged_suppressed += 1
-            progress.note(router.seq, stream, None, uid, rv, seen_as)  # type: ignore[union-attr]
-            return uid
-        seq = router.dispatch(event)
-        progress.note(seq, stream, None, uid, rv, seen_as)  # type: ignore[union-attr]
-        return uid
-
-    def _watch(self, router: Router, stream: str, rv: str, halted: Callable[[], bool],
-               backoff: Backoff, locked: bool) -> tuple[str, str]:
-        """Watch from ``rv`` until the stream ends. Returns (outcome, newest resourceVersion)."""
-        s = self.settings
-        params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true",
-                  "timeoutSeconds": str(int(s.watch_timeout))}
-        handle = self._locked(self._handle_watched) if locked else self._handle_watched
-        state = self.state
-        progress = self.progress
-        loads = orjson.loads
-        try:
-            with self.api.stream(self._paths[stream], params, read_timeout=s.stall_timeout) as resp:
-                if resp.status_code != 200:
-                    resp.read()
-                    if resp.status_code == 410:
-                        return "gone", rv
-                    self._http_failure("watch", self._paths[stream], resp, backoff, halted)
-                    return "error", rv
-                backoff.reset()
-                rest = b""
-                for chunk in resp.iter_bytes():
-                    state.last_progress = time.monotonic()
-                    lines = (rest + chunk).split(b"\n") if rest else chunk.split(b"\n")
-                    rest = lines.pop()
-                    for line in lines:
-                        if not line:
-                            continue
-                        try:
-                            item = loads(line)
-                            kind = item["type"]
-                            obj = item["object"]
-                        except (orjson.JSONDecodeError, KeyError, TypeError):
-                            self._malformed(f"undecodable watch line ({len(line)} bytes)")
-                            continue
-                        if kind == "BOOKMARK":
-                            rv = obj["metadata"]["resourceVersion"]
-                            progress.note(router.seq, stream, rv, None, None)  # type: ignore[union-attr]
-                        elif kind == "ERROR":
-                            return self._watch_error(stream, obj, backoff, halted), rv
-                        else:
-                            rv = handle(router, stream, kind, obj) or rv
-                    if halted():
-                        return "halted", rv
-        except httpx.ReadTimeout:
-            if not halted():
-                log.warning("watch %s: no bytes for %.0fs (stalled): reconnecting from %s",
-                            stream or "*", s.stall_timeout, rv)
-            return "stalled", rv
-        except httpx.TransportError as exc:
-            if not halted():
-                self._errors.log(logging.WARNING, "watch", "watch %s: connection lost (%s): reconnecting from %s",
-                                 stream or "*", type(exc).__name__, rv)
-                self._sleep(backoff.next(), halted)
-            return "reset", rv
-        return "closed", rv
-
-    def _handle_watched(self, router: Router, stream: str, kind: str, obj: Any) -> str | None:
-        """The hot path: one ADDED/MODIFIED/DELETED object. Returns its resourceVersion."""
-        state = self.state
-        state.count(kind)
-        try:
-            meta = obj["metadata"]
-            uid = meta["uid"]
-            rv = meta["resourceVersion"]
-        except (KeyError, TypeError):
-            self._malformed("watch event without metadata.uid/resourceVersion")
-            return None
-        seen = self.seen
-        progress = self.progress
-        if kind == "DELETED":  # TTL expiry: nothing to tell anyone; forget the uid
-            seen.pop(uid, None)
-            progress.note(router.seq, stream, rv, uid, None)  # type: ignore[union-attr]
-            return rv
-        prev = seen.get(uid)
-        if prev is not None and prev[0] == rv:
-            state.duplicates_suppressed += 1
-            progress.note(router.seq, stream, rv, None, None)  # type: ignore[union-attr]
-            return rv
-        try:
-            event = Event.from_object(obj, self.cluster)
-        except MalformedEvent as exc:
-            self._malformed(exc)
-            return rv
-        seen_as = (event.count, event.last_timestamp, event.message, event.type, event.reason)
-        seen[uid] = (rv, seen_as)
-        if prev is not None and prev[1] == seen_as:
-            state.unchanged_suppressed += 1
-            progress.note(router.seq, stream, rv, uid, rv, seen_as)  # type: ignore[union-attr]
-            return rv
-        if len(seen) > self.seen_cap:
-            self._trim_seen()
-        progress.note(router.dispatch(event), stream, rv, uid, rv, seen_as)  # type: ignore[union-attr]
-        return rv
-
-    def _watch_error(self, stream: str, status: Any, backoff: Backoff, halted: Callable[[], bool]) -> str:
-        code = status.get("code") if isinstance(status, dict) else None
-        if code == 410:
-            return "gone"
-        message = status.get("message") if isinstance(status, dict) else status
-        self._errors.log(logging.WARNING, "watch-error", "watch %s: ERROR %s: %s", stream or "*", code, message)
-        self._sleep(backoff.next(), halted)
-        return "error"
-
-    def _http_failure(self, what: str, path: str, resp: httpx.Response, backoff: Backoff,
-                      halted: Callable[[], bool]) -> None:
-        retry_after = _retry_after(resp.headers.get("Retry-After"))
-        delay = backoff.next(retry_after)
-        code = resp.status_code
-        hint = ""
-        if code == 401:
-            hint = " (credentials refused)"
-        elif code == 403:
-            hint = " (RBAC: the service account needs get/list/watch on events)"
-        self._errors.log(logging.WARNING, f"{what}-{code}", "%s %s: HTTP %d%s; retrying in %.1fs",
-                         what, path, code, hint, delay)
-        self._sleep(delay, halted)
-
-    # ---- helpers ------------------------------------------------------------------------------
-    def _locked(self, fn: Callable[..., Any]) -> Callable[..., Any]:
-        lock = self._dispatch_lock
-
-        def locked(*args: Any) -> Any:
-            with lock:
-                return fn(*args)
-
-        return locked
-
-    def _trim_seen(self) -> None:
-        """Past the cap, forget the oldest tenth (by first sight): bounded memory on huge clusters."""
-        drop = max(1, len(self.seen) // 10)
-        for uid in [u for _, u in zip(range(drop), self.seen, strict=False)]:
-            del self.seen[uid]
-
-    def _malformed(self, why: object) -> None:
-        self.state.malformed += 1
-        self._errors.log(logging.WARNING, "malformed", "skipped a malformed event: %s", why)
-
-    @staticmethod
-    def _sleep(seconds: float, halted: Callable[[], bool]) -> None:
-        end = time.monotonic() + seconds
-        while not halted():
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.1))
-
     # ---- checkpoint and stop (housekeeping thread) --------------------------------------------
     def _housekeeping(self, router: Router) -> None:
         while not self._done.wait(0.1):
@@ -497,14 +240,6 @@ class KubernetesSource:
                 return
             self.state.checkpoint_written = time.time()
 
-
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, min(float(value), 300.0))
-    except ValueError:
-        return None
 
 
 def _own_namespace(kubeconfig: str | None, context: str | None) -> str:
