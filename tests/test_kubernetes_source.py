@@ -416,3 +416,23 @@ def test_tls_with_the_kubeconfig_ca_and_insecure(tmp_path: Path) -> None:
         insecure.stop()
         refused.stop()
         assert refused.sink.keys == [] and not refused.state.ready  # an unknown CA is not trusted
+
+
+def test_resource_versions_are_opaque(tmp_path: Path) -> None:
+    with Simulator([], opaque_rvs=True) as sim:
+        sim.faults.bookmark_interval = 0.2
+        add(sim, 5)
+        h = start(sim, tmp_path)
+        wait_for(lambda: len(h.sink.keys) == 5)
+        sim.faults.gone_after = 1
+        add(sim, 20)  # crosses rv-fff -> rv-1000: string order and number order disagree
+        wait_for(lambda: len(h.sink.keys) == 25)
+        h.stop()
+        add(sim, 2)
+        again = start(sim, tmp_path)
+        wait_for(lambda: len(again.sink.keys) == 2)
+        again.stop()
+        assert h.state.relists == 1
+        keys = h.sink.keys + again.sink.keys
+        assert all(rv.startswith("rv-") for _, rv in keys)
+        assert len(keys) == len(set(keys)) and set(keys) == current_keys(sim)

@@ -169,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
             rv, items = sim.store.snapshot(namespace)
             start, key = 0, None
         end = len(items) if not limit else min(len(items), start + limit)
-        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        meta: dict[str, Any] = {"resourceVersion": sim.store.rv_text(rv)}
         if end < len(items):
             if key is None:
                 key = sim.keep_snapshot(items)
@@ -217,7 +217,7 @@ class Handler(BaseHTTPRequestHandler):
                     self._chunk(b"".join(lines))
             else:
                 try:
-                    position = int(rv_text)
+                    position = store.rv_int(rv_text)
                 except ValueError:
                     self._chunk(orjson.dumps({"type": "ERROR", "object": status_body(
                         400, "BadRequest", f"invalid resource version {rv_text!r}")}) + b"\n")
@@ -234,7 +234,8 @@ class Handler(BaseHTTPRequestHandler):
                         newest = store.rv if not changes else changes[-1].rv
                     except Expired:
                         self._chunk(orjson.dumps({"type": "ERROR", "object": status_body(
-                            410, "Expired", f"too old resource version: {position} ({store.floor})")}) + b"\n")
+                            410, "Expired", f"too old resource version: {store.rv_text(position)} "
+                                            f"({store.rv_text(store.floor)})")}) + b"\n")
                         return 200
                 now = time.monotonic()
                 # a fault set now applies to the next K events of one open watch (this one, if first)
@@ -253,7 +254,8 @@ class Handler(BaseHTTPRequestHandler):
                                 self._chunk(b"".join(lines[:cut]))
                             if action == "gone":
                                 self._chunk(orjson.dumps({"type": "ERROR", "object": status_body(
-                                    410, "Expired", f"too old resource version: {position}")}) + b"\n")
+                                    410, "Expired", f"too old resource version: {store.rv_text(position)}")})
+                                    + b"\n")
                                 return 200
                             if action == "drop":
                                 half = lines[cut][: len(lines[cut]) // 2]
@@ -270,9 +272,9 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     position = newest  # nothing for this namespace up to here
                     if bookmarks and faults.bookmark_interval and now - last_write >= faults.bookmark_interval:
+                        meta = {"resourceVersion": store.rv_text(position)}
                         self._chunk(orjson.dumps({"type": "BOOKMARK", "object": {
-                            "kind": "Event", "apiVersion": kind, "metadata": {"resourceVersion": str(position)}}})
-                            + b"\n")
+                            "kind": "Event", "apiVersion": kind, "metadata": meta}}) + b"\n")
                         last_write = now
                 if now >= deadline:
                     break

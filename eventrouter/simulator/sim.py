@@ -50,8 +50,10 @@ class Simulator:
         rate: float = 0.0,
         request_log_path: str | None = None,
         tls: bool = False,
+        opaque_rvs: bool = False,
     ) -> None:
-        self.store = Store()
+        # opaque: start just below 0x1000 so string order and number order soon disagree ("rv-fff" > "rv-1000")
+        self.store = Store(opaque=opaque_rvs, rv=0xFF0 if opaque_rvs else 1000)
         self.faults = Faults()
         self.token = token
         self.port = port
@@ -160,7 +162,7 @@ class Simulator:
 
     @property
     def resource_version(self) -> str:
-        return str(self.store.rv)
+        return self.store.rv_text(self.store.rv)
 
     def uids(self) -> list[str]:
         with self.store.cond:

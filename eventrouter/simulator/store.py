@@ -85,11 +85,23 @@ class Store:
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
     cond: threading.Condition = field(default_factory=threading.Condition)
     history_limit: int = 200_000  # older changes are compacted away, as etcd does after ~5 minutes
+    opaque: bool = False  # resourceVersions as 'rv-<hex>': a client comparing them as numbers breaks
+
+    def rv_text(self, rv: int) -> str:
+        return f"rv-{rv:x}" if self.opaque else str(rv)
+
+    def rv_int(self, text: str) -> int:
+        """The counter behind a resourceVersion a client sent back; ValueError if it is not ours."""
+        if self.opaque:
+            if not text.startswith("rv-"):
+                raise ValueError(text)
+            return int(text[3:], 16)
+        return int(text)
 
     # ---- events -----------------------------------------------------------------------------
     def _record(self, kind: str, obj: dict[str, Any]) -> None:
         self.rv += 1
-        obj["metadata"]["resourceVersion"] = str(self.rv)
+        obj["metadata"]["resourceVersion"] = self.rv_text(self.rv)
         namespace = obj["metadata"].get("namespace") or ""
         self.history_rvs.append(self.rv)
         self.history.append(Change(self.rv, kind, namespace, obj))
@@ -214,7 +226,7 @@ class Store:
         obj = copy.deepcopy(obj)
         self.rv += 1
         meta = obj.setdefault("metadata", {})
-        meta.update(name=name, namespace=namespace, resourceVersion=str(self.rv))
+        meta.update(name=name, namespace=namespace, resourceVersion=self.rv_text(self.rv))
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_text())
         self.objects[(kind, namespace, name)] = obj
