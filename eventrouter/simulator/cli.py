@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh-times", action="store_true", help="stamp the served events with the current time")
     p.add_argument("--kubeconfig-out", default=None, help="write a kubeconfig for this simulator here")
     p.add_argument("--token", default="simulator-token", help="bearer token clients must send ('' : no auth)")
+    p.add_argument("--tls", action="store_true", help="serve HTTPS with a throw-away CA (in the kubeconfig)")
+    p.add_argument("--opaque-rvs", action="store_true", help="resourceVersions that are not numbers (rv-<hex>)")
     p.add_argument("--request-log", default=None, help="append 'verb METHOD path status' per request to this file")
     faults = p.add_argument_group("faults (each applies once, to the next watch)")
     faults.add_argument("--gone-after", type=int, default=None, help="send ERROR 410 after K events")
@@ -41,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         sim = Simulator(args.events, port=args.port, token=args.token or None, multiply=args.multiply,
-                        fresh_times=args.fresh_times, rate=args.rate, request_log_path=args.request_log)
+                        fresh_times=args.fresh_times, rate=args.rate, request_log_path=args.request_log,
+                        tls=args.tls, opaque_rvs=args.opaque_rvs)
     except OSError as exc:
         print(f"eventrouter simulate: error: cannot read --events {args.events}: {exc.strerror}", file=sys.stderr)
         return 2
