@@ -21,7 +21,8 @@ from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.event import Event
 from eventrouter.router import Router, SinkRunner
-from sinks.kafka import KafkaSink, _classify, _go_json, _kube_eventer_message
+from sinks.kafka import KafkaSink, _classify
+from sinks.kafka._kube_eventer import go_json, kube_eventer_message
 from tests.helpers import make_event, real_events, real_objects
 from tests.servers.tansu import Tansu, free_port
 
@@ -245,13 +246,13 @@ GO_STRINGS = [
 
 @pytest.mark.parametrize(("text", "go"), GO_STRINGS)
 def test_go_string_escapes(text: str, go: str) -> None:
-    assert _go_json(text) == go
+    assert go_json(text) == go
 
 
 def test_go_indent_layout() -> None:
     value = {"a": {}, "b": [], "c": [1, {"d": None, "e": True}], "f": "x"}
-    assert _go_json(value) == '{"a":{},"b":[],"c":[1,{"d":null,"e":true}],"f":"x"}'
-    assert _go_json(value, indent=" ") == (
+    assert go_json(value) == '{"a":{},"b":[],"c":[1,{"d":null,"e":true}],"f":"x"}'
+    assert go_json(value, indent=" ") == (
         '{\n "a": {},\n "b": [],\n "c": [\n  1,\n  {\n   "d": null,\n   "e": true\n  }\n ],\n "f": "x"\n}')
 
 
@@ -335,7 +336,7 @@ EVENT_VALUE = """{
 
 
 def test_kube_eventer_message_bytes() -> None:
-    message = _kube_eventer_message(Event.from_object(RAW))
+    message = kube_eventer_message(Event.from_object(RAW))
     outer = json.loads(message)
     assert list(outer) == ["EventValue", "EventTimestamp", "EventTags"]
     assert outer["EventValue"] == EVENT_VALUE
@@ -350,7 +351,7 @@ def test_kube_eventer_message_of_a_scheduler_event() -> None:
     """eventTime-only events (the scheduler's): EventTimestamp comes from eventTime, in microseconds."""
     raw = real_objects()[0]
     assert raw["lastTimestamp"] is None and raw["reportingComponent"] == "default-scheduler"
-    outer = json.loads(_kube_eventer_message(Event.from_object(raw)))
+    outer = json.loads(kube_eventer_message(Event.from_object(raw)))
     assert outer["EventTimestamp"] == "2023-07-10T05:31:39.694297Z"
     value = outer["EventValue"]
     assert value.startswith('{\n "metadata": {\n  "name": "crashpod-f9b59484-7828f.17706aa0ee99e24f",')
@@ -363,10 +364,21 @@ def test_kube_eventer_message_of_a_scheduler_event() -> None:
 
 def test_kube_eventer_message_of_an_events_k8s_io_event() -> None:
     raw = real_objects("events-k8s-io-v1")[0]
-    value = json.loads(json.loads(_kube_eventer_message(Event.from_object(raw)))["EventValue"])
+    value = json.loads(json.loads(kube_eventer_message(Event.from_object(raw)))["EventValue"])
     assert value["involvedObject"] == {k: v for k, v in raw["regarding"].items()}
     assert value["message"] == raw["note"]
     assert list(value)[:3] == ["metadata", "involvedObject", "reason"]
+
+
+def test_kube_eventer_message_of_an_event_without_its_object() -> None:
+    """``check --send-test`` builds an Event with no original object: the message is still complete."""
+    event = make_event(7)
+    outer = json.loads(kube_eventer_message(event))
+    value = json.loads(outer["EventValue"])
+    assert value["metadata"]["uid"] == event.uid and value["involvedObject"]["name"] == "app-7"
+    assert value["lastTimestamp"] == "2026-04-14T09:30:07Z" and value["eventTime"] is None
+    assert outer["EventTags"] == {"eventID": event.uid, "hostname": "node-1", "pod_id": event.involved_object.uid,
+                                  "pod_name": "app-7"}
 
 
 # ---- delivery to a real broker ---------------------------------------------------------------
@@ -404,7 +416,7 @@ def test_every_real_event_arrives_once_kube_eventer(broker: Tansu) -> None:
     sink.send(events)
     sink.close()
     records = broker.read("ke-all")
-    assert Counter(r.value for r in records) == Counter(_kube_eventer_message(e) for e in events)
+    assert Counter(r.value for r in records) == Counter(kube_eventer_message(e) for e in events)
     assert {r.key for r in records} == {None}
     first = json.loads(next(r.value for r in records if json.loads(r.value)["EventTags"]["eventID"] == events[1].uid))
     assert first["EventTags"] == {"eventID": events[1].uid, "hostname": "minikube",
@@ -527,7 +539,7 @@ def test_real_events_end_to_end_through_the_cli(broker: Tansu, tmp_path: Path) -
     status = cli_main([f"--source=file:{source}", "--healthz-port=0", f"--checkpoint=file:{tmp_path / 'cp'}",
                        f"--sink=kafka:?brokers={broker.bootstrap}&eventstopic=cli-{{namespace}}&format=kube-eventer"])
     assert status == 0
-    expected = Counter(_kube_eventer_message(Event.from_object(o)) for o in objs)
+    expected = Counter(kube_eventer_message(Event.from_object(o)) for o in objs)
     got: Counter[bytes] = Counter()
     for topic in {f"cli-{o['metadata']['namespace']}" for o in objs}:
         got.update(r.value for r in broker.read(topic))

@@ -34,7 +34,6 @@ import re
 import string
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 import orjson
@@ -49,9 +48,10 @@ from eventrouter import (
     Sink,
     SinkConfigError,
     SinkURL,
-    format_time,
     redact_text,
 )
+
+from ._kube_eventer import kube_eventer_message
 
 log = logging.getLogger("eventrouter.sinks.kafka")
 
@@ -107,7 +107,7 @@ class KafkaSink(Sink):
         self._kafka = self.require("confluent_kafka")
         self._key_mode, self._tls_key = _split_key(opts["key"], opts["cert"])
         self._topic = _topic_template(opts["eventstopic"])
-        self._encode = _kube_eventer_message if opts["format"] == "kube-eventer" else _json_message
+        self._encode = kube_eventer_message if opts["format"] == "kube-eventer" else _json_message
         self._wait = float(opts["delivery_timeout"]) + _GRACE
         self._passthrough = {k[len(PASSTHROUGH):]: v[0] for k, v in url.query.items() if k.startswith(PASSTHROUGH)}
         self._secrets = [opts["password"], *(v for k, v in self._passthrough.items() if _SENSITIVE.search(k))]
@@ -224,15 +224,13 @@ class KafkaSink(Sink):
         deadline = time.monotonic() + self._wait
         try:
             for index, event in enumerate(batch):
-                problem = self._produce(producer, index, event, reports, deadline)
-                if problem is not None:
-                    outcome[index] = problem
-                if problem == "stop":
+                if self._produce(producer, index, event, reports, deadline) == "stop":
                     break  # the rest stay without an outcome: retried
+                producer.poll(0)
             while self._producer is producer and len(reports) + len(outcome) < len(batch) \
                     and time.monotonic() < deadline:
                 producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-        except Exception as exc:  # a fatal producer error surfaces from poll/flush as an exception
+        except Exception as exc:  # a fatal producer error surfaces from produce/poll/flush as an exception
             _serve_remaining_reports(producer, min(deadline, time.monotonic() + _GRACE))
             self._discard_producer(f"producer failed: {_error_text(exc)}")
         for index, err in list(reports.items()):
@@ -255,29 +253,25 @@ class KafkaSink(Sink):
             raise PermanentError(message)
         raise PartialError(message, retry=retry, rejected=rejected)
 
-    def _produce(self, producer: Any, index: int, event: Event, reports: dict[int, Any], deadline: float) -> str | None:
-        """Queue one message; None if queued, else its outcome (``stop``: give up on the rest)."""
-        topic = self._topic(event)
-        key = self._key(event)
-        value = self._encode(event)
+    def _produce(self, producer: Any, index: int, event: Event, reports: dict[int, Any], deadline: float) -> str:
+        """Queue one message (``queued``), record why librdkafka refused it at once (``refused``),
+        or ``stop`` when its queue stayed full until the deadline. A fatal error propagates."""
+        topic, key, value = self._topic(event), self._key(event), self._encode(event)
         callback = functools.partial(_store_report, reports, index)
         while True:
             try:
                 producer.produce(topic, value, key, on_delivery=callback)
-                producer.poll(0)
-                return None
+                return "queued"
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports to make room, never drop
                 if time.monotonic() >= deadline:
                     return "stop"
                 producer.poll(0.1)
             except self._kafka.KafkaException as exc:
-                err = exc.args[0]
-                if _needs_new_producer(err):
-                    self._discard_producer(f"producer failed: {err.str()}")
-                    return "stop"
-                reports[index] = err
-                return None
+                if _needs_new_producer(exc.args[0]):
+                    raise
+                reports[index] = exc.args[0]  # e.g. larger than message.max.bytes
+                return "refused"
 
     def _key(self, event: Event) -> bytes | None:
         mode = self._key_mode
@@ -458,181 +452,3 @@ def _topic_template(template: str) -> Any:
 
 def _json_message(event: Event) -> bytes:
     return orjson.dumps(event.to_dict())
-
-
-def _kube_eventer_message(event: Event) -> bytes:
-    """kube-eventer's message (sinks/kafka/driver.go): json.Marshal of
-    ``{EventValue: json.MarshalIndent(v1.Event, "", " "), EventTimestamp, EventTags}``."""
-    obj = _as_core_v1(event.raw) if isinstance(event.raw, dict) else {}
-    value = _go_json(_go_struct(obj, _EVENT), indent=" ")
-    involved = obj.get("involvedObject") or {}
-    tags = {
-        "eventID": _str((obj.get("metadata") or {}).get("uid")),
-        "hostname": _str((obj.get("source") or {}).get("host")),
-    }
-    if involved.get("kind") == "Pod":
-        tags.update(pod_id=_str(involved.get("uid")), pod_name=_str(involved.get("name")))
-    # kube-eventer's util.GetLastEventTimestamp; metav1.Time crosses protobuf in whole seconds
-    last = _parse_time(obj.get("lastTimestamp"))
-    stamp = (last and last.replace(microsecond=0)) or _parse_time(obj.get("eventTime")) or event.last_timestamp
-    point = {"EventValue": value, "EventTimestamp": _rfc3339nano(stamp), "EventTags": dict(sorted(tags.items()))}
-    return _go_json(point).encode()
-
-
-def _as_core_v1(raw: dict[str, Any]) -> dict[str, Any]:
-    """kube-eventer watches core/v1; an events.k8s.io/v1 object is mapped the way the API server does."""
-    if not ("regarding" in raw or "note" in raw or str(raw.get("apiVersion", "")).startswith("events.k8s.io")):
-        return raw
-    return {
-        "metadata": raw.get("metadata"),
-        "involvedObject": raw.get("regarding"),
-        "reason": raw.get("reason"),
-        "message": raw.get("note"),
-        "source": raw.get("deprecatedSource"),
-        "firstTimestamp": raw.get("deprecatedFirstTimestamp"),
-        "lastTimestamp": raw.get("deprecatedLastTimestamp"),
-        "count": raw.get("deprecatedCount"),
-        "type": raw.get("type"),
-        "eventTime": raw.get("eventTime"),
-        "series": raw.get("series"),
-        "action": raw.get("action"),
-        "related": raw.get("related"),
-        "reportingComponent": raw.get("reportingController"),
-        "reportingInstance": raw.get("reportingInstance"),
-    }
-
-
-# Go struct layouts of k8s.io/api core/v1 (v0.17, as vendored by kube-eventer), in field order.
-# Kinds: s string,omitempty; S string (always); i int,omitempty; p pointer (omit if absent);
-# t metav1.Time (always, null if zero); tp *metav1.Time; mt MicroTime (always); m map (sorted,
-# omitempty); raw FieldsV1 (verbatim); a tuple is a struct (always), ("*", layout) a pointer to
-# one, ("[]", layout) a slice of them, omitempty.
-_OBJECT_REFERENCE = (("kind", "s"), ("namespace", "s"), ("name", "s"), ("uid", "s"), ("apiVersion", "s"),
-                     ("resourceVersion", "s"), ("fieldPath", "s"))
-_OWNER_REFERENCE = (("apiVersion", "S"), ("kind", "S"), ("name", "S"), ("uid", "S"), ("controller", "p"),
-                    ("blockOwnerDeletion", "p"))
-_MANAGED_FIELDS = (("manager", "s"), ("operation", "s"), ("apiVersion", "s"), ("time", "tp"), ("fieldsType", "s"),
-                   ("fieldsV1", "raw"))
-_OBJECT_META = (("name", "s"), ("generateName", "s"), ("namespace", "s"), ("selfLink", "s"), ("uid", "s"),
-                ("resourceVersion", "s"), ("generation", "i"), ("creationTimestamp", "t"), ("deletionTimestamp", "tp"),
-                ("deletionGracePeriodSeconds", "p"), ("labels", "m"), ("annotations", "m"),
-                ("ownerReferences", ("[]", _OWNER_REFERENCE)), ("finalizers", "list"), ("clusterName", "s"),
-                ("managedFields", ("[]", _MANAGED_FIELDS)))
-_EVENT = (("metadata", _OBJECT_META), ("involvedObject", _OBJECT_REFERENCE), ("reason", "s"), ("message", "s"),
-          ("source", (("component", "s"), ("host", "s"))), ("firstTimestamp", "t"), ("lastTimestamp", "t"),
-          ("count", "i"), ("type", "s"), ("eventTime", "mt"),
-          ("series", ("*", (("count", "i"), ("lastObservedTime", "mt"), ("state", "s")))), ("action", "s"),
-          ("related", ("*", _OBJECT_REFERENCE)), ("reportingComponent", "S"), ("reportingInstance", "S"))
-
-
-def _go_struct(obj: Any, layout: tuple[Any, ...]) -> dict[str, Any]:
-    obj = obj if isinstance(obj, dict) else {}
-    out: dict[str, Any] = {}
-    for name, kind in layout:
-        value = obj.get(name)
-        if isinstance(kind, tuple) and kind[0] == "*":
-            if isinstance(value, dict):
-                out[name] = _go_struct(value, kind[1])
-        elif isinstance(kind, tuple) and kind[0] == "[]":
-            if value:
-                out[name] = [_go_struct(item, kind[1]) for item in value]
-        elif isinstance(kind, tuple):
-            out[name] = _go_struct(value, kind)
-        elif kind in ("s", "i", "m", "list"):
-            if value:
-                out[name] = dict(sorted(value.items())) if kind == "m" else value
-        elif kind == "S":
-            out[name] = _str(value)
-        elif kind in ("p", "raw"):
-            if value is not None:
-                out[name] = value
-        elif kind in ("t", "mt"):
-            out[name] = _go_time(value, micro=kind == "mt")
-        elif kind == "tp" and value is not None:
-            out[name] = _go_time(value, micro=False)
-    return out
-
-
-def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not value or not isinstance(value, str):
-        return None
-    text = value.replace("z", "Z")
-    head, dot, frac = text.partition(".")
-    if dot:  # Go may write nanoseconds; Python reads at most microseconds
-        digits = len(frac) - len(frac.lstrip("0123456789"))
-        text = f"{head}.{frac[:min(digits, 6)].ljust(6, '0')}{frac[digits:]}"
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if parsed.replace(tzinfo=None) == datetime(1, 1, 1):
-        return None  # Go's zero time
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def _go_time(value: Any, micro: bool) -> str | None:
-    """metav1.Time: RFC 3339 seconds in UTC; MicroTime: six fraction digits; zero: null."""
-    parsed = _parse_time(value)
-    if parsed is None:
-        return None
-    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
-
-
-def _rfc3339nano(value: datetime) -> str:
-    """Go's time.RFC3339Nano in UTC: the fraction without trailing zeros."""
-    text = format_time(value)
-    if "." in text:
-        head, frac = text[:-1].split(".")
-        frac = frac.rstrip("0")
-        text = f"{head}.{frac}Z" if frac else f"{head}Z"
-    return text
-
-
-_GO_ESCAPE = re.compile(r'[\x00-\x1f"\\<>&\u2028\u2029\ud800-\udfff]')
-_GO_SHORT = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
-
-
-def _go_escape(match: re.Match[str]) -> str:
-    char = match.group()
-    if char in _GO_SHORT:
-        return _GO_SHORT[char]
-    if "\ud800" <= char <= "\udfff":
-        return "\\ufffd"  # Go decodes a lone surrogate to U+FFFD
-    return f"\\u{ord(char):04x}"
-
-
-def _go_json(value: Any, indent: str | None = None, depth: int = 0) -> str:
-    """Go's encoding/json output (json.Marshal, or json.MarshalIndent with prefix "" and
-    ``indent``): HTML-safe string escapes, dict order kept, empty objects and arrays as {} and []."""
-    if value is None:
-        return "null"
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return repr(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, str):
-        return '"' + _GO_ESCAPE.sub(_go_escape, value) + '"'
-    if isinstance(value, dict):
-        colon = ": " if indent else ":"
-        items = [f"{_go_json(str(k))}{colon}{_go_json(v, indent, depth + 1)}" for k, v in value.items()]
-        return _go_join("{", items, "}", indent, depth)
-    if isinstance(value, (list, tuple)):
-        return _go_join("[", [_go_json(v, indent, depth + 1) for v in value], "]", indent, depth)
-    return _go_json(str(value))
-
-
-def _go_join(open_: str, items: list[str], close: str, indent: str | None, depth: int) -> str:
-    if not items:
-        return open_ + close
-    if indent is None:
-        return open_ + ",".join(items) + close
-    inner = "\n" + indent * (depth + 1)
-    return open_ + inner + ("," + inner).join(items) + "\n" + indent * depth + close

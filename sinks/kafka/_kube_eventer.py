@@ -1,0 +1,217 @@
+"""kube-eventer's Kafka message, byte for byte, for consumers written against kube-eventer.
+
+kube-eventer (``sinks/kafka/driver.go``) sends Go's ``json.Marshal`` of
+``{EventValue, EventTimestamp, EventTags}``, where ``EventValue`` is the *string*
+``json.MarshalIndent(v1.Event, "", " ")``. The object it marshals was decoded from protobuf into
+k8s.io/api v0.17 structs, which decides what appears: Go's field order, no ``kind``/``apiVersion``,
+``metav1.Time`` in whole UTC seconds, ``null`` for a zero time, maps sorted, unknown fields gone,
+``omitempty`` rules per field. This module rebuilds that from the event's original JSON object.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from eventrouter import Event, format_time
+
+
+def kube_eventer_message(event: Event) -> bytes:
+    """kube-eventer's message (sinks/kafka/driver.go): json.Marshal of
+    ``{EventValue: json.MarshalIndent(v1.Event, "", " "), EventTimestamp, EventTags}``."""
+    obj = as_core_v1(event.raw) if isinstance(event.raw, dict) else from_event(event)
+    value = go_json(go_struct(obj, _EVENT), indent=" ")
+    involved = obj.get("involvedObject") or {}
+    tags = {
+        "eventID": text((obj.get("metadata") or {}).get("uid")),
+        "hostname": text((obj.get("source") or {}).get("host")),
+    }
+    if involved.get("kind") == "Pod":
+        tags.update(pod_id=text(involved.get("uid")), pod_name=text(involved.get("name")))
+    # kube-eventer's util.GetLastEventTimestamp; metav1.Time crosses protobuf in whole seconds
+    last = parse_time(obj.get("lastTimestamp"))
+    stamp = (last and last.replace(microsecond=0)) or parse_time(obj.get("eventTime")) or event.last_timestamp
+    point = {"EventValue": value, "EventTimestamp": rfc3339nano(stamp), "EventTags": dict(sorted(tags.items()))}
+    return go_json(point).encode()
+
+
+def from_event(event: Event) -> dict[str, Any]:
+    """A core/v1 object for an event built without one (``eventrouter check --send-test``)."""
+    obj = event.involved_object
+    return {
+        "metadata": {"name": event.name, "namespace": event.namespace, "uid": event.uid,
+                     "resourceVersion": event.resource_version,
+                     "creationTimestamp": format_time(event.first_timestamp)},
+        "involvedObject": {"kind": obj.kind, "namespace": obj.namespace, "name": obj.name, "uid": obj.uid,
+                           "apiVersion": obj.api_version, "fieldPath": obj.field_path},
+        "reason": event.reason,
+        "message": event.message,
+        "source": {"component": event.source_component, "host": event.source_host},
+        "firstTimestamp": format_time(event.first_timestamp),
+        "lastTimestamp": format_time(event.last_timestamp),
+        "count": event.count,
+        "type": event.type,
+        "action": event.action,
+        "reportingComponent": event.reporting_controller,
+        "reportingInstance": event.reporting_instance,
+    }
+
+
+def as_core_v1(raw: dict[str, Any]) -> dict[str, Any]:
+    """kube-eventer watches core/v1; an events.k8s.io/v1 object is mapped the way the API server does."""
+    if not ("regarding" in raw or "note" in raw or str(raw.get("apiVersion", "")).startswith("events.k8s.io")):
+        return raw
+    return {
+        "metadata": raw.get("metadata"),
+        "involvedObject": raw.get("regarding"),
+        "reason": raw.get("reason"),
+        "message": raw.get("note"),
+        "source": raw.get("deprecatedSource"),
+        "firstTimestamp": raw.get("deprecatedFirstTimestamp"),
+        "lastTimestamp": raw.get("deprecatedLastTimestamp"),
+        "count": raw.get("deprecatedCount"),
+        "type": raw.get("type"),
+        "eventTime": raw.get("eventTime"),
+        "series": raw.get("series"),
+        "action": raw.get("action"),
+        "related": raw.get("related"),
+        "reportingComponent": raw.get("reportingController"),
+        "reportingInstance": raw.get("reportingInstance"),
+    }
+
+
+# Go struct layouts of k8s.io/api core/v1 (v0.17, as vendored by kube-eventer), in field order.
+# Kinds: s string,omitempty; S string (always); i int,omitempty; p pointer (omit if absent);
+# t metav1.Time (always, null if zero); tp *metav1.Time; mt MicroTime (always); m map (sorted,
+# omitempty); raw FieldsV1 (verbatim); a tuple is a struct (always), ("*", layout) a pointer to
+# one, ("[]", layout) a slice of them, omitempty.
+_OBJECT_REFERENCE = (("kind", "s"), ("namespace", "s"), ("name", "s"), ("uid", "s"), ("apiVersion", "s"),
+                     ("resourceVersion", "s"), ("fieldPath", "s"))
+_OWNER_REFERENCE = (("apiVersion", "S"), ("kind", "S"), ("name", "S"), ("uid", "S"), ("controller", "p"),
+                    ("blockOwnerDeletion", "p"))
+_MANAGED_FIELDS = (("manager", "s"), ("operation", "s"), ("apiVersion", "s"), ("time", "tp"), ("fieldsType", "s"),
+                   ("fieldsV1", "raw"))
+_OBJECT_META = (("name", "s"), ("generateName", "s"), ("namespace", "s"), ("selfLink", "s"), ("uid", "s"),
+                ("resourceVersion", "s"), ("generation", "i"), ("creationTimestamp", "t"), ("deletionTimestamp", "tp"),
+                ("deletionGracePeriodSeconds", "p"), ("labels", "m"), ("annotations", "m"),
+                ("ownerReferences", ("[]", _OWNER_REFERENCE)), ("finalizers", "list"), ("clusterName", "s"),
+                ("managedFields", ("[]", _MANAGED_FIELDS)))
+_EVENT = (("metadata", _OBJECT_META), ("involvedObject", _OBJECT_REFERENCE), ("reason", "s"), ("message", "s"),
+          ("source", (("component", "s"), ("host", "s"))), ("firstTimestamp", "t"), ("lastTimestamp", "t"),
+          ("count", "i"), ("type", "s"), ("eventTime", "mt"),
+          ("series", ("*", (("count", "i"), ("lastObservedTime", "mt"), ("state", "s")))), ("action", "s"),
+          ("related", ("*", _OBJECT_REFERENCE)), ("reportingComponent", "S"), ("reportingInstance", "S"))
+
+
+def go_struct(obj: Any, layout: tuple[Any, ...]) -> dict[str, Any]:
+    obj = obj if isinstance(obj, dict) else {}
+    out: dict[str, Any] = {}
+    for name, kind in layout:
+        value = obj.get(name)
+        if isinstance(kind, tuple) and kind[0] == "*":
+            if isinstance(value, dict):
+                out[name] = go_struct(value, kind[1])
+        elif isinstance(kind, tuple) and kind[0] == "[]":
+            if value:
+                out[name] = [go_struct(item, kind[1]) for item in value]
+        elif isinstance(kind, tuple):
+            out[name] = go_struct(value, kind)
+        elif kind in ("s", "i", "m", "list"):
+            if value:
+                out[name] = dict(sorted(value.items())) if kind == "m" else value
+        elif kind == "S":
+            out[name] = text(value)
+        elif kind in ("p", "raw"):
+            if value is not None:
+                out[name] = value
+        elif kind in ("t", "mt"):
+            out[name] = go_time(value, micro=kind == "mt")
+        elif kind == "tp" and value is not None:
+            out[name] = go_time(value, micro=False)
+    return out
+
+
+def text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not value or not isinstance(value, str):
+        return None
+    text = value.replace("z", "Z")
+    head, dot, frac = text.partition(".")
+    if dot:  # Go may write nanoseconds; Python reads at most microseconds
+        digits = len(frac) - len(frac.lstrip("0123456789"))
+        text = f"{head}.{frac[:min(digits, 6)].ljust(6, '0')}{frac[digits:]}"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if parsed.replace(tzinfo=None) == datetime(1, 1, 1):
+        return None  # Go's zero time
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def go_time(value: Any, micro: bool) -> str | None:
+    """metav1.Time: RFC 3339 seconds in UTC; MicroTime: six fraction digits; zero: null."""
+    parsed = parse_time(value)
+    if parsed is None:
+        return None
+    return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def rfc3339nano(value: datetime) -> str:
+    """Go's time.RFC3339Nano in UTC: the fraction without trailing zeros."""
+    text = format_time(value)
+    if "." in text:
+        head, frac = text[:-1].split(".")
+        frac = frac.rstrip("0")
+        text = f"{head}.{frac}Z" if frac else f"{head}Z"
+    return text
+
+
+_GO_ESCAPE = re.compile(r'[\x00-\x1f"\\<>&\u2028\u2029\ud800-\udfff]')
+_GO_SHORT = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def go_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _GO_SHORT:
+        return _GO_SHORT[char]
+    if "\ud800" <= char <= "\udfff":
+        return "\\ufffd"  # Go decodes a lone surrogate to U+FFFD
+    return f"\\u{ord(char):04x}"
+
+
+def go_json(value: Any, indent: str | None = None, depth: int = 0) -> str:
+    """Go's encoding/json output (json.Marshal, or json.MarshalIndent with prefix "" and
+    ``indent``): HTML-safe string escapes, dict order kept, empty objects and arrays as {} and []."""
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, str):
+        return '"' + _GO_ESCAPE.sub(go_escape, value) + '"'
+    if isinstance(value, dict):
+        colon = ": " if indent else ":"
+        items = [f"{go_json(str(k))}{colon}{go_json(v, indent, depth + 1)}" for k, v in value.items()]
+        return go_join("{", items, "}", indent, depth)
+    if isinstance(value, (list, tuple)):
+        return go_join("[", [go_json(v, indent, depth + 1) for v in value], "]", indent, depth)
+    return go_json(str(value))
+
+
+def go_join(open_: str, items: list[str], close: str, indent: str | None, depth: int) -> str:
+    if not items:
+        return open_ + close
+    if indent is None:
+        return open_ + ",".join(items) + close
+    inner = "\n" + indent * (depth + 1)
+    return open_ + inner + ("," + inner).join(items) + "\n" + indent * depth + close
