@@ -70,11 +70,12 @@ def test_progress_moves_only_up_to_the_settled_seq() -> None:
     p.note(3, "", "21", "c", "21")  # watched
     p.note(3, "", "22", "a", None)  # DELETED a
     p.advance(1)
-    assert p.positions == {} and p.delivered == {"a": ["10"]}
+    assert p.positions == {} and p.delivered == {"a": ("10", None)}
     p.advance(2)
-    assert p.positions == {"": "20"} and p.delivered == {"a": ["10"], "b": ["11"]}
+    assert p.positions == {"": "20"} and p.delivered == {"a": ("10", None), "b": ("11", None)}
     p.advance(3)
-    assert p.positions == {"": "22"} and p.delivered == {"b": ["11"], "c": ["21"]}
+    assert p.positions == {"": "22"} and p.delivered == {"b": ("11", None), "c": ("21", None)}
+    assert p.document("s", "v1", [])["delivered"] == {"b": ["11"], "c": ["21"]}
     for n, uid in enumerate("defg"):
         p.note(4 + n, "", str(30 + n), uid, str(30 + n))
     p.advance(10)

@@ -179,7 +179,7 @@ class Progress:
 
     cap: int = DELIVERED_CAP_FILE
     positions: dict[str, str] = field(default_factory=dict)
-    delivered: dict[str, str] = field(default_factory=dict)
+    delivered: dict[str, tuple[str, Any]] = field(default_factory=dict)  # uid -> (rv, what the user saw)
     pending: deque[tuple[int, str, str | None, str | None, str | None, Any]] = field(default_factory=deque)
     changed: bool = False
 
@@ -197,19 +197,28 @@ class Progress:
             if position is not None:
                 self.positions[stream] = position
             if uid is not None:
-                delivered.pop(uid, None)
-                if rv is not None:
-                    delivered[uid] = [rv, *Seen.compact(seen_as)]
+                if rv is None:
+                    delivered.pop(uid, None)
+                else:
+                    delivered[uid] = (rv, seen_as)  # an update keeps its place: eviction goes by first sight
             self.changed = True
         excess = len(delivered) - self.cap
         if excess > 0:
             for uid in list(_first(delivered, excess)):
                 del delivered[uid]
 
+    def load(self, doc: dict[str, Any]) -> None:
+        self.positions.update(doc.get("positions") or {})
+        for uid, value in (doc.get("delivered") or {}).items():
+            self.delivered[uid] = Seen.restore(value)
+
     def document(self, server: str, api: str, namespaces: list[str]) -> dict[str, Any]:
+        """The JSON document; the ``delivered`` values are compacted here, once per write."""
+        compact = Seen.compact
         return {
             "version": 1, "server": server, "api": api, "namespaces": namespaces,
-            "positions": dict(self.positions), "delivered": dict(self.delivered),
+            "positions": dict(self.positions),
+            "delivered": {uid: [rv, *compact(seen_as)] for uid, (rv, seen_as) in self.delivered.items()},
             "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 

@@ -37,7 +37,6 @@ from eventrouter.sources.k8s_checkpoint import (
     ConfigMapCheckpoint,
     FileCheckpoint,
     Progress,
-    Seen,
     parse_checkpoint_flag,
 )
 from eventrouter.sources.k8s_client import SA_NAMESPACE, SA_TOKEN, ApiClient, in_cluster, load_configuration
@@ -172,10 +171,9 @@ class KubernetesSource(ListWatch):
         progress = Progress(cap=self.checkpoint.cap if self.checkpoint else 0)
         resume: dict[str, str] = {}
         if doc:
-            progress.positions.update(doc.get("positions") or {})
-            progress.delivered.update(doc.get("delivered") or {})
+            progress.load(doc)
             resume = {k: v for k, v in progress.positions.items() if k in self._paths}
-        self.seen = {uid: Seen.restore(value) for uid, value in progress.delivered.items()}
+        self.seen = dict(progress.delivered)
         self.progress = progress
         first_start = doc is None
         streams = list(self._paths)
@@ -215,8 +213,13 @@ class KubernetesSource(ListWatch):
         while not self._done.wait(0.1):
             if self._halted():
                 self.api.abort()  # wake a watch blocked in a read
-            if self._may_write() and time.monotonic() - self._last_write >= self.checkpoint_interval:
+            if not self._may_write():
+                continue
+            if time.monotonic() - self._last_write >= self.checkpoint_interval:
                 self._write_checkpoint(router, force=False)
+            else:
+                with self._write_lock:  # keep the pending queue short between writes
+                    self.progress.advance(router.settled_seq())  # type: ignore[union-attr]
 
     def _write_checkpoint(self, router: Router, force: bool) -> None:
         progress = self.progress
