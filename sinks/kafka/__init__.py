@@ -70,12 +70,13 @@ _GRACE = 5.0  # librdkafka reports every message within message.timeout.ms; this
 
 
 class KafkaSink(Sink):
-    """Kafka: one JSON message per event.  kafka:?brokers=H:9092&eventstopic=T"""
+    """Kafka: one message per event; also librdkafka.<property>=<value>.  kafka:?brokers=H:9092&eventstopic=T"""
 
     name = "kafka"
     extra = "kafka"
     options: ClassVar = (
-        Option("brokers", list, required=True, help="bootstrap brokers host:port (repeat or separate with commas)"),
+        Option("brokers", list, required=True, validate=lambda v: None if any(b.strip() for b in v) else
+               "give at least one host:port", help="bootstrap brokers host:port (repeat or separate with commas)"),
         Option("eventstopic", str, default="heapster-events", aliases=("topic",),
                help="topic; may name event fields: k8s-{namespace} (" + ", ".join(TOPIC_FIELDS) + ")"),
         Option("format", str, default="json", choices=("json", "kube-eventer"),
@@ -169,8 +170,11 @@ class KafkaSink(Sink):
         if self.opts["password"]:
             config["sasl.password"] = self.opts["password"].reveal()
         if with_brokers:
-            config["bootstrap.servers"] = ",".join(self.opts["brokers"])
+            config["bootstrap.servers"] = self._brokers()
         return config
+
+    def _brokers(self) -> str:
+        return ",".join(b.strip() for b in self.opts["brokers"] if b.strip())
 
     def _validate_config(self) -> None:
         """librdkafka checks every property (and loads TLS files) when a client is built; without
@@ -203,7 +207,7 @@ class KafkaSink(Sink):
 
     def open(self) -> None:
         producer = self._connect()
-        brokers = ",".join(self.opts["brokers"])
+        brokers = self._brokers()
         timeout = min(_OPEN_TIMEOUT, float(self.opts["delivery_timeout"]))
         try:
             metadata = producer.list_topics(timeout=timeout)
@@ -309,6 +313,17 @@ class KafkaSink(Sink):
             producer.flush(0)
         except Exception:
             pass  # a fatal producer may refuse even this; it is dropped anyway
+
+    def tick(self) -> None:
+        # librdkafka queues its logs and client errors until someone polls: serve them while idle,
+        # or a sink whose brokers are down would pile up reconnect messages in memory
+        producer = self._producer
+        if producer is None:
+            return
+        try:
+            producer.poll(0)
+        except Exception as exc:  # fatal while idle: nothing is in flight, so a new producer is safe
+            self._discard_producer(f"producer failed: {_error_text(exc)}")
 
     def close(self) -> None:
         producer, self._producer = self._producer, None

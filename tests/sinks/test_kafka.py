@@ -86,6 +86,7 @@ FLAGS = [
     ("kafka:?brokers=h:9092&insecuressl=true", {"security.protocol": "plaintext"}),
     # additions
     ("kafka:?brokers=h1:9092,h2:9092", {"bootstrap.servers": "h1:9092,h2:9092"}),
+    ("kafka:?brokers=h1:9092,&brokers= h2:9092", {"bootstrap.servers": "h1:9092,h2:9092"}),
     ("kafka:?brokers=h:9092", {"enable.idempotence": True, "acks": "all", "message.timeout.ms": 30000,
                                "key_mode": "uid", "format": "json", "batch_size": 500}),
     ("kafka:?brokers=h:9092&acks=1", {"enable.idempotence": False, "acks": "1"}),
@@ -119,6 +120,7 @@ def test_flags(flag: str, expected: dict, tls_files: dict[str, str]) -> None:
 
 BAD_FLAGS = [
     ("kafka:", "brokers", "is required"),
+    ("kafka:?brokers=", "brokers", "give at least one host:port"),
     ("kafka:?brokers=h:9092&compression=zip", "compression", "use one of none, gzip, snappy, lz4, zstd"),
     ("kafka:?brokers=h:9092&user=u", "password", "SASL needs both user= and password="),
     ("kafka:?brokers=h:9092&password=pw", "user", "SASL needs both"),
@@ -544,6 +546,23 @@ def test_real_events_end_to_end_through_the_cli(broker: Tansu, tmp_path: Path) -
     for topic in {f"cli-{o['metadata']['namespace']}" for o in objs}:
         got.update(r.value for r in broker.read(topic))
     assert got == expected
+
+
+def test_tick_serves_librdkafka_while_idle(caplog: pytest.LogCaptureFixture) -> None:
+    """Between sends nobody else polls the producer: tick drains its log and error queue."""
+    sink = kafka(f"kafka:?brokers=127.0.0.1:{free_port()}&delivery_timeout=1s&librdkafka.debug=broker")
+    with pytest.raises(RetryableError):
+        sink.open()
+    caplog.set_level(logging.DEBUG, logger="eventrouter.sinks.kafka")
+    caplog.clear()
+
+    def ticked() -> bool:
+        sink.tick()
+        return "Connect to ipv4#127.0.0.1" in caplog.text
+
+    wait_until(ticked, timeout=20, what="librdkafka's reconnect lines served by tick")
+    sink.close()
+    sink.tick()  # closed: nothing to serve
 
 
 def test_close_reports_what_was_left(caplog: pytest.LogCaptureFixture) -> None:
