@@ -145,6 +145,14 @@ def webhook_target() -> Iterator[Target]:
         server.stop()
 
 
+@contextmanager
+def webhook_keepalive_target() -> Iterator[Target]:
+    from benchmarks._servers import KeepAliveReceiver
+
+    with KeepAliveReceiver() as server:
+        yield Target(lambda run: f"webhook:{server.url('/' + run)}", lambda run: server.count(f"/{run}"))
+
+
 # sink -> (server, the runs: extra flag options; "" = the sink's defaults)
 SINKS: dict[str, tuple[Callable[[], Any], list[str]]] = {
     "kafka": (kafka_target, ["", "batch_size=5000"]),
@@ -152,6 +160,8 @@ SINKS: dict[str, tuple[Callable[[], Any], list[str]]] = {
     "influxdb": (influxdb_target, ["", "batch_size=5000"]),
     "s3": (s3_target, ["", "batch_size=5000"]),
     "webhook": (webhook_target, ["", "batch=true", "batch=true&batch_size=1000"]),
+    # the same sink against a keep-alive receiver in its own process: the sink's own cost per request
+    "webhook-keepalive": (webhook_keepalive_target, ["", "batch=true"]),
 }
 
 
