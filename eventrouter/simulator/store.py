@@ -84,7 +84,7 @@ class Store:
     history: list[Change] = field(default_factory=list)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
     cond: threading.Condition = field(default_factory=threading.Condition)
-    history_limit: int = 200_000  # older changes are compacted away, as etcd does after ~5 minutes
+    history_limit: int = 1_000_000  # older changes are compacted away, as etcd does after ~5 minutes
     opaque: bool = False  # resourceVersions as 'rv-<hex>': a client comparing them as numbers breaks
 
     def rv_text(self, rv: int) -> str:
