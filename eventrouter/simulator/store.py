@@ -8,7 +8,6 @@ floor; a watch or continue token from below the floor gets 410 Expired, as on a 
 from __future__ import annotations
 
 import bisect
-import copy
 import threading
 import uuid
 from collections.abc import Iterable
@@ -19,6 +18,11 @@ from typing import Any
 import orjson
 
 _TIME_FIELDS = ("firstTimestamp", "lastTimestamp", "eventTime")
+
+
+def _clone(obj: Any) -> Any:
+    """A deep copy of a JSON object (an orjson round trip: twice as fast as copy.deepcopy)."""
+    return orjson.loads(orjson.dumps(obj))
 
 
 def now_text(micro: bool = False) -> str:
@@ -114,7 +118,7 @@ class Store:
 
     def add_event(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Store an Event (a copy); an existing uid is updated (MODIFIED). Returns the stored object."""
-        obj = copy.deepcopy(obj)
+        obj = _clone(obj)
         meta = obj.setdefault("metadata", {})
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("namespace", "default")
@@ -139,7 +143,7 @@ class Store:
         with self.cond:
             if uid not in self.events:
                 raise NotFound(uid)
-            obj = copy.deepcopy(self.events[uid])
+            obj = _clone(self.events[uid])
             obj["count"] = int(obj.get("count") or 1) + 1
             if obj.get("series"):
                 obj["series"]["count"] = int(obj["series"].get("count") or 1) + 1
@@ -154,7 +158,7 @@ class Store:
     def touch(self, uid: str) -> dict[str, Any]:
         """A MODIFIED that changes nothing a user sees (only metadata), as a managedFields update."""
         with self.cond:
-            obj = copy.deepcopy(self.events[uid])
+            obj = _clone(self.events[uid])
             obj["metadata"].setdefault("annotations", {})["simulator/touched"] = str(self.rv + 1)
             self.events[uid] = obj
             self._record("MODIFIED", obj)
@@ -166,7 +170,7 @@ class Store:
             obj = self.events.pop(uid, None)
             if obj is None:
                 raise NotFound(uid)
-            obj = copy.deepcopy(obj)
+            obj = _clone(obj)
             self._record("DELETED", obj)
 
     def compact(self, rv: int | None = None) -> None:
@@ -198,7 +202,7 @@ class Store:
             obj = self.objects.get((kind, namespace, name))
             if obj is None:
                 raise NotFound(name)
-            return copy.deepcopy(obj)
+            return _clone(obj)
 
     def create_object(self, kind: str, namespace: str, obj: dict[str, Any]) -> dict[str, Any]:
         name = (obj.get("metadata") or {}).get("name")
@@ -223,14 +227,14 @@ class Store:
             return self._put(kind, namespace, name, obj)
 
     def _put(self, kind: str, namespace: str, name: str, obj: dict[str, Any]) -> dict[str, Any]:
-        obj = copy.deepcopy(obj)
+        obj = _clone(obj)
         self.rv += 1
         meta = obj.setdefault("metadata", {})
         meta.update(name=name, namespace=namespace, resourceVersion=self.rv_text(self.rv))
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("creationTimestamp", now_text())
         self.objects[(kind, namespace, name)] = obj
-        return copy.deepcopy(obj)
+        return _clone(obj)
 
 
 def restamp(objs: Iterable[dict[str, Any]], copies: int, fresh_times: bool) -> list[dict[str, Any]]:
@@ -241,7 +245,7 @@ def restamp(objs: Iterable[dict[str, Any]], copies: int, fresh_times: bool) -> l
     out = []
     for n in range(copies):
         for obj in objs:
-            new = copy.deepcopy(obj)
+            new = _clone(obj)
             meta = new.setdefault("metadata", {})
             meta.pop("managedFields", None)
             if n > 0:
