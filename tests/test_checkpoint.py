@@ -217,3 +217,13 @@ def test_checkpoint_none_always_lists(sim: Simulator, tmp_path: Path) -> None:
     wait_for(lambda: len(h.sink.keys) == 2)
     h.stop()
     assert not (tmp_path / "checkpoint.json").exists()
+
+
+def test_checkpoint_forbidden_by_rbac_does_not_stop_events(sim: Simulator, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    sim.faults.forbid = ["/configmaps"]
+    add(sim, 2)
+    h = run(sim, tmp_path, checkpoint="configmap:monitoring/er-ck")
+    wait_for(lambda: len(h.sink.keys) == 2)
+    h.stop()
+    assert "access denied (HTTP 403); running WITHOUT a checkpoint" in caplog.text

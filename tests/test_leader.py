@@ -146,3 +146,13 @@ def test_lost_race_is_a_409_not_two_leaders(sim: Simulator, tmp_path: Path) -> N
     assert again.try_acquire_or_renew() is False
     assert [r.status for r in sim.request_log if r.method == "PUT"][-1] == 409
     assert sim.store.get_object("Lease", "default", "race")["spec"]["holderIdentity"] == winner.identity
+
+
+def test_lease_forbidden_keeps_the_replica_standby_and_says_why(sim: Simulator, tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    sim.faults.forbid = ["/leases"]
+    add(sim, 1)
+    a = replica(sim, tmp_path)
+    wait_for(lambda: "HTTP 403 (RBAC: get/create/update on leases needed)" in caplog.text)
+    assert not a.state.leader and a.sink.keys == []
+    a.stop()

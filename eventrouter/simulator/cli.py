@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     faults.add_argument("--stall-seconds", type=float, default=30.0, help="how long a stall lasts")
     faults.add_argument("--errors", default="", help="statuses for the next requests, e.g. 429,500,500")
     faults.add_argument("--retry-after", type=int, default=None, help="Retry-After seconds sent with those errors")
+    faults.add_argument("--forbid", action="append", default=[],
+                        help="answer 403 for paths containing this (e.g. /leases), as missing RBAC; repeatable")
     faults.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between idle BOOKMARKs")
     return p
 
@@ -52,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     f.gone_after, f.drop_after, f.stall_after = args.gone_after, args.drop_after, args.stall_after
     f.stall_seconds, f.retry_after, f.bookmark_interval = args.stall_seconds, args.retry_after, args.bookmark_interval
     f.errors = [int(s) for s in args.errors.split(",") if s.strip()]
+    f.forbid = list(args.forbid)
     try:
         sim.start()
     except OSError as exc:

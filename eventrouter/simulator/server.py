@@ -47,6 +47,7 @@ class Faults:
     errors: list[int] = field(default_factory=list)  # statuses for the next requests (429, 500, ...)
     retry_after: int | None = None  # Retry-After seconds sent with 429/5xx
     bookmark_interval: float = 1.0  # seconds of idle watch between BOOKMARKs (0: never)
+    forbid: list[str] = field(default_factory=list)  # 403 for paths containing any of these (missing RBAC)
 
     def take_error(self) -> int | None:
         return self.errors.pop(0) if self.errors else None
@@ -66,8 +67,8 @@ def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
             "message": message, "reason": reason, "code": code}
 
 
-_REASONS = {400: "BadRequest", 401: "Unauthorized", 404: "NotFound", 405: "MethodNotAllowed", 409: "Conflict",
-            410: "Expired", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed",
+            409: "Conflict", 410: "Expired", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}
 
 
 class _Server(ThreadingHTTPServer):
@@ -126,6 +127,10 @@ class Handler(BaseHTTPRequestHandler):
         if sim.token and (scheme.lower() != "bearer" or token.strip() != sim.token):
             self._fail(401, "Unauthorized")
             return 401
+        path = "/" + "/".join(parts)
+        if any(part in path for part in sim.faults.forbid):
+            self._fail(403, f'forbidden: User "system:serviceaccount:simulator" cannot access {path}')
+            return 403
         error = sim.faults.take_error()
         if error is not None:
             headers = {"Retry-After": str(sim.faults.retry_after)} if sim.faults.retry_after is not None else {}

@@ -109,7 +109,7 @@ class ConfigMapCheckpoint:
             self._rv = None
             return None
         if resp.status_code != 200:
-            raise CheckpointError(f"reading {self.describe()}: HTTP {resp.status_code}")
+            raise CheckpointError(f"reading {self.describe()}: HTTP {resp.status_code}", resp.status_code)
         obj = resp.json()
         self._rv = obj["metadata"].get("resourceVersion")
         text = (obj.get("data") or {}).get(CONFIGMAP_KEY)
@@ -142,12 +142,14 @@ class ConfigMapCheckpoint:
                 current = self.api.request("GET", f"{self._path}/{self.name}")
                 self._rv = current.json()["metadata"]["resourceVersion"] if current.status_code == 200 else None
                 continue
-            raise CheckpointError(f"writing {self.describe()}: HTTP {resp.status_code}")
+            raise CheckpointError(f"writing {self.describe()}: HTTP {resp.status_code}", resp.status_code)
         raise CheckpointError(f"writing {self.describe()}: conflicting writers")
 
 
 class CheckpointError(Exception):
-    pass
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def parse_checkpoint_flag(flag: str | None, *, in_cluster: bool, namespace: str) -> tuple[str, str]:

@@ -18,6 +18,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from eventrouter.logutil import ThrottledLog
+
 log = logging.getLogger("eventrouter.sources.leader")
 
 
@@ -48,6 +50,7 @@ class LeaderElector:
         self._transitions = 0
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._errors = ThrottledLog(log, 60.0)
 
     @property
     def _path(self) -> str:
@@ -62,8 +65,8 @@ class LeaderElector:
         while not self._stop.is_set():
             try:
                 ok = self.try_acquire_or_renew()
-            except Exception as exc:  # the API server is unreachable: count it as a failed renew
-                log.debug("lease %s/%s: %s", self.namespace, self.name, exc)
+            except Exception as exc:  # API server unreachable or access denied: a failed round
+                self._errors.log(logging.WARNING, "lease", "lease %s/%s: %s", self.namespace, self.name, exc)
                 ok = False
             now = time.monotonic()
             if ok:
@@ -106,9 +109,12 @@ class LeaderElector:
             if created.status_code in (200, 201):
                 self._rv = created.json()["metadata"]["resourceVersion"]
                 return True
-            return False  # 409: another replica created it first
+            if created.status_code != 409:  # 409: another replica created it first
+                raise RuntimeError(f"creating the Lease: HTTP {created.status_code}")
+            return False
         if resp.status_code != 200:
-            raise RuntimeError(f"GET lease: HTTP {resp.status_code}")
+            hint = " (RBAC: get/create/update on leases needed)" if resp.status_code == 403 else ""
+            raise RuntimeError(f"reading the Lease: HTTP {resp.status_code}{hint}")
         lease = resp.json()
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
@@ -130,7 +136,9 @@ class LeaderElector:
             self._observed = (self.identity, lease["spec"]["renewTime"])
             self._observed_at = now
             return True
-        return False  # 409: lost the race
+        if updated.status_code != 409:  # 409: lost the race
+            raise RuntimeError(f"updating the Lease: HTTP {updated.status_code}")
+        return False
 
     def _release(self) -> None:
         resp = self.api.request("GET", f"{self._path}/{self.name}")

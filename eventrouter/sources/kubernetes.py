@@ -195,6 +195,12 @@ class KubernetesSource(ListWatch):
             try:
                 doc = self.checkpoint.load()
             except (CheckpointError, httpx.HTTPError, ValueError) as exc:
+                if isinstance(exc, CheckpointError) and exc.status == 403:
+                    # missing RBAC must not stop the events: run without a checkpoint, and say so
+                    log.error("checkpoint %s: access denied (HTTP 403); running WITHOUT a checkpoint. Grant get, "
+                              "create, update on configmaps (see docs/source.md, RBAC)", self.checkpoint.describe())
+                    self.checkpoint = None
+                    return None
                 self._errors.log(logging.WARNING, "ckpt-load", "reading checkpoint %s failed (%s); retrying",
                                  self.checkpoint.describe(), exc)
                 self._sleep(backoff.next(), halted)
