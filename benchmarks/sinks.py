@@ -202,6 +202,7 @@ def run_one(target: Target, name: str, run: str, extra: str, events: list[Event]
                            f"(sent {stats.sent}, failed {stats.failed}, retried {stats.retried})")
     delivery = runner.delivery
     return report(f"sink-{name}", {
+        "sink": sink.name,
         "events": n,
         "events_per_s": round(n / elapsed),
         "seconds": round(elapsed, 2),
@@ -225,7 +226,10 @@ def run(n: int = 50_000, names: list[str] | None = None) -> list[tuple[str, dict
         with start_server() as target:
             for index, extra in enumerate(runs):
                 figures = run_one(target, name, f"bench{index}", extra, events)
-                batching = ", batch=true" if "batch=true" in extra else ""
-                title = f"{name}, batch_size={figures['batch_size']}{batching}"
+                size = figures["batch_size"]
+                if name.startswith("webhook"):
+                    title = f"{name}, batch=true {size}" if "batch=true" in extra else f"{name}, 1 per request"
+                else:
+                    title = f"{name}, batch_size {size}"
                 results.append((title, figures))
     return results
