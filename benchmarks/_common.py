@@ -81,11 +81,20 @@ class SimulatorChild:
         sim = Simulator(events=[], port=self.port, token="bench-token")  # only to write a kubeconfig
         self.kubeconfig = str(sim.write_kubeconfig(Path(self.dir) / "kubeconfig"))
 
-    def go(self, n: int) -> None:
+    def _say(self, line: str) -> None:
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write(f"go {n}\n")
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         self.proc.stdout.readline()
+
+    def prepare(self, n: int) -> None:
+        """Make n events in the child, untimed; ``go()`` releases them into the watch."""
+        self._say(f"prep {n}")
+
+    def go(self, n: int | None = None) -> None:
+        if n is not None:
+            self.prepare(n)
+        self._say("go")
 
     def source_flag(self) -> str:
         return f"kubernetes:?inClusterConfig=false&auth={self.kubeconfig}"

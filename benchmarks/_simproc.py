@@ -1,7 +1,8 @@
 """Child process: a simulator whose events arrive through the WATCH, as fast as it can send them.
 
-It starts empty, prints its port, and on each line ``go N`` on stdin adds N fresh events (re-stamped
-copies of the recorded real events) in one go, so every open watch streams them at full speed.
+It starts empty and prints its port. ``prep N`` on stdin makes N fresh events (re-stamped copies of the
+recorded real events) and answers when they are ready; ``go`` then adds them in one go, so every open
+watch streams them at full speed and the making is not timed.
 Running it in its own process keeps its CPU out of the router's figures.
 """
 
@@ -17,13 +18,17 @@ def main() -> None:
     sim = Simulator(events=[], token="bench-token").start()
     pool = load_events("builtin")
     print(sim.port, flush=True)
+    prepared: list = []
     for line in sys.stdin:
         words = line.split()
-        if words[:1] == ["go"]:
+        if words[:1] == ["prep"]:
             n = int(words[1])
-            objs = restamp(pool, n // len(pool) + 2, True)[len(pool):len(pool) + n]
-            sim.store.add_events(objs)
-            print("added", n, flush=True)
+            prepared = restamp(pool, n // len(pool) + 2, True)[len(pool):len(pool) + n]
+            print("ready", n, flush=True)
+        elif words[:1] == ["go"]:
+            sim.store.add_events(prepared)
+            print("added", len(prepared), flush=True)
+            prepared = []
         elif words[:1] == ["stop"]:
             break
     sim.stop()

@@ -33,9 +33,10 @@ def run(n: int = 200_000, fanout: bool = False) -> dict[str, Any]:
     router = RouterInProcess(sim, list(sinks))
     try:
         router.start()
+        sim.prepare(n)
         cpu0 = cpu_seconds()
         start = time.monotonic()
-        sim.go(n)
+        sim.go()
         if not sinks[0].done.wait(600):
             raise RuntimeError(f"only {sinks[0].count} of {n} events arrived")
         elapsed = time.monotonic() - start

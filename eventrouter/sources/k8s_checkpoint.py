@@ -30,6 +30,7 @@ log = logging.getLogger("eventrouter.sources.kubernetes")
 CONFIGMAP_KEY = "checkpoint.json"
 FILE_DEFAULT = os.path.join(".eventrouter", "checkpoint.json")
 DELIVERED_CAP_FILE = 100_000
+PENDING_CAP = 100_000  # unsettled positions tracked while a sink lags
 DELIVERED_CAP_CONFIGMAP = 10_000  # a ConfigMap holds at most 1 MiB
 
 
@@ -189,7 +190,12 @@ class Progress:
              seen_as: Any = None) -> None:
         """``position`` None: no new resume point (a listed item); ``rv`` None with a uid: forget it.
         ``seen_as`` is what the user saw of that occurrence (count, lastTimestamp, ...)."""
-        self.pending.append((seq, stream, position, uid, rv, seen_as))
+        pending = self.pending
+        pending.append((seq, stream, position, uid, rv, seen_as))
+        if len(pending) > PENDING_CAP:
+            # a sink that never settles pins the checkpoint; forgetting the oldest unsettled entries keeps
+            # memory flat and stays safe: the position only ever moves to a settled entry's position
+            pending.popleft()
 
     def advance(self, settled: int) -> None:
         pending = self.pending

@@ -24,6 +24,14 @@ import orjson
 from eventrouter.event import Event, MalformedEvent
 from eventrouter.router import Router
 
+
+def seen_key(event: Event) -> tuple[int, Any, int]:
+    """What a user sees of an occurrence, kept small: count, last time and a hash of the text.
+
+    One of these is remembered per live Event (the dedupe memory), so it must not hold the message itself.
+    """
+    return (event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
+
 log = logging.getLogger("eventrouter.sources.kubernetes")
 
 BACKOFF_MAX = 30.0
@@ -130,7 +138,7 @@ class ListWatch:
             self._malformed(exc)
             return uid
         self.state.count("ADDED")
-        seen_as = (event.count, event.last_timestamp, event.message, event.type, event.reason)
+        seen_as = seen_key(event)
         self.seen[uid] = (rv, seen_as)
         progress = self.progress
         if (prev is not None and prev[1] == seen_as) or (cutoff is not None and event.last_timestamp < cutoff):
@@ -225,7 +233,7 @@ class ListWatch:
         except MalformedEvent as exc:
             self._malformed(exc)
             return rv
-        seen_as = (event.count, event.last_timestamp, event.message, event.type, event.reason)
+        seen_as = seen_key(event)
         seen[uid] = (rv, seen_as)
         if prev is not None and prev[1] == seen_as:
             state.unchanged_suppressed += 1

@@ -49,7 +49,7 @@ __all__ = ["BACKOFF_MAX", "Backoff", "KubernetesSource"]
 log = logging.getLogger("eventrouter.sources.kubernetes")
 
 CHECKPOINT_INTERVAL = 5.0  # seconds between checkpoint writes (and one more on finish)
-SEEN_CAP = 500_000  # uids remembered for dedupe; DELETED frees them, the oldest go first past this
+SEEN_CAP = 100_000  # uids remembered for dedupe (~300 B each); DELETED frees them, the oldest go first past this
 
 
 class KubernetesSource(ListWatch):
