@@ -227,3 +227,27 @@ def test_checkpoint_forbidden_by_rbac_does_not_stop_events(sim: Simulator, tmp_p
     wait_for(lambda: len(h.sink.keys) == 2)
     h.stop()
     assert "access denied (HTTP 403); running WITHOUT a checkpoint" in caplog.text
+
+
+def test_unsettled_positions_are_bounded_while_a_sink_lags(monkeypatch):
+    """A sink that never settles must not make the source's memory grow without end."""
+    from eventrouter.sources import k8s_checkpoint
+
+    monkeypatch.setattr(k8s_checkpoint, "PENDING_CAP", 100)
+    progress = Progress()
+    for seq in range(1, 1001):
+        progress.note(seq, "", str(seq), f"uid-{seq}", str(seq))
+    assert len(progress.pending) == 100
+    progress.advance(1000)  # the sink recovers: the position is the newest settled one
+    assert progress.positions == {"": "1000"}
+    assert "uid-1000" in progress.delivered and "uid-1" not in progress.delivered
+
+
+def test_the_dedupe_record_does_not_keep_the_message():
+    from eventrouter.sources.k8s_watch import seen_key
+    from tests.helpers import make_event
+
+    key = seen_key(make_event(1, message="x" * 10_000))
+    assert all(not isinstance(part, str) for part in key)
+    assert key != seen_key(make_event(1, message="y" * 10_000))
+    assert key == seen_key(make_event(1, message="x" * 10_000))
