@@ -88,6 +88,7 @@ class SinkRunner:
         self.died: BaseException | None = None
         self._abandoned = 0  # events of the batch given up at the shutdown deadline
         self._passes_all = event_filter.passes_everything
+        self._batch_size = delivery.batch_size
 
     @classmethod
     def build(cls, sink: Sink, *, label: str = "") -> SinkRunner:
@@ -118,7 +119,9 @@ class SinkRunner:
                 self._report_overflow()
             queue.append((seq, event))
             self.stats.queued += 1
-            if self._worker_waiting:
+            # wake the worker only when it has something to do: the first event (it starts the
+            # flush_interval clock) or a full batch; a wake-up per event costs a GIL hand-off each
+            if self._worker_waiting and (len(queue) == 1 or len(queue) >= self._batch_size):
                 self._wakeup.notify()
 
     def _report_overflow(self) -> None:
