@@ -50,7 +50,11 @@ def setup_logging(fmt: str = "text", verbosity: int = 0) -> None:
 
 
 class ThrottledLog:
-    """Logs at most ``burst`` messages per ``interval`` per key, then says how many were held back."""
+    """Logs at most ``burst`` messages per ``interval`` per key, then says how many were held back.
+
+    ``flush()`` (at shutdown) logs the last held-back message of each key with the count, so the
+    final interval's messages are not lost without a trace.
+    """
 
     def __init__(self, logger: logging.Logger, interval: float = 30.0, burst: int = 1, clock=time.monotonic) -> None:
         self._logger = logger
@@ -60,6 +64,7 @@ class ThrottledLog:
         self._lock = threading.Lock()
         self._window: dict[str, tuple[float, int]] = {}  # key -> (window start, messages logged in it)
         self._held: dict[str, int] = {}
+        self._latest: dict[str, tuple[int, str, tuple[object, ...]]] = {}  # key -> last held-back message
 
     def log(self, level: int, key: str, msg: str, *args: object) -> bool:
         now = self._clock()
@@ -69,10 +74,19 @@ class ThrottledLog:
                 start, logged = now, 0
             if logged >= self._burst:
                 self._held[key] = self._held.get(key, 0) + 1
+                self._latest[key] = (level, msg, args)
                 return False
             held = self._held.pop(key, 0)
+            self._latest.pop(key, None)
             self._window[key] = (start, logged + 1)
         if held:
             msg += f" ({held} similar messages held back in the last {self._interval:g}s)"
         self._logger.log(level, msg, *args)
         return True
+
+    def flush(self) -> None:
+        """Log the last held-back message of every key with the count; then forget them."""
+        with self._lock:
+            pending = [(self._held.pop(key, 0), *self._latest.pop(key)) for key in list(self._latest)]
+        for held, level, msg, args in pending:
+            self._logger.log(level, msg + f" (the last of {held} similar messages held back)", *args)

@@ -177,6 +177,7 @@ class SinkRunner:
                 self.sink.close()
             except Exception as exc:
                 log.warning("sink %s: close failed: %s", self.label, self._redact(str(exc)))
+            self._errors.flush()  # the errors held back in the last interval still get their line
 
     def _take_batch(self) -> list[tuple[int, Event]]:
         size = self.delivery.batch_size
