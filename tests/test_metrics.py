@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -333,3 +334,16 @@ def test_throttled_log_aggregates_and_flushes(caplog: pytest.LogCaptureFixture) 
         "tick failed",
         "send failed, retry 6 (the last of 1 similar messages held back)",
     ]
+
+
+def test_docs_list_every_exported_metric(faulty_plugin: Path) -> None:
+    """docs/operations.md's metrics table and /metrics name the same metrics (no stale docs)."""
+    state = SourceState(checkpoint_written=time.time())
+    state.count("ADDED")
+    router = Router([SinkRunner.build(build_sink("faulty:?mode=ok"))])
+    for base in _serve(router, state):
+        page = get(base + "/metrics")[1]
+    exported = {line.split()[2] for line in page.splitlines() if line.startswith("# TYPE")}
+    exported = {name + "_total" if f"{name}_total" in page else name for name in exported}
+    documented = set(re.findall(r"^\| `(eventrouter_\w+)`", (ROOT / "docs" / "operations.md").read_text(), re.M))
+    assert documented == exported
