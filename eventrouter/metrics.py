@@ -75,20 +75,24 @@ class RouterCollector(Collector):
         for field, (name, help_text) in _SOURCE_COUNTERS.items():
             yield CounterMetricFamily(name, help_text, value=getattr(state, field))
         yield GaugeMetricFamily(
-            "eventrouter_leader", "1 while this replica delivers events (holds the Lease, or no --leader-elect)",
+            "eventrouter_leader",
+            "1 while this replica delivers events (holds the Lease, or no --leader-elect)",
             value=1 if state.leader else 0,
         )
         yield GaugeMetricFamily(
-            "eventrouter_ready", "1 once the first list succeeded (what /readyz reports for the leader)",
+            "eventrouter_ready",
+            "1 once the first list succeeded (what /readyz reports for the leader)",
             value=1 if state.ready else 0,
         )
         yield GaugeMetricFamily(
-            "eventrouter_source_idle_seconds", "Seconds since the last event or bookmark from the source",
+            "eventrouter_source_idle_seconds",
+            "Seconds since the last event or bookmark from the source",
             value=max(0.0, time.monotonic() - state.last_progress),
         )
         if state.checkpoint_written is not None:  # absent until the first write: no fake "age 0"
             yield GaugeMetricFamily(
-                "eventrouter_checkpoint_age_seconds", "Seconds since the resume position was last written",
+                "eventrouter_checkpoint_age_seconds",
+                "Seconds since the resume position was last written",
                 value=max(0.0, time.time() - state.checkpoint_written),
             )
 
@@ -109,8 +113,9 @@ class RouterCollector(Collector):
             dropped.add_metric([runner.label, "overflow"], runner.stats.dropped_overflow)
             dropped.add_metric([runner.label, "shutdown"], runner.stats.dropped_shutdown)
         yield dropped
-        depth = GaugeMetricFamily("eventrouter_sink_queue_depth", "Events waiting for the sink (queued or in flight)",
-                                  labels=["sink"])
+        depth = GaugeMetricFamily(
+            "eventrouter_sink_queue_depth", "Events waiting for the sink (queued or in flight)", labels=["sink"]
+        )
         capacity = GaugeMetricFamily("eventrouter_sink_queue_capacity", "The sink's queue_size", labels=["sink"])
         up = GaugeMetricFamily("eventrouter_sink_worker_up", "1 while the sink's worker thread runs", labels=["sink"])
         for runner in runners:

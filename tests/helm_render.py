@@ -127,8 +127,12 @@ class Renderer:
         self.chart_dir = chart_dir
         self.defines: dict[str, list[Any]] = {}
 
-    def render_chart(self, values: dict[str, Any], release: str = "eventrouter", namespace: str = "eventrouter",
-                     ) -> dict[str, str]:
+    def render_chart(
+        self,
+        values: dict[str, Any],
+        release: str = "eventrouter",
+        namespace: str = "eventrouter",
+    ) -> dict[str, str]:
         chart = yaml.safe_load((self.chart_dir / "Chart.yaml").read_text())
         root = {
             "Values": values,
@@ -141,8 +145,9 @@ class Renderer:
             nodes, _, _ = _parse(_lex(path.read_text()))
             trees[path.name] = nodes
             self._collect_defines(nodes)
-        return {name: self._render(nodes, root, {"$": root}) for name, nodes in trees.items()
-                if not name.startswith("_")}
+        return {
+            name: self._render(nodes, root, {"$": root}) for name, nodes in trees.items() if not name.startswith("_")
+        }
 
     def _collect_defines(self, nodes: list[Any]) -> None:
         for node in nodes:
@@ -164,8 +169,9 @@ class Renderer:
                 out.append(self._render(branch, dot, variables))
             elif kind == "with":
                 value = self._pipeline(node[1], dot, variables)
-                out.append(self._render(node[2], value, variables) if _truthy(value)
-                           else self._render(node[3], dot, variables))
+                out.append(
+                    self._render(node[2], value, variables) if _truthy(value) else self._render(node[3], dot, variables)
+                )
             elif kind == "range":
                 out.append(self._range(node, dot, variables))
         return "".join(out)

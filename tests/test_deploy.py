@@ -101,12 +101,20 @@ def _check_binding(obj: dict, objs: list[dict]) -> None:
     ref = obj["roleRef"]
     assert ref["apiGroup"] == "rbac.authorization.k8s.io"
     namespace = obj["metadata"].get("namespace") if ref["kind"] == "Role" else None
-    assert any(o["kind"] == ref["kind"] and o["metadata"]["name"] == ref["name"]
-               and o["metadata"].get("namespace") == namespace for o in objs), f"{ref} does not exist"
+    assert any(
+        o["kind"] == ref["kind"]
+        and o["metadata"]["name"] == ref["name"]
+        and o["metadata"].get("namespace") == namespace
+        for o in objs
+    ), f"{ref} does not exist"
     for subject in obj["subjects"]:
         assert subject["kind"] == "ServiceAccount"
-        assert any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == subject["name"]
-                   and o["metadata"]["namespace"] == subject["namespace"] for o in objs), subject
+        assert any(
+            o["kind"] == "ServiceAccount"
+            and o["metadata"]["name"] == subject["name"]
+            and o["metadata"]["namespace"] == subject["namespace"]
+            for o in objs
+        ), subject
 
 
 def _check_deployment(obj: dict, objs: list[dict]) -> None:
@@ -115,8 +123,7 @@ def _check_deployment(obj: dict, objs: list[dict]) -> None:
     selector = spec["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items(), "the selector must match the pod labels"
     pod_spec = pod["spec"]
-    assert any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == pod_spec["serviceAccountName"]
-               for o in objs)
+    assert any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == pod_spec["serviceAccountName"] for o in objs)
     volumes = {v["name"] for v in pod_spec.get("volumes", [])}
     for container in pod_spec["containers"]:
         assert container["name"] and container["image"]
@@ -146,9 +153,15 @@ def _check_secret(obj: dict, objs: list[dict]) -> None:
     assert all(isinstance(v, str) for v in (obj.get("stringData") or {}).values())
 
 
-_CHECKS = {"ClusterRole": _check_rules, "Role": _check_rules, "ClusterRoleBinding": _check_binding,
-           "RoleBinding": _check_binding, "Deployment": _check_deployment, "Service": _check_service,
-           "Secret": _check_secret}
+_CHECKS = {
+    "ClusterRole": _check_rules,
+    "Role": _check_rules,
+    "ClusterRoleBinding": _check_binding,
+    "RoleBinding": _check_binding,
+    "Deployment": _check_deployment,
+    "Service": _check_service,
+    "Secret": _check_secret,
+}
 
 
 # ---- the Deployment: security, probes, args -------------------------------------------------------
@@ -217,8 +230,17 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_plain_manifests_are_valid_and_hardened(monkeypatch: pytest.MonkeyPatch) -> None:
     objs = plain_objects()
-    assert {o["kind"] for o in objs} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-                                        "RoleBinding", "Secret", "Deployment", "Service"}
+    assert {o["kind"] for o in objs} == {
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Secret",
+        "Deployment",
+        "Service",
+    }
     validate(objs)
     check_hardening(objs)
     flags = check_sinks_build(objs, monkeypatch)
@@ -229,8 +251,15 @@ def test_plain_manifests_are_valid_and_hardened(monkeypatch: pytest.MonkeyPatch)
 # ---- Helm chart -----------------------------------------------------------------------------------
 def test_chart_renders_with_default_values(monkeypatch: pytest.MonkeyPatch) -> None:
     objs = helm_objects()
-    assert {o["kind"] for o in objs} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
-                                        "RoleBinding", "Deployment", "Service"}
+    assert {o["kind"] for o in objs} == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Deployment",
+        "Service",
+    }
     validate(objs)
     check_hardening(objs)
     assert check_sinks_build(objs, monkeypatch) == ["log"]
@@ -240,12 +269,21 @@ def test_chart_renders_with_default_values(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_chart_with_sinks_and_secret_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    sinks = ["log", "dingtalk:https://oapi.dingtalk.com/robot/send?access_token=$DINGTALK_TOKEN&sign=$DINGTALK_SIGN",
-             "webhook:https://hooks.example.com/k8s?level=Warning&header=Authorization=Bearer%20$HOOK_TOKEN"]
+    sinks = [
+        "log",
+        "dingtalk:https://oapi.dingtalk.com/robot/send?access_token=$DINGTALK_TOKEN&sign=$DINGTALK_SIGN",
+        "webhook:https://hooks.example.com/k8s?level=Warning&header=Authorization=Bearer%20$HOOK_TOKEN",
+    ]
     secret_env = {"DINGTALK_TOKEN": "tok-123456", "DINGTALK_SIGN": "SECsign-7890", "HOOK_TOKEN": "hook-abcdef"}
-    objs = helm_objects(release="prod", namespace="monitoring", sinks=sinks, secretEnv=secret_env,
-                        clusterName="prod-eu", extraArgs=["--max-event-age=1h"], image={
-                            "repository": "registry.local/eventrouter", "tag": "0.1.0-rc1", "pullPolicy": "Always"})
+    objs = helm_objects(
+        release="prod",
+        namespace="monitoring",
+        sinks=sinks,
+        secretEnv=secret_env,
+        clusterName="prod-eu",
+        extraArgs=["--max-event-age=1h"],
+        image={"repository": "registry.local/eventrouter", "tag": "0.1.0-rc1", "pullPolicy": "Always"},
+    )
     validate(objs)
     check_hardening(objs)
     assert check_sinks_build(objs, monkeypatch) == sinks
@@ -259,12 +297,18 @@ def test_chart_with_sinks_and_secret_env(monkeypatch: pytest.MonkeyPatch) -> Non
     assert args.checkpoint == "configmap:monitoring/eventrouter-checkpoint"
     assert container(objs)["image"] == "registry.local/eventrouter:0.1.0-rc1"
     assert {o["metadata"]["name"] for o in objs if o["kind"] != "Service"} == {"prod-eventrouter"} | {
-        "prod-eventrouter-sinks"}
+        "prod-eventrouter-sinks"
+    }
 
 
 def test_chart_with_an_existing_secret_and_no_leader_election() -> None:
-    objs = helm_objects(existingSecret="my-sink-secrets", leaderElect=False, replicaCount=1,
-                        serviceAccount={"create": False, "name": "router"}, service={"enabled": False})
+    objs = helm_objects(
+        existingSecret="my-sink-secrets",
+        leaderElect=False,
+        replicaCount=1,
+        serviceAccount={"create": False, "name": "router"},
+        service={"enabled": False},
+    )
     assert "Secret" not in {o["kind"] for o in objs}
     assert "Service" not in {o["kind"] for o in objs}
     assert container(objs)["envFrom"] == [{"secretRef": {"name": "my-sink-secrets"}}]
@@ -298,8 +342,10 @@ def rules_of(objs: list[dict]) -> set[tuple[str, str, str, str, str | None]]:
     return granted
 
 
-_PATH = re.compile(r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>[^/]+)"
-                   r"(?:/(?P<name>[^/]+))?$")
+_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)(?:/namespaces/(?P<ns>[^/]+))?/(?P<res>[^/]+)"
+    r"(?:/(?P<name>[^/]+))?$"
+)
 
 
 def api_calls(sim: Simulator) -> set[tuple[str | None, str, str, str, str | None]]:
@@ -317,8 +363,10 @@ def api_calls(sim: Simulator) -> set[tuple[str | None, str, str, str, str | None
 
 def allowed(granted: set, call: tuple) -> bool:
     namespace, group, resource, verb, name = call
-    return any(scope in ("*", namespace) and (g, r, v) == (group, resource, verb) and n in (None, name)
-               for scope, g, r, v, n in granted)
+    return any(
+        scope in ("*", namespace) and (g, r, v) == (group, resource, verb) and n in (None, name)
+        for scope, g, r, v, n in granted
+    )
 
 
 def free_port() -> int:
@@ -352,15 +400,25 @@ class Replica:
         self.port = free_port()
         self.stop = threading.Event()
         context = SourceContext(
-            checkpoint=parsed.checkpoint, leader_elect=parsed.leader_elect,
-            leader_elect_namespace=parsed.leader_elect_namespace, leader_elect_name=parsed.leader_elect_name,
+            checkpoint=parsed.checkpoint,
+            leader_elect=parsed.leader_elect,
+            leader_elect_namespace=parsed.leader_elect_namespace,
+            leader_elect_name=parsed.leader_elect_name,
             leader_elect_lease_duration=parsed.leader_elect_lease_duration,
             leader_elect_renew_deadline=parsed.leader_elect_renew_deadline,
-            leader_elect_retry_period=parsed.leader_elect_retry_period)
+            leader_elect_retry_period=parsed.leader_elect_retry_period,
+        )
         # the cluster address and credentials differ from in-cluster; everything else is the manifest's
         source = f"kubernetes:?inClusterConfig=false&auth={kubeconfig}{source_query}"
-        self.config = RunConfig(source=source, sinks=[f"jsonfile:{out}"], context=context, healthz_ip="127.0.0.1",
-                                healthz_port=self.port, healthz_window=parsed.healthz_window, shutdown_timeout=5.0)
+        self.config = RunConfig(
+            source=source,
+            sinks=[f"jsonfile:{out}"],
+            context=context,
+            healthz_ip="127.0.0.1",
+            healthz_port=self.port,
+            healthz_window=parsed.healthz_window,
+            shutdown_timeout=5.0,
+        )
         self.result: list[int] = []
         self.thread = threading.Thread(target=lambda: self.result.append(run(self.config, self.stop)), daemon=True)
         self.thread.start()
@@ -400,12 +458,15 @@ def test_rbac_covers_exactly_what_two_replicas_call(sim: tuple[Simulator, Path],
     out = tmp_path / "delivered.jsonl"  # the example plugin's sink: one line per delivered event
     a, b = Replica(args, kubeconfig, out), Replica(args, kubeconfig, out)
     try:
-        wait_for(lambda: a.metric("eventrouter_leader") is not None and b.metric("eventrouter_leader") is not None,
-                 "both replicas to serve /metrics")
-        wait_for(lambda: (a.metric("eventrouter_leader"), b.metric("eventrouter_leader")) in ((1, 0), (0, 1)),
-                 "one leader")
+        wait_for(
+            lambda: a.metric("eventrouter_leader") is not None and b.metric("eventrouter_leader") is not None,
+            "both replicas to serve /metrics",
+        )
+        wait_for(
+            lambda: (a.metric("eventrouter_leader"), b.metric("eventrouter_leader")) in ((1, 0), (0, 1)), "one leader"
+        )
         leader = a if a.metric("eventrouter_leader") == 1 else b
-        wait_for(lambda: leader.metric('eventrouter_sink_events_sent_total') == 100, "the 100 events")
+        wait_for(lambda: leader.metric("eventrouter_sink_events_sent_total") == 100, "the 100 events")
         assert a.ready() and b.ready()  # the standby is ready too
         wait_for(lambda: leader.metric("eventrouter_checkpoint_age_seconds") is not None, "a checkpoint")
     finally:
@@ -415,9 +476,13 @@ def test_rbac_covers_exactly_what_two_replicas_call(sim: tuple[Simulator, Path],
     # the events.k8s.io/v1 API, as ?api=events.k8s.io/v1 selects it (from scratch: it lists, then watches)
     c = Replica([*args, "--checkpoint=none"], kubeconfig, tmp_path / "c.jsonl", "&api=events.k8s.io/v1")
     try:
-        wait_for(lambda: {"list", "watch"} <= {r.verb for r in list(simulator.request_log)
-                                               if r.path.startswith("/apis/events.k8s.io/")},
-                 "a list and a watch of events.k8s.io/v1")
+        wait_for(
+            lambda: (
+                {"list", "watch"}
+                <= {r.verb for r in list(simulator.request_log) if r.path.startswith("/apis/events.k8s.io/")}
+            ),
+            "a list and a watch of events.k8s.io/v1",
+        )
     finally:
         c.finish()
 
@@ -425,10 +490,16 @@ def test_rbac_covers_exactly_what_two_replicas_call(sim: tuple[Simulator, Path],
     granted = rules_of(objs)
     denied = sorted(call for call in calls if not allowed(granted, call))
     assert not denied, f"calls the RBAC does not allow: {denied}"
-    used = {(g, r, v) for g_scope in [granted] for (scope, g, r, v, n) in g_scope
-            if any(allowed({(scope, g, r, v, n)}, call) for call in calls)}
+    used = {
+        (g, r, v)
+        for g_scope in [granted]
+        for (scope, g, r, v, n) in g_scope
+        if any(allowed({(scope, g, r, v, n)}, call) for call in calls)
+    }
     unused = {(g, r, v) for (_, g, r, v, _) in granted} - used
     assert unused == GRANTED_NOT_CALLED, f"rules no call needs: {sorted(unused)}"
     # the namespaced rights are for exactly the names the router uses
     assert {(c[2], c[4]) for c in calls if c[0] == "eventrouter" and c[4]} == {
-        ("leases", "eventrouter"), ("configmaps", "eventrouter-checkpoint")}
+        ("leases", "eventrouter"),
+        ("configmaps", "eventrouter-checkpoint"),
+    }

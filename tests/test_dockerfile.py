@@ -168,7 +168,7 @@ def run_pip_steps(stage: Stage, global_args: dict[str, str], roots: dict[str, Pa
         elif keyword == "RUN" and re.search(r"\bpip\b", rest):
             words = rest.split()
             for word in [w for w in words if w.startswith("--mount=")]:
-                opts = dict(kv.split("=", 1) for kv in word[len("--mount="):].split(","))
+                opts = dict(kv.split("=", 1) for kv in word[len("--mount=") :].split(","))
                 roots.setdefault(opts["target"], roots[opts["source"]])
                 rest = rest.replace(word, "")
             command = substitute(rest, values)
@@ -177,8 +177,9 @@ def run_pip_steps(stage: Stage, global_args: dict[str, str], roots: dict[str, Pa
             env = {**os.environ, **stage.env, "PATH": f"{venv}/bin{os.pathsep}{os.environ['PATH']}"}
             env.pop("PYTHONPATH", None)
             env["PIP_CONSTRAINT"] = str(roots["/constraints.txt"])
-            proc = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True,
-                                  timeout=600)
+            proc = subprocess.run(
+                ["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True, timeout=600
+            )
             assert proc.returncode == 0, f"{command}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
             ran.append(command)
     return ran
@@ -186,20 +187,29 @@ def run_pip_steps(stage: Stage, global_args: dict[str, str], roots: dict[str, Pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_install_steps_build_a_working_eventrouter(dockerfile: tuple[dict[str, str], list[Stage]],
-                                                   tmp_path: Path) -> None:
+def test_install_steps_build_a_working_eventrouter(
+    dockerfile: tuple[dict[str, str], list[Stage]], tmp_path: Path
+) -> None:
     global_args, (build, final) = dockerfile
     constraints = tmp_path / "constraints.txt"
-    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True,
-                            text=True, check=True).stdout
-    constraints.write_text("".join(line + "\n" for line in freeze.splitlines()
-                                   if "==" in line and not line.lower().startswith("eventrouter")))
+    freeze = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True, check=True
+    ).stdout
+    constraints.write_text(
+        "".join(
+            line + "\n" for line in freeze.splitlines() if "==" in line and not line.lower().startswith("eventrouter")
+        )
+    )
     venvs = {}
     for name in ("build", "final"):
         venvs[name] = tmp_path / f"venv-{name}"
         subprocess.run([BASE_PYTHON, "-m", "venv", str(venvs[name])], check=True)
-    roots = {"/src": tmp_path / "src", "/wheels": tmp_path / "wheels", "/constraints.txt": constraints,
-             "/var/lib/eventrouter": tmp_path / "state"}
+    roots = {
+        "/src": tmp_path / "src",
+        "/wheels": tmp_path / "wheels",
+        "/constraints.txt": constraints,
+        "/var/lib/eventrouter": tmp_path / "state",
+    }
     for path in ("src", "wheels", "state"):
         (tmp_path / path).mkdir()
 
@@ -234,8 +244,14 @@ def test_install_steps_build_a_working_eventrouter(dockerfile: tuple[dict[str, s
     events = ROOT / "eventrouter" / "simulator" / "data" / "core-v1.jsonl"
     sample = tmp_path / "ten.jsonl"
     sample.write_text("".join(events.read_text().splitlines(keepends=True)[:10]))
-    proc = subprocess.run([str(exe), f"--source=file:{sample}", "--sink=log", "--healthz-port=0"], cwd=state,
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(exe), f"--source=file:{sample}", "--sink=log", "--healthz-port=0"],
+        cwd=state,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0].startswith('{"time":')
     assert not list(state.iterdir())

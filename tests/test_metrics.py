@@ -148,10 +148,15 @@ def test_metrics_of_a_running_router(running: tuple[str, threading.Event], caplo
 
     def settled() -> bool:
         m = metric()
-        ok = m['eventrouter_sink_events_sent_total{sink="faulty"}'] + m[
-            'eventrouter_sink_events_filtered_total{sink="faulty"}']
-        return ok == total and m['eventrouter_sink_events_failed_total{sink="faulty-2"}'] == total and m[
-            'eventrouter_sink_events_retried_total{sink="faulty-3"}'] >= 3
+        ok = (
+            m['eventrouter_sink_events_sent_total{sink="faulty"}']
+            + m['eventrouter_sink_events_filtered_total{sink="faulty"}']
+        )
+        return (
+            ok == total
+            and m['eventrouter_sink_events_failed_total{sink="faulty-2"}'] == total
+            and m['eventrouter_sink_events_retried_total{sink="faulty-3"}'] >= 3
+        )
 
     wait_for(settled, "every event to be settled by the first two sinks")
     m = metric()
@@ -292,9 +297,19 @@ def test_healthz_fails_when_a_sink_worker_died(faulty_plugin: Path) -> None:
 def test_json_logs_from_the_cli_mask_secrets_and_aggregate(faulty_plugin: Path) -> None:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(faulty_plugin), str(ROOT)]))
     proc = subprocess.run(
-        [sys.executable, "-m", "eventrouter", f"-source=file:{EVENTS_FILE}", "--log-format=json",
-         "--healthz-port=0", "--sink=faulty:?mode=permanent&token=$FAULTY_TOKEN"],
-        env=dict(env, FAULTY_TOKEN=TOKEN), capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "eventrouter",
+            f"-source=file:{EVENTS_FILE}",
+            "--log-format=json",
+            "--healthz-port=0",
+            "--sink=faulty:?mode=permanent&token=$FAULTY_TOKEN",
+        ],
+        env=dict(env, FAULTY_TOKEN=TOKEN),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert TOKEN not in proc.stderr + proc.stdout

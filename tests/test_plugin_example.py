@@ -47,8 +47,13 @@ def test_listed_by_eventrouter_sinks() -> None:
 def test_routes_the_recorded_events_through_the_cli(tmp_path: Path) -> None:
     warnings_file = tmp_path / "warnings.jsonl"
     all_file = tmp_path / "all.jsonl"
-    proc = run(f"--source=file:{EVENTS}", f"--sink=jsonfile:{warnings_file}?level=Warning",
-               f"--sink=jsonfile:{all_file}?kinds=Node&raw=true", "--healthz-port=0", "--log-format=json")
+    proc = run(
+        f"--source=file:{EVENTS}",
+        f"--sink=jsonfile:{warnings_file}?level=Warning",
+        f"--sink=jsonfile:{all_file}?kinds=Node&raw=true",
+        "--healthz-port=0",
+        "--log-format=json",
+    )
     assert proc.returncode == 0, proc.stderr
     objs = real_objects()
     warnings = [json.loads(line) for line in warnings_file.read_text().splitlines()]
@@ -57,11 +62,12 @@ def test_routes_the_recorded_events_through_the_cli(tmp_path: Path) -> None:
     assert {w["type"] for w in warnings} == {"Warning"}
     nodes = [json.loads(line) for line in all_file.read_text().splitlines()]
     assert len(nodes) == collections.Counter(o["involvedObject"].get("kind") for o in objs)["Node"]
-    assert all(n["involved_object"]["kind"] == "Node" and n["raw"]["involvedObject"]["kind"] == "Node"
-               for n in nodes)
+    assert all(n["involved_object"]["kind"] == "Node" and n["raw"]["involvedObject"]["kind"] == "Node" for n in nodes)
     totals = [json.loads(line)["msg"] for line in proc.stderr.splitlines() if "sent" in line]
-    assert f"sink jsonfile: sent {len(expected)}, filtered {len(objs) - len(expected)}, failed 0, " \
-           "dropped 0 (overflow) 0 (shutdown)" in totals
+    assert (
+        f"sink jsonfile: sent {len(expected)}, filtered {len(objs) - len(expected)}, failed 0, "
+        "dropped 0 (overflow) 0 (shutdown)" in totals
+    )
 
 
 def test_a_bad_flag_exits_2_naming_the_option() -> None:
@@ -72,8 +78,9 @@ def test_a_bad_flag_exits_2_naming_the_option() -> None:
 
 def test_uses_only_the_public_api() -> None:
     tree = ast.parse((PLUGIN / "eventrouter_sink_jsonfile" / "__init__.py").read_text())
-    imported = [(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                for alias in node.names]
+    imported = [
+        (node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
+    ]
     from_eventrouter = {name for module, name in imported if module and module.startswith("eventrouter")}
     assert {module for module, _ in imported if module and module.startswith("eventrouter")} == {"eventrouter"}
     assert from_eventrouter <= set(eventrouter.__all__)
@@ -81,7 +88,13 @@ def test_uses_only_the_public_api() -> None:
 
 def test_the_plugins_own_tests_pass() -> None:
     env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PLUGIN / "tests")],
-                          capture_output=True, text=True, timeout=120, cwd=PLUGIN, env=env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PLUGIN / "tests")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=PLUGIN,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout

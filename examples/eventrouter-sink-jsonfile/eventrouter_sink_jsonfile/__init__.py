@@ -47,7 +47,7 @@ class JsonFileSink(Sink):
     name = "jsonfile"
     options = (
         Option("fsync", bool, default=False, help="fsync the file after every batch (survives a power loss)"),
-        Option("raw", bool, default=False, help="also write the original Kubernetes object as \"raw\""),
+        Option("raw", bool, default=False, help='also write the original Kubernetes object as "raw"'),
     )
     delivery_defaults = {"batch_size": 100, "flush_interval": 0.5}
 

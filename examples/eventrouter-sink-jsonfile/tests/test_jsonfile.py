@@ -35,41 +35,63 @@ def event(n: int = 1, type: str = "Warning") -> Event:
     from datetime import UTC, datetime
 
     when = datetime(2026, 4, 14, 9, 30, n, tzinfo=UTC)
-    return Event(uid=f"uid-{n}", resource_version=str(n), namespace="default", name=f"app-{n}.1", type=type,
-                 reason="BackOff", message=f"back-off {n}", count=1, first_timestamp=when, last_timestamp=when,
-                 involved_object=InvolvedObject(kind="Pod", namespace="default", name=f"app-{n}"),
-                 raw={"metadata": {"uid": f"uid-{n}"}})
+    return Event(
+        uid=f"uid-{n}",
+        resource_version=str(n),
+        namespace="default",
+        name=f"app-{n}.1",
+        type=type,
+        reason="BackOff",
+        message=f"back-off {n}",
+        count=1,
+        first_timestamp=when,
+        last_timestamp=when,
+        involved_object=InvolvedObject(kind="Pod", namespace="default", name=f"app-{n}"),
+        raw={"metadata": {"uid": f"uid-{n}"}},
+    )
 
 
-@pytest.mark.parametrize(("flag", "path", "fsync", "level"), [
-    ("jsonfile:/var/lib/eventrouter/events.jsonl", "/var/lib/eventrouter/events.jsonl", False, []),
-    ("jsonfile:///tmp/e.jsonl?fsync=true", "/tmp/e.jsonl", True, []),
-    ("jsonfile:file:///tmp/e.jsonl?level=Warning", "/tmp/e.jsonl", False, ["Warning"]),
-    ("jsonfile:events.jsonl?fsync=1&batch_size=10", "events.jsonl", True, []),
-])
+@pytest.mark.parametrize(
+    ("flag", "path", "fsync", "level"),
+    [
+        ("jsonfile:/var/lib/eventrouter/events.jsonl", "/var/lib/eventrouter/events.jsonl", False, []),
+        ("jsonfile:///tmp/e.jsonl?fsync=true", "/tmp/e.jsonl", True, []),
+        ("jsonfile:file:///tmp/e.jsonl?level=Warning", "/tmp/e.jsonl", False, ["Warning"]),
+        ("jsonfile:events.jsonl?fsync=1&batch_size=10", "events.jsonl", True, []),
+    ],
+)
 def test_flags(flag: str, path: str, fsync: bool, level: list[str]) -> None:
     sink = build(flag)
     assert (sink.path, sink.opts["fsync"], sink.opts["level"]) == (path, fsync, level)
 
 
-@pytest.mark.parametrize(("flag", "message"), [
-    ("jsonfile:", "give a file path"),
-    ("jsonfile:/var/lib/", "give a file path"),
-    ("jsonfile:https://example.com/x", "expected a local path"),
-    ("jsonfile:/tmp/e.jsonl?fsync=maybe", "option 'fsync'"),
-    ("jsonfile:/tmp/e.jsonl?fsnyc=true", "fsnyc"),  # a typo is an error, never ignored
-])
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("jsonfile:", "give a file path"),
+        ("jsonfile:/var/lib/", "give a file path"),
+        ("jsonfile:https://example.com/x", "expected a local path"),
+        ("jsonfile:/tmp/e.jsonl?fsync=maybe", "option 'fsync'"),
+        ("jsonfile:/tmp/e.jsonl?fsnyc=true", "fsnyc"),  # a typo is an error, never ignored
+    ],
+)
 def test_bad_flags(flag: str, message: str) -> None:
     with pytest.raises(SinkConfigError, match=message) as info:
         build(flag)
     assert str(info.value).startswith("--sink=jsonfile")
 
 
-@pytest.mark.parametrize(("code", "kind"), [
-    (errno.ENOSPC, RetryableError), (errno.EIO, RetryableError),
-    (errno.EACCES, PermanentError), (errno.ENOENT, PermanentError), (errno.EISDIR, PermanentError),
-    (errno.EROFS, PermanentError),
-])
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (errno.ENOSPC, RetryableError),
+        (errno.EIO, RetryableError),
+        (errno.EACCES, PermanentError),
+        (errno.ENOENT, PermanentError),
+        (errno.EISDIR, PermanentError),
+        (errno.EROFS, PermanentError),
+    ],
+)
 def test_classify(code: int, kind: type) -> None:
     assert type(_classify(OSError(code, os.strerror(code)), "write x")) is kind
 
@@ -103,10 +125,16 @@ def test_end_to_end_against_the_simulator(tmp_path: Path) -> None:
         target = tmp_path / "warnings.jsonl"
         exe = shutil.which("eventrouter", path=os.path.dirname(sys.executable)) or "eventrouter"
         proc = subprocess.Popen(
-            [exe, f"--source=kubernetes:?inClusterConfig=false&auth={kubeconfig}",
-             f"--sink=jsonfile:{target}?level=Warning", f"--checkpoint=file:{tmp_path / 'checkpoint.json'}",
-             "--healthz-port=0"],
-            stderr=subprocess.PIPE, text=True)
+            [
+                exe,
+                f"--source=kubernetes:?inClusterConfig=false&auth={kubeconfig}",
+                f"--sink=jsonfile:{target}?level=Warning",
+                f"--checkpoint=file:{tmp_path / 'checkpoint.json'}",
+                "--healthz-port=0",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 30
             while not (target.exists() and len(target.read_text().splitlines()) >= 3):
