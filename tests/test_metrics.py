@@ -362,3 +362,42 @@ def test_docs_list_every_exported_metric(faulty_plugin: Path) -> None:
     exported = {name + "_total" if f"{name}_total" in page else name for name in exported}
     documented = set(re.findall(r"^\| `(eventrouter_\w+)`", (ROOT / "docs" / "operations.md").read_text(), re.M))
     assert documented == exported
+
+
+def test_watch_metrics_against_the_simulator(faulty_plugin: Path, tmp_path: Path) -> None:
+    """A 410 in the middle of a watch shows as one re-list, and the re-listed events as duplicates, not sends."""
+    from eventrouter.simulator import Simulator
+
+    sim = Simulator(list(real_objects()[:20])).start()
+    sim.faults.bookmark_interval = 0.2
+    port = free_port()
+    stop = threading.Event()
+    config = RunConfig(
+        source=f"kubernetes:?inClusterConfig=false&auth={sim.write_kubeconfig(tmp_path / 'kubeconfig')}",
+        sinks=["faulty:?mode=ok"],
+        context=SourceContext(checkpoint=f"file:{tmp_path / 'checkpoint.json'}"),
+        healthz_ip="127.0.0.1",
+        healthz_port=port,
+        shutdown_timeout=5.0,
+    )
+    thread = threading.Thread(target=run, args=(config, stop), daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    metric = lambda: samples(get(base + "/metrics")[1]) if _up(base) else {}  # noqa: E731
+    try:
+        wait_for(lambda: metric().get('eventrouter_sink_events_sent_total{sink="faulty"}') == 20, "the listed events")
+        sim.faults.gone_after = 2  # the open watch gets ERROR 410 after 2 more events
+        for _ in range(3):
+            sim.add_event()
+        wait_for(lambda: metric().get('eventrouter_sink_events_sent_total{sink="faulty"}') == 23, "the new events")
+        wait_for(lambda: "eventrouter_checkpoint_age_seconds" in metric(), "a checkpoint")
+        m = metric()
+        assert m["eventrouter_watch_relists_total"] == 1
+        assert m["eventrouter_events_duplicates_suppressed_total"] >= 20  # re-listed, already forwarded
+        assert m['eventrouter_events_received_total{type="ADDED"}'] == 23
+        assert m["eventrouter_leader"] == 1 and m["eventrouter_ready"] == 1
+        assert get(base + "/healthz") == (200, "ok")
+    finally:
+        stop.set()
+        thread.join(30)
+        sim.stop()
