@@ -11,13 +11,18 @@ import ast
 import collections
 import json
 import os
+import re
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import pytest
+
 import eventrouter
-from eventrouter import registry
-from tests.helpers import DATA, real_objects
+from eventrouter import RetryableError, SinkConfigError, SinkURL, registry
+from tests.helpers import DATA, make_event, real_objects
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "examples" / "eventrouter-sink-jsonfile"
@@ -98,3 +103,41 @@ def test_the_plugins_own_tests_pass() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_the_guide_s_example_sink_works() -> None:
+    """docs/plugins.md's MySink, run as written: delivers, classifies a 503, masks its token."""
+    code = re.findall(r"```python\n(.*?)```", (ROOT / "docs" / "plugins.md").read_text(), re.S)[0]
+    namespace: dict = {}
+    exec(compile(code, "docs/plugins.md", "exec"), namespace)
+    sink_class = namespace["MySink"]
+    received: list[tuple[str, dict]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append((self.headers["Authorization"], body))
+            self.send_response(503 if len(received) == 2 else 200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"mysink:http://127.0.0.1:{server.server_port}/v1/events?token=tok-123&project=p"
+        sink = sink_class.from_url(SinkURL.parse(url))
+        assert "tok-123" not in repr(sink)
+        sink.send([make_event(1), make_event(2)])
+        with pytest.raises(RetryableError, match="503"):
+            sink.send([make_event(3)])
+        sink.close()
+        sink.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received[0][0] == "Bearer tok-123"
+    assert [e["uid"] for e in received[0][1]["events"]] == [make_event(1).uid, make_event(2).uid]
+    with pytest.raises(SinkConfigError, match="give the API URL"):
+        sink_class.from_url(SinkURL.parse("mysink:?token=x"))
