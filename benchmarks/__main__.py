@@ -11,7 +11,7 @@ from benchmarks import memory, pipeline, restart, sinks
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
-    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "fanout", "sinks"]
+    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "fanout", "memory", "restart", "sinks"]
     results = []
     for name in names:
         if name == "pipeline":
