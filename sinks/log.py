@@ -52,10 +52,13 @@ class LogSink(Sink):
 
 def _text_line(event: Event) -> str:
     obj = event.involved_object
-    where = f"{obj.namespace}/" if obj.namespace else ""
+    kind = obj.kind or "Event"
+    name = obj.name or event.name  # a few real events (cluster bootstrap) name no object
+    namespace = obj.namespace or ("" if obj.name else event.namespace)
+    where = f"{namespace}/" if namespace else ""
     count = f" x{event.count}" if event.count > 1 else ""
     message = event.message.replace("\n", " ")
     return (
-        f"{format_time(event.last_timestamp)} {event.type or '-':7} {obj.kind}/{where}{obj.name} "
-        f"{event.reason}{count}: {message}\n"
+        f"{format_time(event.last_timestamp)} {event.type or '-':7} {kind}/{where}{name} "
+        f"{event.reason or '-'}{count}: {message}\n"
     )

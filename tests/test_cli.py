@@ -205,3 +205,13 @@ def test_a_sink_configuration_problem_found_on_open_exits_2(capsys, tmp_path, mo
                              "--sink=webhook:http://127.0.0.1:1/hook?custom_body_configmap=body")
     assert code == 2
     assert "--sink=webhook" in err and "custom_body_configmap" in err
+
+
+def test_text_format_names_something_even_for_events_without_an_involved_object(capsys, tmp_path):
+    bootstrap = next(o for o in real_objects() if o["metadata"]["name"] == "bootstrap-finished")
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(bootstrap) + b"\n")
+    code, out, _ = run_cli(capsys, f"--source=file:{path}", "--sink=log:?format=text", "--healthz-port=0")
+    assert code == 0
+    assert out == ("2021-08-03T09:22:38Z -       Event/kube-system/bootstrap-finished -: "
+                   "Required control plane pods have been created\n")
