@@ -6,6 +6,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import orjson
@@ -56,7 +57,8 @@ class ThrottledLog:
     final interval's messages are not lost without a trace.
     """
 
-    def __init__(self, logger: logging.Logger, interval: float = 30.0, burst: int = 1, clock=time.monotonic) -> None:
+    def __init__(self, logger: logging.Logger, interval: float = 30.0, burst: int = 1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._logger = logger
         self._interval = interval
         self._burst = burst

@@ -211,10 +211,11 @@ def parse_options(sink: str, declared: Sequence[Option], query: Mapping[str, Seq
     values: dict[str, Any] = {}
     given: set[str] = set()
     for key, raw in query.items():
-        option = by_key.get(key)
-        if option is None:
+        found = by_key.get(key)
+        if found is None:
             allowed = ", ".join(sorted(o.name for o in declared))
             raise SinkConfigError(sink, f"unknown option; allowed options are: {allowed}", key)
+        option = found
         if option.name in given:
             # an alias and its name both given: the values add up, as repeats do
             raw = list(_raw_values(query, option))
