@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import difflib
 import logging
-import os
 import re
-import ssl
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import unquote, unquote_plus
 
@@ -46,7 +43,6 @@ from eventrouter import (
     HTTP_OPTIONS,
     Event,
     EventTemplate,
-    InvolvedObject,
     Option,
     Options,
     PartialError,
@@ -65,18 +61,15 @@ from eventrouter import (
     transport_error,
 )
 
+from ._body import SAMPLE, default_batch_body, event_body, join_bodies
+from ._configmap import read_configmap
+from ._mask import MASK, SENSITIVE, mask_header, mask_path, path_secrets
+
 log = logging.getLogger("eventrouter.sinks.webhook")
 
-MASK = "***"
 BATCH_SIZE_WHEN_BATCHING = 100
-CONFIGMAP_KEY = "content"  # kube-eventer's key (#138)
-# header names, query keys and userinfo whose values are credentials
-_SENSITIVE = re.compile(r"auth|token|key|secret|passw|sign|cookie|session|credential", re.IGNORECASE)
 # a header name is an RFC 9110 token
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
-# path segments that look like a token: Slack/Feishu/Mattermost hook ids and the like
-_TOKEN_SEGMENT = re.compile(r"^(?=[A-Za-z0-9_-]*[0-9])(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{16,}$")
-_HOOK_PARENTS = frozenset({"hook", "hooks", "services", "webhook", "webhooks", "incoming"})
 
 
 class WebhookSink(Sink):
@@ -156,7 +149,7 @@ class WebhookSink(Sink):
             key = key.strip()
             if not sep or not _HEADER_NAME.match(key):
                 raise SinkConfigError(self.name, f"expected header=Name=Value with a header name, got "
-                                      f"{_mask_header(item)!r}", "header")
+                                      f"{mask_header(item)!r}", "header")
             if "\n" in value or "\r" in value:
                 raise SinkConfigError(self.name, f"the value of header {key!r} contains a line break", "header")
             given[key] = value
@@ -208,18 +201,15 @@ class WebhookSink(Sink):
         found = []
         if ":" in self.url.userinfo:
             found.append(unquote(self.url.userinfo.partition(":")[2]))
-        found.extend(seg for seg in self.url.path.split("/") if _TOKEN_SEGMENT.match(seg))
-        segments = [s for s in self.url.path.split("/") if s]
-        if len(segments) >= 2 and any(s.lower() in _HOOK_PARENTS for s in segments[:-1]):
-            found.append(segments[-1])
+        found.extend(path_secrets(self.url.path))
         for key, values in self.url.query.items():
-            if _SENSITIVE.search(key):
+            if SENSITIVE.search(key):
                 found.extend(values)
         return found
 
     def _collect_secrets(self) -> list[Any]:
         secrets: list[Any] = [self.opts["password"], self.opts["bearer_token"], *self._url_secrets()]
-        secrets.extend(v for k, v in self.headers.items() if _SENSITIVE.search(k))
+        secrets.extend(v for k, v in self.headers.items() if SENSITIVE.search(k))
         return [s for s in secrets if s]
 
     def _compile(self, source: str, option: str) -> EventTemplate:
@@ -227,7 +217,7 @@ class WebhookSink(Sink):
         if self.json_body:
             # a template that cannot make JSON would fail on every event: say so now
             try:
-                orjson.loads(template.render(_SAMPLE))
+                orjson.loads(template.render(SAMPLE))
             except orjson.JSONDecodeError as exc:
                 raise SinkConfigError(self.name, f"the template does not render valid JSON ({exc}); fix it or "
                                       "set content_type to a non-JSON type", option) from None
@@ -239,14 +229,14 @@ class WebhookSink(Sink):
         query parameters are shown as ``***``."""
         text = url.redacted(cls.secret_keys())
         head, sep, query = text.partition("?")
-        head = _mask_path(head)
+        head = mask_path(head)
         parts = []
         for part in query.split("&") if sep else []:
             key, eq, value = part.partition("=")
             name = unquote_plus(key)
-            if name == "header" and eq and _mask_header(unquote_plus(value)) != unquote_plus(value):
-                parts.append(f"{key}={_mask_header(unquote_plus(value))}")
-            elif eq and value != MASK and _SENSITIVE.search(name) and name not in _own_keys():
+            if name == "header" and eq and mask_header(unquote_plus(value)) != unquote_plus(value):
+                parts.append(f"{key}={mask_header(unquote_plus(value))}")
+            elif eq and value != MASK and SENSITIVE.search(name) and name not in _own_keys():
                 parts.append(f"{key}={MASK}")
             else:
                 parts.append(part)
@@ -259,7 +249,7 @@ class WebhookSink(Sink):
             return
         name = self.opts["custom_body_configmap"]
         namespace = self.opts["custom_body_configmap_namespace"]
-        source = _read_configmap(self.name, namespace, name, float(self.opts["timeout"]))
+        source = read_configmap(self.name, namespace, name, float(self.opts["timeout"]))
         self._template = self._compile(source, "custom_body_configmap")
         self._loaded = True
         log.info("webhook: body template read from ConfigMap %s/%s", namespace, name)
@@ -279,7 +269,7 @@ class WebhookSink(Sink):
     def _send_batch(self, batch: Sequence[Event]) -> None:
         """One request for the batch; an event the template cannot render is left out and counted as failed."""
         if self._template is None:
-            self._request(orjson.dumps([event.to_dict() for event in batch]))
+            self._request(default_batch_body(batch))
             return
         items: list[bytes] = []
         rejected: list[Event] = []
@@ -291,10 +281,7 @@ class WebhookSink(Sink):
                 rejected.append(event)
                 last = exc
         if items:
-            if self.json_body:
-                self._request(b"[" + b",".join(item.strip() for item in items) + b"]")
-            else:
-                self._request(b"\n".join(item.rstrip(b"\n") for item in items) + b"\n")
+            self._request(join_bodies(items, self.json_body))
         if rejected:
             assert last is not None
             if not items:
@@ -323,12 +310,7 @@ class WebhookSink(Sink):
             raise PartialError(f"{len(rejected)} of {len(batch)} events rejected: {last}", rejected=rejected)
 
     def _body(self, event: Event) -> bytes:
-        if self._template is None:
-            return orjson.dumps(event.to_dict())
-        try:
-            return self._template.render(event).encode()
-        except Exception as exc:  # the template passed the start-up check; this event breaks it
-            raise PermanentError(f"the template failed on this event: {type(exc).__name__}: {exc}") from None
+        return event_body(self._template, event)
 
     def _request(self, body: bytes) -> None:
         if self._client is None:
@@ -361,16 +343,6 @@ class WebhookSink(Sink):
             client.close()
 
 
-# renders templates at start-up; the message holds what breaks hand-made JSON
-_SAMPLE = Event(
-    uid="00000000-0000-4000-8000-000000000000", resource_version="1", namespace="default", name="web-0.1",
-    type="Warning", reason="BackOff", message='Back-off restarting "app"\n\tin pod web-0 \\ ✓', count=2,
-    first_timestamp=datetime(2024, 1, 1, tzinfo=UTC), last_timestamp=datetime(2024, 1, 1, 0, 5, tzinfo=UTC),
-    involved_object=InvolvedObject(kind="Pod", namespace="default", name="web-0", api_version="v1"),
-    source_component="kubelet", source_host="node-1",
-)
-
-
 def _own_keys() -> frozenset[str]:
     return frozenset(k for option in WebhookSink.all_options() for k in option.keys)
 
@@ -385,74 +357,3 @@ def _warn_near_misses(url: SinkURL) -> None:
         if close:
             log.warning("webhook: query parameter %r is not an option, so it is sent to the receiver; "
                         "did you mean %r?", key, close[0])
-
-
-def _mask_header(item: str) -> str:
-    key, sep, _value = item.partition("=")
-    if sep and _SENSITIVE.search(key):
-        return f"{key}={MASK}"
-    return item
-
-
-def _mask_path(head: str) -> str:
-    """Mask token-like path segments (Slack, Feishu, Mattermost hooks) in ``name:scheme://host/path``."""
-    prefix, sep, path = head.partition("://")
-    if not sep:
-        return head
-    host, slash, rest = path.partition("/")
-    segments = rest.split("/") if slash else []
-    hooked = any(s.lower() in _HOOK_PARENTS for s in segments[:-1])
-    masked = [MASK if _TOKEN_SEGMENT.match(s) or (hooked and i == len(segments) - 1 and s) else s
-              for i, s in enumerate(segments)]
-    return f"{prefix}{sep}{host}{slash}{'/'.join(masked)}"
-
-
-def _read_configmap(sink: str, namespace: str, name: str, timeout: float) -> str:
-    """GET /api/v1/namespaces/NS/configmaps/NAME with the in-cluster config, else KUBECONFIG/~/.kube/config."""
-    from kubernetes import client, config
-
-    option = "custom_body_configmap"
-    where = f"ConfigMap {namespace}/{name}"
-    cfg = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=cfg)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or "~/.kube/config",
-                                    client_configuration=cfg)
-        except (config.ConfigException, OSError) as exc:
-            raise SinkConfigError(sink, f"cannot read {where}: no in-cluster service account and no usable "
-                                  f"kubeconfig ({exc})", option) from None
-    headers = {"Accept": "application/json"}
-    # the key is "BearerToken" in current clients, "authorization" in older ones
-    token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
-    if token:
-        headers["Authorization"] = token
-    auth = httpx.BasicAuth(cfg.username, cfg.password or "") if cfg.username else None
-    verify: Any = False
-    try:
-        if cfg.verify_ssl:
-            verify = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
-            if cfg.cert_file:
-                verify.load_cert_chain(cfg.cert_file, cfg.key_file or None)
-    except (OSError, ssl.SSLError) as exc:
-        raise SinkConfigError(sink, f"cannot read {where}: bad TLS files in the kubeconfig: {exc}", option) from None
-    url = f"{cfg.host.rstrip('/')}/api/v1/namespaces/{namespace}/configmaps/{name}"
-    try:
-        with httpx.Client(verify=verify, timeout=timeout) as http:
-            response = http.get(url, headers=headers, auth=auth)
-    except httpx.HTTPError as exc:
-        raise SinkConfigError(sink, f"cannot read {where} from {cfg.host}: {type(exc).__name__}: {exc}",
-                              option) from None
-    if response.status_code != 200:
-        hint = {403: " (the service account needs RBAC 'get' on configmaps)", 404: " (it does not exist)"}
-        raise SinkConfigError(sink, f"cannot read {where}: HTTP {response.status_code}"
-                              f"{hint.get(response.status_code, '')}", option)
-    try:
-        content = orjson.loads(response.content).get("data", {}).get(CONFIGMAP_KEY)
-    except (orjson.JSONDecodeError, AttributeError):
-        content = None
-    if not content:
-        raise SinkConfigError(sink, f"{where} has no key '{CONFIGMAP_KEY}' (kube-eventer's key for the body "
-                              "template)", option)
-    return str(content)
