@@ -4,15 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint fmt clean
+.PHONY: demo test bench lint fmt clean constraints
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -U pip
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]' -e ./examples/eventrouter-sink-jsonfile
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]' -e ./examples/eventrouter-sink-jsonfile
 	touch $(STAMP)
 
-## demo: replay the recorded real events through the router with the console sink
+## demo: the built-in cluster simulator serves the recorded real events; the router prints them (console sink)
 demo: $(STAMP)
 	$(BIN)/python -m eventrouter.demo
 
@@ -34,6 +34,12 @@ lint: $(STAMP)
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## constraints: re-pin constraints.txt to what a fresh install resolves today
+constraints:
+	rm -rf /tmp/eventrouter-constraints && $(PYTHON) -m venv /tmp/eventrouter-constraints
+	/tmp/eventrouter-constraints/bin/pip install -q -e '.[test]'
+	{ sed -n '1,3p' constraints.txt; /tmp/eventrouter-constraints/bin/pip freeze --exclude-editable | grep -v '^-e'; } > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
