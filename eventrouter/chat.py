@@ -35,6 +35,7 @@ import orjson
 
 from eventrouter.errors import PartialError, PermanentError, RetryableError, SinkError
 from eventrouter.event import Event
+from eventrouter.logutil import ThrottledLog
 from eventrouter.options import Duration, Option
 from eventrouter.templates import EventTemplate, parse_tz, template_source
 
@@ -248,6 +249,7 @@ class ChatLayout:
         self.line_break = line_break  # markdown line break (DingTalk needs a blank line)
         source = template_source(sink, opts)
         self.template = EventTemplate(sink, source, tz=self.tz) if source else None
+        self._template_errors = ThrottledLog(logging.getLogger(f"eventrouter.sinks.{sink}"), 300.0)
 
     def time(self, when: datetime | None) -> str:
         if when is None:
@@ -265,8 +267,16 @@ class ChatLayout:
     def event(self, event: Event, notice: Notice | None = None) -> str:
         notice = notice or Notice()
         if self.template is not None:
-            return self.template.render(event, labels=self.labels, reminder=notice.reminder,
-                                        suppressed=notice.suppressed, cluster=self.cluster(event))
+            try:
+                return self.template.render(event, labels=self.labels, reminder=notice.reminder,
+                                            suppressed=notice.suppressed, cluster=self.cluster(event))
+            except Exception as exc:
+                # checked on a sample at start-up, but this event's data broke it: the alert still goes out
+                obj = event.involved_object
+                self._template_errors.log(
+                    logging.WARNING, "template", "the template does not render for %s %s (%s: %s); "
+                    "this message uses the default layout", obj.kind or "event", obj.name or event.name,
+                    type(exc).__name__, exc)
         if self.msg_type == "markdown":
             return self._event_markdown(event, notice)
         return self._event_text(event, notice)

@@ -310,3 +310,25 @@ def test_digest_layout_lists_groups_and_labels():
     text = layout.digest(digest, 20)
     assert text.splitlines()[:4] == ["k8s", "Cluster:prod", "5 more Warning events: BackOff x5 in ns default",
                                      "- BackOff x5 in ns default: Pod/app-0, Pod/app-1, Pod/app-2 and 2 more"]
+
+
+def test_template_that_fails_on_one_event_falls_back_to_the_default_layout(caplog):
+    """Checked on a sample at start-up, a template can still break on real data: the alert is sent anyway."""
+    layout = ChatLayout("dingtalk", _opts(template="{% if reason == 'BackOff' %}{{ raw.spec.x }}{% endif %}ok",
+                                          label="L"))
+    with caplog.at_level(logging.WARNING, logger="eventrouter.sinks.dingtalk"):
+        text = layout.event(_event())
+        layout.event(_event())
+    assert text.splitlines()[:3] == ["L", "Level:Warning", "Kind:Pod"] and "Name:app-7" in text
+    warnings = [r.getMessage() for r in caplog.records if r.name == "eventrouter.sinks.dingtalk"]
+    assert len(warnings) == 1 and "does not render for Pod app-7" in warnings[0]  # throttled
+    assert layout.event(replace(_event(), reason="Other")) == "ok"
+
+
+def test_flow_posts_every_event_once_when_the_template_fails_on_some():
+    layout = ChatLayout("dingtalk", _opts(template="{{ 1 // (count - 12) }}"))  # count 12: ZeroDivisionError
+    flow = ChatFlow(rate_limit=0, repeat_interval=0)
+    posted: list[str] = []
+    events = [replace(_event(), count=11), _event(), replace(_event(), count=13)]
+    flow.send(events, lambda e, n: posted.append(layout.event(e, n)))
+    assert posted[0] == "-1" and posted[1].startswith("Level:Warning") and posted[2] == "1"
