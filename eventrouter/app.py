@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from eventrouter.config import build_sink
-from eventrouter.errors import SinkError
+from eventrouter.errors import ConfigError, SinkError
 from eventrouter.options import Secret
 from eventrouter.router import Router, SinkRunner
 from eventrouter.sink import Sink
@@ -31,7 +31,9 @@ class RunConfig:
 
 
 def run(config: RunConfig, stop: threading.Event | None = None) -> int:
-    """Build everything (ConfigError propagates: the CLI turns it into exit status 2), then run."""
+    """Build everything (ConfigError propagates: the CLI turns it into exit status 2), then run.
+
+    Returns 0, or 1 when the source stopped with an error (what it had read is still delivered)."""
     stop = stop or threading.Event()
     sinks = [build_sink(flag) for flag in config.sinks]
     source = build_source(config.source, config.context)
@@ -39,19 +41,33 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
         log.warning("no --sink given: events are read and counted, but go nowhere")
     labels = _labels([s.name for s in sinks])
     router = Router(SinkRunner.build(sink, label=label) for sink, label in zip(sinks, labels, strict=True))
-    for sink, label in zip(sinks, labels, strict=True):
-        log.info("sink %s: %s", label, sink.describe())
-        _open(sink, label)
-    router.start()
     server = None
     if config.healthz_port:
         from eventrouter.metrics import serve
 
-        server = serve(config.healthz_ip, config.healthz_port, router, source.state, config.healthz_window)
+        try:  # bind before anything starts: a port in use is a start-up error (exit 2), not a traceback
+            server = serve(config.healthz_ip, config.healthz_port, router, source.state, config.healthz_window,
+                           start=False)
+        except OSError as exc:
+            raise ConfigError(f"--healthz-ip/--healthz-port: cannot listen on {config.healthz_ip}:"
+                              f"{config.healthz_port}: {exc.strerror or exc}") from None
+    try:
+        for sink, label in zip(sinks, labels, strict=True):
+            log.info("sink %s: %s", label, sink.describe())
+            _open(sink, label)
+    except BaseException:
+        if server is not None:
+            server.server_close()
+        raise
+    router.start()
+    if server is not None:
+        server.start()
         log.info("health and metrics on http://%s:%d (/healthz /readyz /metrics)", *server.server_address[:2])
     _install_signal_handlers(stop)
 
-    source_thread = threading.Thread(target=_run_source, args=(source, router, stop), name="source", daemon=True)
+    source_failed = threading.Event()
+    source_thread = threading.Thread(target=_run_source, args=(source, router, stop, source_failed), name="source",
+                                     daemon=True)
     source_thread.start()
     finished = source.state.finished
     while not stop.is_set() and not finished.is_set():
@@ -68,7 +84,7 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
     if server is not None:
         server.shutdown()
     _log_totals(router, drained, time.monotonic() - started)
-    return 0
+    return 1 if source_failed.is_set() else 0
 
 
 def _open(sink: Sink, label: str) -> None:
@@ -82,11 +98,13 @@ def _open(sink: Sink, label: str) -> None:
                     label, redact_text(f"{type(exc).__name__}: {exc}", secrets))
 
 
-def _run_source(source, router, stop) -> None:  # type: ignore[no-untyped-def]
+def _run_source(source, router, stop, failed: threading.Event) -> None:  # type: ignore[no-untyped-def]
     try:
         source.run(router, stop)
     except Exception:
+        # what was read is still delivered and checkpointed; the exit status (1) says the run failed
         log.exception("the source stopped with an error")
+        failed.set()
         stop.set()
 
 

@@ -182,6 +182,9 @@ class _Server(ThreadingHTTPServer):
         self.registry = CollectorRegistry()
         self.registry.register(RouterCollector(router, state))
 
+    def start(self) -> None:
+        threading.Thread(target=self.serve_forever, name="healthz", daemon=True).start()
+
     def health_problem(self) -> str | None:
         """Why the process should be restarted, or None."""
         dead = [r.label for r in self.router.runners if not r.alive]
@@ -202,8 +205,11 @@ class _Server(ThreadingHTTPServer):
         return "waiting for the first list of events"
 
 
-def serve(host: str, port: int, router: Router, state: SourceState, window: float = 600.0) -> _Server:
-    """Start the endpoints on a daemon thread; ``port=0`` picks a free port (see ``server_address``)."""
+def serve(host: str, port: int, router: Router, state: SourceState, window: float = 600.0, *,
+          start: bool = True) -> _Server:
+    """Bind (OSError if the address is taken) and, unless ``start=False``, serve on a daemon thread
+    (then call ``server.start()``); ``port=0`` picks a free port (see ``server_address``)."""
     server = _Server((host, port), router, state, window)
-    threading.Thread(target=server.serve_forever, name="healthz", daemon=True).start()
+    if start:
+        server.start()
     return server

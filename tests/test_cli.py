@@ -215,3 +215,43 @@ def test_text_format_names_something_even_for_events_without_an_involved_object(
     assert code == 0
     assert out == ("2021-08-03T09:22:38Z -       Event/kube-system/bootstrap-finished -: "
                    "Required control plane pods have been created\n")
+
+
+def test_healthz_port_in_use_is_one_clear_line_and_exit_2(capsys, tmp_path):
+    import socket
+
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(real_objects()[0]) + b"\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli(capsys, f"--source=file:{path}", "--sink=log", "--healthz-ip=127.0.0.1",
+                                 f"--healthz-port={port}")
+    assert code == 2 and out == ""  # nothing was delivered: the router never started
+    assert f"eventrouter: error: --healthz-ip/--healthz-port: cannot listen on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err
+
+
+def test_a_source_that_stops_with_an_error_exits_1_after_delivering_what_it_read(capsys, tmp_path, monkeypatch):
+    import eventrouter.app as app
+    from eventrouter.sources import build_source
+
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(real_objects()[0]) + b"\n")
+
+    def broken_source(flag, context):  # type: ignore[no-untyped-def]
+        source = build_source(flag, context)
+        replay = source.run
+
+        def run(router, stop):  # type: ignore[no-untyped-def]
+            replay(router, stop)
+            raise RuntimeError("the source broke")
+
+        source.run = run
+        return source
+
+    monkeypatch.setattr(app, "build_source", broken_source)
+    code, out, _ = run_cli(capsys, f"--source=file:{path}", "--sink=log", "--healthz-port=0")
+    assert code == 1
+    assert orjson.loads(out)["uid"] == real_objects()[0]["metadata"]["uid"]
