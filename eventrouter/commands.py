@@ -61,6 +61,10 @@ def check_command(argv: Sequence[str]) -> int:
             print(f"error: {exc}")
             status = 2
             continue
+        except Exception as exc:  # a bug in from_url: one line, no traceback, no text (it may hold a secret)
+            print(f"error: --sink={flag.partition(':')[0]}: the sink failed to start: {type(exc).__name__}")
+            status = 2
+            continue
         print(f"{sink.describe()}")
         for option in sink.all_options():
             value = sink.opts.get(option.name)
@@ -82,6 +86,9 @@ def check_command(argv: Sequence[str]) -> int:
                 print("    send-test: delivered")
         except (SinkError, ConfigError) as exc:  # open() may find a config problem (a missing ConfigMap)
             print(f"    failed: {type(exc).__name__}: {_redact(sink, exc)}")
+            status = max(status, 1)
+        except Exception as exc:  # a sink bug or an untranslated client error: reported, secrets masked
+            print(f"    failed: unexpected {type(exc).__name__} in the sink: {_redact(sink, exc)}")
             status = max(status, 1)
         finally:
             try:

@@ -255,3 +255,32 @@ def test_a_source_that_stops_with_an_error_exits_1_after_delivering_what_it_read
     code, out, _ = run_cli(capsys, f"--source=file:{path}", "--sink=log", "--healthz-port=0")
     assert code == 1
     assert orjson.loads(out)["uid"] == real_objects()[0]["metadata"]["uid"]
+
+
+def test_check_reports_an_unexpected_sink_exception_in_one_line_with_secrets_masked(capsys, monkeypatch):
+    import eventrouter.commands as commands
+    from eventrouter.config import build_sink
+
+    def buggy(flag):  # type: ignore[no-untyped-def]
+        sink = build_sink(flag)
+
+        def open_() -> None:
+            raise RuntimeError(f"bug while connecting with {sink.opts['pw'].reveal()}")
+
+        sink.open = open_
+        return sink
+
+    monkeypatch.setattr(commands, "build_sink", buggy)
+    code, out, _ = run_cli(capsys, "check", "--sink=influxdb:http://127.0.0.1:1?pw=pw-SECRET-1")
+    assert code == 1
+    assert "failed: unexpected RuntimeError in the sink: bug while connecting with ***" in out
+    assert "SECRET" not in out
+
+    def broken(flag):  # type: ignore[no-untyped-def]
+        raise KeyError(flag)
+
+    monkeypatch.setattr(commands, "build_sink", broken)
+    code, out, _ = run_cli(capsys, "check", "--sink=influxdb:http://127.0.0.1:1?pw=pw-SECRET-1", "--sink=log")
+    assert code == 2
+    assert out.splitlines()[0] == "error: --sink=influxdb: the sink failed to start: KeyError"
+    assert "SECRET" not in out
