@@ -5,7 +5,8 @@ Talks to any HTTP(S) endpoint: your own service, an alert gateway, or a chat bot
 object of the normalized event (times in UTC); ``template=``/``template_file=`` or kube-eventer's
 ``custom_body_configmap=`` replace it with a sandboxed Jinja2 template, whose ``{{ value }}`` output
 is JSON-escaped when the content type is JSON (kube-eventer's Go-style ``{{ .InvolvedObject.Name }}``
-field references work too).
+field references work too). Any 2xx answer is delivered, unless ``success_field=code:0`` (Feishu/Lark),
+``errcode:0`` or ``ok:true`` asks for the JSON body to be checked as well (``_reply.py``).
 
 Credentials: whatever the receiver wants, given as ``username``/``password`` (basic auth),
 ``bearer_token``, a ``header=Name=Value`` (for example ``header=X-Api-Key=$API_KEY``, with the value in
@@ -18,6 +19,7 @@ URL forms::
                                       &custom_body_configmap=&custom_body_configmap_namespace=]   (kube-eventer)
     --sink=webhook:https://HOST/PATH?method=PUT&template_file=/etc/eventrouter/body.j2&batch=true
     --sink=webhook:https://user:$PASSWORD@HOST/PATH
+    --sink=webhook:https://open.feishu.cn/open-apis/bot/v2/hook/$HOOK?template_file=/feishu.json.j2&success_field=code:0
 
 The query options listed in ``WebhookSink.options`` (and the core's filter/delivery options) are
 taken out of the URL that is called; any other query parameter (``?access_token=...``) is kept.
@@ -64,6 +66,7 @@ from eventrouter import (
 from ._body import SAMPLE, default_batch_body, event_body, join_bodies
 from ._configmap import read_configmap
 from ._mask import MASK, SENSITIVE, mask_header, mask_path, path_secrets
+from ._reply import SuccessField
 
 log = logging.getLogger("eventrouter.sinks.webhook")
 
@@ -94,6 +97,9 @@ class WebhookSink(Sink):
         Option("username", str, help="basic auth user"),
         Option("password", str, secret=True, help="basic auth password"),
         Option("bearer_token", str, secret=True, help="sent as 'Authorization: Bearer TOKEN'"),
+        Option("success_field", str,
+               help="NAME[:VALUE]: a 2xx answer is delivered only if its JSON body has NAME equal to VALUE "
+                    "(code:0 for Feishu/Lark, errcode:0, ok:true)"),
         *HTTP_OPTIONS,
     )
     delivery_defaults: ClassVar = {"batch_size": 1, "flush_interval": 1.0}
@@ -125,6 +131,12 @@ class WebhookSink(Sink):
         self.headers = self._build_headers()
         self.target = self._target_url()
         self.auth = self._build_auth()
+        self.success: SuccessField | None = None
+        if opts["success_field"] is not None:
+            try:
+                self.success = SuccessField.parse(opts["success_field"])
+            except ValueError as exc:
+                raise SinkConfigError(self.name, str(exc), "success_field") from None
         self._secrets = self._collect_secrets()
         self._template: EventTemplate | None = None
         self._loaded = False
@@ -323,16 +335,22 @@ class WebhookSink(Sink):
         self._classify(response)
 
     def _classify(self, response: httpx.Response) -> None:
-        """2xx: delivered. 408, 425, 429 (Retry-After honoured) and 5xx: RetryableError. Other: PermanentError."""
-        if not 200 <= response.status_code < 300 and response.content:
-            log.debug("webhook: HTTP %d: %s", response.status_code,
-                      self._redact(response.text[:2048]))
+        """2xx: delivered (with success_field: only if the JSON body says so). 408, 425, 429 (Retry-After
+        honoured) and 5xx: RetryableError. Other: PermanentError."""
         try:
             raise_for_status(response, "webhook receiver")
+            if self.success is not None:
+                self.success.check(response.status_code, response.content)
         except RetryableError as exc:
+            self._log_body(response)
             raise RetryableError(self._redact(str(exc)), exc.retry_after) from None
         except PermanentError as exc:
+            self._log_body(response)
             raise PermanentError(self._redact(str(exc))) from None
+
+    def _log_body(self, response: httpx.Response) -> None:
+        if response.content:
+            log.debug("webhook: HTTP %d: %s", response.status_code, self._redact(response.text[:2048]))
 
     def _redact(self, text: str) -> str:
         return redact_text(text, self._secrets)

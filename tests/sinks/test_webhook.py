@@ -16,6 +16,7 @@ from eventrouter import PartialError, PermanentError, RetryableError, SinkConfig
 from eventrouter.cli import main as cli_main
 from eventrouter.router import Router, SinkRunner
 from sinks.webhook import WebhookSink
+from sinks.webhook._reply import SuccessField
 from tests.helpers import make_event, real_objects
 from tests.servers.fake_webhook import FakeKubeAPI, FakeWebhook, Reply, TLSFiles
 
@@ -108,6 +109,10 @@ FLAGS = [
     ("webhook:https://h/p?header=X-Key=$KEY", {"headers": {"X-Key": "from-env"}}),
     ("webhook:https://$HOOK_HOST/p", {"target": "https://hooks.internal/p"}),
     ("webhook:https://h/p?bearer_token=$TOKEN", {"headers": {"Authorization": "Bearer from-env"}}),
+    ("webhook:https://h/p?success_field=code:0", {"success": SuccessField("code", "0")}),
+    ("webhook:https://h/p?success_field=ok", {"success": SuccessField("ok", "true")}),
+    ("webhook:https://h/p?success_field=status:OK:done", {"success": SuccessField("status", "OK:done")}),
+    ("webhook:https://h/p", {"success": None}),
 ]
 ENVIRON = {"KEY": "from-env", "TOKEN": "from-env", "HOOK_HOST": "hooks.internal"}
 
@@ -122,6 +127,8 @@ def test_flags(flag, expected):
             assert sink.method == value
         elif key == "headers":
             assert {k: v for k, v in sink.headers.items() if k in value} == value
+        elif key == "success":
+            assert sink.success == value
         else:
             assert sink.opts[key] == value, key
 
@@ -148,6 +155,7 @@ BAD_FLAGS = [
     ("webhook:https://u:p@h/p?username=v", "username", "not both"),
     ("webhook:https://h/p?bearer_token=t&header=Authorization=x", "bearer_token", "both set"),
     ("webhook:https://h/p?ca_file=/nonexistent/ca.pem", "ca_file", "cannot load the TLS files"),
+    ("webhook:https://h/p?success_field=:0", "success_field", "expected NAME[:VALUE]"),
 ]
 
 
@@ -285,6 +293,66 @@ def test_classify(status, headers, body, outcome, retry_after):
         assert body.decode() in str(info.value)
     if outcome is RetryableError:
         assert info.value.retry_after == retry_after
+
+
+FEISHU_OK = b'{"StatusCode":0,"StatusMessage":"success","code":0,"data":{},"msg":"success"}'
+
+
+@pytest.mark.parametrize(
+    ("option", "status", "body", "outcome", "text"),
+    [
+        # Feishu/Lark: code 0 is success, anything else an error with msg
+        ("code:0", 200, FEISHU_OK, None, ""),
+        ("code:0", 200, b'{"code":"0"}', None, ""),
+        ("code:0", 200, b'{"code":19021,"data":{},"msg":"sign match fail or timestamp is not within one hour"}',
+         PermanentError, "HTTP 200 with code=19021 (expected 0): sign match fail"),
+        ("code:0", 200, b'{"code":19024,"msg":"Key Words Not Found"}', PermanentError, "Key Words Not Found"),
+        ("code:0", 200, b'{"code":11232,"msg":"frequency limited psm[lark.oapi.app_platform_runtime]"}',
+         RetryableError, "code=11232"),
+        ("code:0", 200, b'{"code":9499,"msg":"too many request"}', RetryableError, "too many request"),
+        ("code:0", 200, b'{"data":{}}', PermanentError, "without the field 'code'"),
+        ("code:0", 200, b"ok", PermanentError, "did not answer JSON"),
+        ("code:0", 204, b"", PermanentError, "did not answer JSON"),
+        ("code:0", 200, b"[0]", PermanentError, "not an object"),
+        # the HTTP status is still checked first
+        ("code:0", 503, b'{"code":0}', RetryableError, "HTTP 503"),
+        ("code:0", 400, b'{"code":9499,"msg":"Bad Request"}', PermanentError, "HTTP 400"),
+        # DingTalk-style errcode/errmsg
+        ("errcode:0", 200, b'{"errcode":0,"errmsg":"ok"}', None, ""),
+        ("errcode:0", 200, b'{"errcode":310000,"errmsg":"keywords not in content"}', PermanentError,
+         "errcode=310000 (expected 0): keywords not in content"),
+        ("errcode:0", 200, b'{"errcode":130101,"errmsg":"send too fast"}', RetryableError, "send too fast"),
+        ("errcode:0", 200, b'{"errcode":45009,"errmsg":"api freq out of limit"}', RetryableError, "45009"),
+        # Slack Web API style ok/error; a bare NAME means NAME:true
+        ("ok", 200, b'{"ok":true}', None, ""),
+        ("ok:true", 200, b'{"ok":false,"error":"invalid_auth"}', PermanentError, "ok=false (expected true): "
+         "invalid_auth"),
+        ("ok:true", 200, b'{"ok":false,"error":"rate_limited"}', RetryableError, "rate_limited"),
+        ("ok:true", 200, b'{"ok":"false","message":"Rate limit exceeded"}', RetryableError, "Rate limit"),
+        ("status:success", 200, b'{"status":"success"}', None, ""),
+        ("status:success", 200, b'{"status":"failed","error":{"reason":"quota"}}', PermanentError, "quota"),
+    ],
+)
+def test_classify_success_field(option, status, body, outcome, text):
+    sink = build(f"webhook:https://h/p?success_field={option}")
+    response = httpx.Response(status, content=body)
+    if outcome is None:
+        sink._classify(response)
+        return
+    with pytest.raises(outcome) as info:
+        sink._classify(response)
+    assert type(info.value) is outcome
+    assert text in str(info.value)
+
+
+def test_success_field_message_is_truncated_and_redacted():
+    sink = build("webhook:https://h/p?success_field=code:0&bearer_token=tok-s3cr3t-value")
+    body = orjson.dumps({"code": 1, "msg": "bad token tok-s3cr3t-value " + "x" * 5000})
+    with pytest.raises(PermanentError) as info:
+        sink._classify(httpx.Response(200, content=body))
+    assert "tok-s3cr3t-value" not in str(info.value)
+    assert "bad token ***" in str(info.value)
+    assert len(str(info.value)) < 450
 
 
 def test_classify_truncates_a_long_body():
@@ -500,6 +568,57 @@ def test_permanent_400_is_not_retried(hook, caplog):
     assert len(hook.requests) == 1
     assert (runner.stats.sent, runner.stats.failed, runner.stats.retried) == (0, 1, 0)
     assert 'HTTP 400: {"error":"no_text"}' in caplog.text
+
+
+def test_success_field_feishu_success(hook):
+    hook.default = Reply(200, FEISHU_OK, {"Content-Type": "application/json"})
+    runner = run_router(build(f"webhook:{hook.url()}?success_field=code:0"), [make_event(1), make_event(2)])
+    assert len(hook.requests) == 2
+    assert (runner.stats.sent, runner.stats.failed, runner.stats.retried) == (2, 0, 0)
+
+
+def test_success_field_feishu_rejection_is_logged_not_retried(hook, caplog):
+    caplog.set_level(logging.WARNING)
+    hook.default = Reply(200, b'{"code":19021,"data":{},"msg":"sign match fail or timestamp is not within one hour '
+                              b'from current time"}')
+    runner = run_router(build(f"webhook:{hook.url()}?success_field=code:0"), [make_event(1)])
+    assert len(hook.requests) == 1
+    assert (runner.stats.sent, runner.stats.failed, runner.stats.retried) == (0, 1, 0)
+    assert "code=19021 (expected 0): sign match fail" in caplog.text
+
+
+def test_success_field_rate_limit_code_is_retried(hook):
+    hook.reply(Reply(200, b'{"code":11232,"data":{},"msg":"frequency limited psm[lark.oapi.app_platform_runtime]"}'))
+    hook.default = Reply(200, FEISHU_OK)
+    events = [make_event(1), make_event(2)]
+    runner = run_router(build(f"webhook:{hook.url()}?success_field=code:0"), events)
+    assert [r.json()["uid"] for r in hook.requests] == [events[0].uid, events[0].uid, events[1].uid]
+    assert (runner.stats.sent, runner.stats.failed, runner.stats.retried) == (2, 0, 1)
+
+
+def test_success_field_non_json_answer_is_permanent(hook):
+    hook.default = Reply(200, b"<html>accepted</html>")
+    sink = build(f"webhook:{hook.url()}?success_field=code:0")
+    with pytest.raises(PermanentError) as info:
+        sink.send([make_event(1)])
+    assert "did not answer JSON" in str(info.value)
+    assert "<html>accepted</html>" in str(info.value)
+
+
+def test_success_field_in_a_batch_rejects_the_batch(hook):
+    hook.default = Reply(200, b'{"code":19024,"msg":"Key Words Not Found"}')
+    sink = build(f"webhook:{hook.url()}?success_field=code:0&batch=true")
+    with pytest.raises(PermanentError, match="Key Words Not Found"):
+        sink.send([make_event(1), make_event(2)])
+    assert len(hook.requests) == 1
+
+
+def test_without_success_field_any_2xx_is_delivered(hook):
+    hook.default = Reply(200, b'{"code":19021,"msg":"sign match fail"}')
+    hook.reply(Reply(200, b"not json"))
+    runner = run_router(build(f"webhook:{hook.url()}"), [make_event(1), make_event(2)])
+    assert len(hook.requests) == 2
+    assert (runner.stats.sent, runner.stats.failed, runner.stats.retried) == (2, 0, 0)
 
 
 def test_cli_end_to_end(hook, tmp_path, capfd, monkeypatch):
