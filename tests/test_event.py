@@ -134,3 +134,24 @@ def test_to_dict_key_order_is_stable():
         "reporting_controller", "reporting_instance", "action",
     ]
     assert "raw" in event.to_dict(raw=True)
+
+
+@pytest.mark.parametrize("api", ["core-v1", "events-k8s-io-v1"])
+def test_from_object_builds_an_ordinary_frozen_event(api):
+    """from_object skips the dataclass __init__ for speed; the result must be indistinguishable from it."""
+    import dataclasses
+    import pickle
+
+    for obj in real_objects(api)[:50]:
+        event = Event.from_object(obj, "prod")
+        assert type(event) is Event and type(event.involved_object) is InvolvedObject
+        fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(Event)}
+        same = Event(**fields)
+        assert event == same and hash(event.involved_object) == hash(same.involved_object)
+        assert event.involved_object == InvolvedObject(**dataclasses.asdict(event.involved_object))
+        assert dataclasses.replace(event, uid="other").uid == "other"
+        assert pickle.loads(pickle.dumps(event)) == event
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.uid = "changed"  # type: ignore[misc]
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            event.involved_object.kind = "changed"  # type: ignore[misc]
