@@ -284,7 +284,10 @@ class WeChatSink(Sink):
         token = str(answer.get("access_token") or "")
         if not token:
             raise RetryableError("wecom gettoken answered without an access_token")
-        expires_in = float(answer.get("expires_in") or 7200)
+        try:
+            expires_in = float(answer.get("expires_in") or 7200)
+        except (TypeError, ValueError):  # an odd answer: assume WeCom's 7200 s; a 42001 refreshes it anyway
+            expires_in = 7200.0
         # renew five minutes early (WeCom tokens live 7200 s), never later than the token's own end
         self._token, self._token_expires = token, now + max(expires_in - 300, expires_in / 2)
         return token

@@ -312,3 +312,14 @@ def test_check_send_test_app_and_robot(capsys):
         out = capsys.readouterr().out
     assert status == 1 and "40001" in out and "wrong-secret-value" not in out
     assert [c.count("Reason:EventrouterTest") for c in server.contents()] == [1, 1]
+
+
+@pytest.mark.parametrize("expires_in", ["soon", None, [7200], {"s": 1}])
+def test_a_gettoken_answer_with_an_odd_expires_in_still_delivers(clock, expires_in):
+    with FakeWeCom(clock=clock) as server:
+        sink = build(app_flag(server), clock=clock)
+        server.script.append({"errcode": 0, "errmsg": "ok", "access_token": "ODD-token-1", "expires_in": expires_in})
+        sink.send([make_event(1)])  # was: ValueError/TypeError out of the sink, the batch retried as a bug
+        sink.close()
+    assert len(server.messages()) == 1
+    assert server.requests[1].query["access_token"] == "ODD-token-1"
