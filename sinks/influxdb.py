@@ -268,8 +268,8 @@ class InfluxDBSink(Sink):
         if error is None:
             try:
                 results = response.json().get("results") or [{}]
-                problem = results[0].get("error") or ""
-            except (ValueError, AttributeError):
+                problem = str(results[0].get("error") or "")
+            except (ValueError, AttributeError, LookupError, TypeError):  # not InfluxDB's shape: take it as done
                 problem = ""
             if "conflicts with an existing policy" in problem:
                 log.warning("influxdb: database %r exists with another retention policy; retention= is ignored", db)

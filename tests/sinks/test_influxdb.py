@@ -436,3 +436,21 @@ def test_v2_end_to_end_through_the_router(fake2: FakeInflux2) -> None:
     assert fake2.writes[0].body == fake2.writes[1].body
     delivered = "\n".join(w.body.decode() for w in fake2.writes[1:])
     assert delivered == "\n".join(point(e, with_fields=False, cluster_name="default") for e in events)
+
+
+@pytest.mark.parametrize("answer", [b'{"results": {"0": {}}}', b'{"results": 5}', b'{"results": [7]}',
+                                    b"[]", b"not json"])
+def test_v1_odd_create_database_answers_do_not_escape_as_exceptions(answer: bytes) -> None:
+    import httpx
+
+    paths: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        paths.append(request.url.path)
+        return httpx.Response(200 if request.url.path == "/query" else 204, content=answer)
+
+    url = SinkURL.parse("influxdb:http://127.0.0.1:8086?db=k8s")
+    sink = InfluxDBSink(url, InfluxDBSink.parse_options(url), transport=httpx.MockTransport(handler))
+    sink.send([make_event(1)])
+    sink.close()
+    assert paths == ["/query", "/write"]
