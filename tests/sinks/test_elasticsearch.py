@@ -17,17 +17,9 @@ import trustme
 from eventrouter import PartialError, PermanentError, RetryableError, SinkConfigError, SinkURL
 from eventrouter.cli import main as cli_main
 from eventrouter.router import Router, SinkRunner
-from sinks.elasticsearch import (
-    DELIVERED,
-    REJECT,
-    RETRY,
-    ElasticsearchSink,
-    _classify,
-    _item_outcome,
-    _Nodes,
-    _TooLarge,
-    doc_id,
-)
+from sinks.elasticsearch import ElasticsearchSink
+from sinks.elasticsearch._bulk import DELIVERED, REJECT, RETRY, TooLarge, classify, doc_id, item_outcome
+from sinks.elasticsearch._nodes import Nodes
 from tests.helpers import make_event, real_events
 from tests.servers.fake_elasticsearch import FakeElasticsearch
 
@@ -181,7 +173,7 @@ CLASSIFY = [
     (401, b'{"error":{"type":"security_exception"}}', {}, PermanentError),
     (403, b'{"error":{"type":"security_exception"}}', {}, PermanentError),
     (404, b'{"error":"index_not_found_exception"}', {}, PermanentError),
-    (413, b"", {}, _TooLarge),
+    (413, b"", {}, TooLarge),
     (200, b"<html>proxy</html>", {}, PermanentError),
 ]
 
@@ -189,10 +181,10 @@ CLASSIFY = [
 @pytest.mark.parametrize(("status", "body", "headers", "expected"), CLASSIFY)
 def test_classify(status, body, headers, expected):
     if expected == "items":
-        assert _classify(status, body, httpx.Headers(headers))
+        assert classify(status, body, httpx.Headers(headers))
         return
     with pytest.raises(expected) as info:
-        _classify(status, body, httpx.Headers(headers))
+        classify(status, body, httpx.Headers(headers))
     if headers.get("Retry-After"):
         assert info.value.retry_after == 7.0
 
@@ -212,7 +204,7 @@ ITEMS = [
 
 @pytest.mark.parametrize(("op", "item", "expected"), ITEMS)
 def test_item_outcome(op, item, expected):
-    assert _item_outcome(op, item) == expected
+    assert item_outcome(op, item) == expected
 
 
 # ---- exact request bodies -------------------------------------------------------------------------
@@ -534,7 +526,7 @@ def test_node_failover_and_round_robin(start_es):
 
 def test_nodes_cooldown():
     now = [100.0]
-    nodes = _Nodes(["a", "b"], clock=lambda: now[0])
+    nodes = Nodes(["a", "b"], clock=lambda: now[0])
     assert [nodes.pick() for _ in range(3)] == ["a", "b", "a"]
     nodes.failed("a")
     assert [nodes.pick() for _ in range(3)] == ["b", "b", "b"]
