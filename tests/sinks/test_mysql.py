@@ -17,7 +17,8 @@ from eventrouter import Event, PermanentError, RetryableError, SinkConfigError, 
 from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
-from sinks.mysql import MySQLSink, _classify, parse_dsn
+from sinks.mysql import MySQLSink, _classify
+from sinks.mysql._dsn import parse_dsn
 from tests.helpers import make_event, real_objects
 from tests.servers.mariadb import DATABASE, PASSWORD, USER, MariaDB
 

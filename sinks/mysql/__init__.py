@@ -36,9 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from eventrouter import (
@@ -56,170 +54,12 @@ from eventrouter import (
     redact_text,
 )
 
+from ._dsn import DSN, parse_dsn, split_host
+from ._schema import COLUMNS, Column, create_table_sql, event_id_is_unique, table_columns, upsert_sql
+
 log = logging.getLogger("eventrouter.sinks.mysql")
 
 DEFAULT_TABLE = "kube_event"
-
-# ---- the Go DSN: [user[:password]@][net[(addr)]]/dbname[?param=value&...] ----------------------------
-_ADDRESS = re.compile(r"@(?:(\w+)\(([^)]*)\))?/")
-_NO_USER = re.compile(r"^(?:(\w+)\(([^)]*)\))?/")
-
-
-@dataclass(frozen=True)
-class DSN:
-    user: str
-    password: str
-    net: str  # tcp, tcp6 or unix
-    address: str  # host:port or a socket path
-    database: str
-    params: str  # everything after the database: DSN parameters and sink options, '&'-separated
-
-
-def parse_dsn(text: str) -> DSN:
-    """Split a Go MySQL DSN. The password ends at the last ``@`` before ``net(addr)/`` (it may hold ``&``, ``?``)."""
-    matches = list(_ADDRESS.finditer(text))
-    if matches:
-        match = matches[-1]
-        userinfo = text[: match.start()]
-    else:
-        match = _NO_USER.match(text)  # type: ignore[assignment]
-        if match is None:
-            raise ValueError("expected user:password@tcp(host:port)/database")
-        userinfo = ""
-    user, _, password = userinfo.partition(":")
-    net = match.group(1) or "tcp"
-    address = match.group(2) or ""
-    tail = text[match.end() :]
-    split = re.search(r"[?&]", tail)
-    database, params = (tail[: split.start()], tail[split.end() :]) if split else (tail, "")
-    if net not in ("tcp", "tcp6", "unix"):
-        raise ValueError(f"network {net!r} is not supported; use tcp(host:port) or unix(/path/to/socket)")
-    if net == "unix" and not address:
-        raise ValueError("unix() needs the socket path, for example unix(/run/mysqld/mysqld.sock)")
-    return DSN(user, password, net, address or "127.0.0.1:3306", database, params)
-
-
-def _split_host(address: str) -> tuple[str, int]:
-    if address.startswith("["):
-        host, _, port = address[1:].partition("]")
-        port = port.lstrip(":")
-    elif address.count(":") == 1:
-        host, _, port = address.partition(":")
-    else:
-        host, port = address, ""
-    if port and not port.isdigit():
-        raise ValueError(f"port {port!r} is not a number")
-    return host or "127.0.0.1", int(port or 3306)
-
-
-# ---- the table ---------------------------------------------------------------------------------------
-def _go_time(value: datetime) -> str:
-    """Go's ``time.String()`` in UTC, the text kube-eventer wrote into varchar time columns."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
-
-
-# column -> (DDL, value). kube-eventer's nine columns first, then ours.
-COLUMNS: dict[str, tuple[str, Callable[[Event], Any]]] = {
-    "namespace": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.involved_object.namespace),
-    "kind": ("VARCHAR(128) NOT NULL DEFAULT ''", lambda e: e.involved_object.kind),
-    "name": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.involved_object.name),
-    "type": ("VARCHAR(32) NOT NULL DEFAULT ''", lambda e: e.type),
-    "reason": ("VARCHAR(128) NOT NULL DEFAULT ''", lambda e: e.reason),
-    "message": ("MEDIUMTEXT NOT NULL", lambda e: e.message),
-    "event_id": (
-        "VARCHAR(128) CHARACTER SET ascii COLLATE ascii_bin NOT NULL",
-        lambda e: e.uid or f"{e.namespace}/{e.name}",
-    ),
-    "first_occurrence_time": ("DATETIME(6) NOT NULL", lambda e: e.first_timestamp),
-    "last_occurrence_time": ("DATETIME(6) NOT NULL", lambda e: e.last_timestamp),
-    "count": ("INT UNSIGNED NOT NULL DEFAULT 1", lambda e: e.count),
-    "cluster": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.cluster),
-    "source_host": ("VARCHAR(253) NOT NULL DEFAULT ''", lambda e: e.source_host),
-    "resource_version": ("VARCHAR(64) NOT NULL DEFAULT ''", lambda e: e.resource_version),
-}
-
-
-def create_table_sql(table: str) -> str:
-    columns = ",\n  ".join(f"`{name}` {ddl}" for name, (ddl, _) in COLUMNS.items())
-    return (
-        f"CREATE TABLE IF NOT EXISTS `{table}` (\n"
-        "  `id` BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,\n"
-        f"  {columns},\n"
-        "  `update_time` TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,\n"
-        "  UNIQUE KEY `uk_event_id` (`event_id`),\n"
-        "  KEY `idx_last_occurrence_time` (`last_occurrence_time`),\n"
-        "  KEY `idx_namespace_reason_time` (`namespace`, `reason`, `last_occurrence_time`)\n"
-        ") ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci"
-    )
-
-
-@dataclass(frozen=True)
-class Column:
-    """One column of the table as information_schema describes it; ``adapt`` makes a value fit it."""
-
-    name: str
-    data_type: str
-    max_chars: int | None
-    max_bytes: int | None
-    charset: str | None
-
-    @property
-    def is_time(self) -> bool:
-        return self.data_type in ("datetime", "timestamp")
-
-    def adapt(self, value: Any) -> Any:
-        if isinstance(value, datetime):
-            if self.is_time:
-                return value.astimezone(UTC).replace(tzinfo=None)
-            value = _go_time(value)
-        if isinstance(value, int) and self.data_type.endswith("int"):
-            return value
-        text = str(value)
-        if self.charset in ("utf8", "utf8mb3"):
-            # a 3-byte utf8 column rejects emoji and other astral characters: replace them
-            text = "".join(c if ord(c) < 0x10000 else "\ufffd" for c in text)
-        if self.max_chars is not None and len(text) > self.max_chars:
-            text = text[: self.max_chars]
-        if self.max_bytes is not None:
-            data = text.encode("utf-8")
-            if len(data) > self.max_bytes:
-                text = data[: self.max_bytes].decode("utf-8", "ignore")
-        return text
-
-
-def _upsert_sql(table: str, columns: Sequence[Column], unique: bool) -> str:
-    names = [c.name for c in columns]
-    sql = f"INSERT INTO `{table}` ({', '.join(f'`{n}`' for n in names)}) VALUES ({', '.join(['%s'] * len(names))})"
-    if not unique:
-        return sql
-    by_name = {c.name: c for c in columns}
-    last = by_name.get("last_occurrence_time")
-    newer = "VALUES(`last_occurrence_time`) >= `last_occurrence_time`" if last and last.is_time else "1"
-    sets = []
-    # MySQL applies the assignments left to right, so the ones that compare with the stored last
-    # time come before last_occurrence_time itself is updated. VALUES(col) works on MariaDB and MySQL.
-    for name in ("message", "type", "reason", "resource_version", "source_host", "cluster"):
-        if name in by_name:
-            sets.append(f"`{name}` = IF({newer}, VALUES(`{name}`), `{name}`)")
-    if "count" in by_name:
-        sets.append("`count` = GREATEST(`count`, VALUES(`count`))")
-    first = by_name.get("first_occurrence_time")
-    if first is not None:
-        sets.append(
-            "`first_occurrence_time` = LEAST(`first_occurrence_time`, VALUES(`first_occurrence_time`))"
-            if first.is_time
-            else "`first_occurrence_time` = `first_occurrence_time`"
-        )
-    if last is not None:
-        sets.append(
-            "`last_occurrence_time` = GREATEST(`last_occurrence_time`, VALUES(`last_occurrence_time`))"
-            if last.is_time
-            else "`last_occurrence_time` = VALUES(`last_occurrence_time`)"
-        )
-    if not sets:
-        sets.append("`event_id` = `event_id`")
-    return sql + " ON DUPLICATE KEY UPDATE " + ", ".join(sets)
-
 
 # ---- error classification ------------------------------------------------------------------------
 # Server or network trouble that a later attempt (on a new connection) can get past.
@@ -323,7 +163,7 @@ class MySQLSink(Sink):
         if not self.dsn.database:
             raise SinkConfigError(self.name, "the DSN names no database: use user:password@tcp(host:3306)/DATABASE")
         try:
-            self._host, self._port = _split_host(self.dsn.address) if self.dsn.net != "unix" else ("", 0)
+            self._host, self._port = split_host(self.dsn.address) if self.dsn.net != "unix" else ("", 0)
         except ValueError as exc:
             raise SinkConfigError(self.name, f"bad address in the DSN: {exc}") from None
         self.table: str = opts["table"]
@@ -450,18 +290,12 @@ class MySQLSink(Sink):
         """Create the table if missing, learn its columns and build the insert statement."""
         try:
             with conn.cursor() as cur:
-                columns = self._table_columns(cur)
+                columns = table_columns(cur, self.table)
                 if not columns:
                     log.info("mysql: creating table %s", self._where())
                     cur.execute(create_table_sql(self.table))
-                    columns = self._table_columns(cur)
-                cur.execute(
-                    "SELECT 1 FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() "
-                    "AND TABLE_NAME = %s AND COLUMN_NAME = 'event_id' AND NON_UNIQUE = 0 AND SEQ_IN_INDEX = 1 "
-                    "LIMIT 1",
-                    (self.table,),
-                )
-                unique = cur.fetchone() is not None
+                    columns = table_columns(cur, self.table)
+                unique = event_id_is_unique(cur, self.table)
             conn.commit()
         except self._pymysql.MySQLError as exc:
             raise self._error(exc) from None
@@ -476,24 +310,7 @@ class MySQLSink(Sink):
                 self._where(),
             )
         self._columns = known
-        self._sql = _upsert_sql(self.table, known, unique)
-
-    def _table_columns(self, cur: Any) -> dict[str, Column]:
-        cur.execute(
-            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, CHARACTER_SET_NAME "
-            "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
-            (self.table,),
-        )
-        return {
-            str(name).lower(): Column(
-                str(name),
-                str(dtype).lower(),
-                int(chars) if chars is not None else None,
-                int(octets) if octets is not None else None,
-                str(charset).lower() if charset else None,
-            )
-            for name, dtype, chars, octets, charset in cur.fetchall()
-        }
+        self._sql = upsert_sql(self.table, known, unique)
 
     # ---- Sink API ------------------------------------------------------------------------------
     def open(self) -> None:
