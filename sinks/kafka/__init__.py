@@ -59,7 +59,8 @@ PASSTHROUGH = "librdkafka."
 KEY_MODES = ("uid", "namespace", "object", "none")
 TOPIC_FIELDS = ("namespace", "kind", "type", "reason", "cluster")
 _TOPIC_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-_SENSITIVE = re.compile(r"password|secret|key\.pem|private", re.IGNORECASE)
+# names of librdkafka properties whose values are masked (sasl.oauthbearer.config may carry a client secret)
+_SENSITIVE = re.compile(r"password|secret|key\.pem|private|oauthbearer\.config", re.IGNORECASE)
 # properties the sink sets itself; a librdkafka.* override of these would break its guarantees
 _RESERVED = frozenset({"bootstrap.servers", "logger", "error_cb", "on_delivery", "message.timeout.ms",
                        "delivery.timeout.ms"})

@@ -576,3 +576,14 @@ def test_close_reports_what_was_left(caplog: pytest.LogCaptureFixture) -> None:
         sink.close()
         sink.close()
     assert caplog.messages == ["kafka: 3 messages were not confirmed by the broker at close"]
+
+
+def test_oauthbearer_config_passthrough_is_masked_everywhere() -> None:
+    value = "principal=eventrouter clientSecret=oauth-SECRET-1"
+    flag = f"kafka:?brokers=h:9092&librdkafka.sasl.oauthbearer.config={value.replace(' ', '%20')}"
+    sink = kafka(flag)
+    shown = [KafkaSink.redact(SinkURL.parse(flag)), sink.describe(), repr(sink)]
+    assert all("oauth-SECRET-1" not in text for text in shown)
+    assert sink.describe() == "kafka:?brokers=h:9092&librdkafka.sasl.oauthbearer.config=***"
+    assert value in sink._librdkafka_log._secrets  # masked in librdkafka's log lines too
+    assert sink._full_config()["sasl.oauthbearer.config"] == value
