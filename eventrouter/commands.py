@@ -83,6 +83,9 @@ def check_command(argv: Sequence[str]) -> int:
                     event = replace(event, cluster=args.cluster_name)
                 sink.send([event])
                 sink.tick()
+                flush = getattr(sink, "flush", None)  # a sink that holds events back (s3 spools them) sends them now
+                if callable(flush):
+                    flush()
                 print("    send-test: delivered")
         except (SinkError, ConfigError) as exc:  # open() may find a config problem (a missing ConfigMap)
             print(f"    failed: {type(exc).__name__}: {_redact(sink, exc)}")

@@ -227,6 +227,17 @@ class S3Sink(Sink):
                 self._seal(group)
         self._upload(budget=TICK_BUDGET)
 
+    def flush(self) -> None:
+        """Seal every chunk and upload now, raising the upload's error (``eventrouter check --send-test``:
+        "delivered" means in S3, not only in the spool)."""
+        self._start()
+        for group in list(self._open):
+            self._seal(group)
+        self._upload(budget=CLOSE_BUDGET, ignore_backoff=True)
+        if self._spool.ready:
+            raise RetryableError(f"{len(self._spool.ready)} chunks still wait in the spool {self.store_dir} "
+                                 f"after {CLOSE_BUDGET:g}s of uploads")
+
     def close(self) -> None:
         """Seal everything and upload for up to CLOSE_BUDGET seconds; what is left stays spooled."""
         if self._closed or not self._started:

@@ -571,3 +571,13 @@ def test_ddl_command_errors():
     with pytest.raises(SystemExit) as info:
         cli_main(["athena-ddl", "--sink=s3:s3://bkt", "--table=x; DROP TABLE y"])
     assert info.value.code == 2
+
+
+def test_check_send_test_reports_a_failed_upload_instead_of_delivered(moto, bucket, tmp_path, capsys):
+    """open() passes (the bucket exists) but S3 refuses the object: check must say so, not "delivered"."""
+    flag = flag_for(moto, bucket, tmp_path / "spool", "&storage_class=BOGUS")
+    assert cli_main(["check", f"--sink={flag}", "--send-test"]) == 1
+    out = capsys.readouterr().out
+    assert "open: ok" in out and "send-test: delivered" not in out
+    assert "failed: PermanentError: upload of s3://" in out and "InvalidStorageClass" in out
+    assert moto.keys(bucket) == []
