@@ -77,9 +77,12 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--v", dest="verbosity", type=int, default=0, help="log verbosity (4 and more: debug)")
     p.add_argument("--version", action="version", version=f"eventrouter {__version__}")
     # klog and Go runtime flags kube-eventer manifests pass; accepted and ignored
-    for name in ("--logtostderr", "--alsologtostderr", "--skip-headers", "--skip_headers", "--one-output"):
+    # (klog spells them with '_'; '-' variants are accepted too)
+    for name in ("--logtostderr", "--alsologtostderr", "--skip-headers", "--skip_headers", "--one-output",
+                 "--one_output", "--skip_log_headers", "--add_dir_header"):
         p.add_argument(name, nargs="?", const=True, default=None, help=argparse.SUPPRESS)
-    for name in ("--max_procs", "--log_dir", "--log_file", "--log_file_max_size", "--stderrthreshold", "--vmodule"):
+    for name in ("--max_procs", "--log_dir", "--log_file", "--log_file_max_size", "--stderrthreshold", "--vmodule",
+                 "--log_backtrace_at"):
         p.add_argument(name, default=None, help=argparse.SUPPRESS)
     return p
 

@@ -284,3 +284,11 @@ def test_check_reports_an_unexpected_sink_exception_in_one_line_with_secrets_mas
     assert code == 2
     assert out.splitlines()[0] == "error: --sink=influxdb: the sink failed to start: KeyError"
     assert "SECRET" not in out
+
+
+@pytest.mark.parametrize("flag", ["-one_output", "-one_output=true", "-skip_log_headers", "-add_dir_header=false",
+                                  "-log_backtrace_at=:0", "-one-output", "-skip_headers=true", "-stderrthreshold=INFO",
+                                  "-log_file_max_size=1800", "-vmodule=x=2", "-alsologtostderr", "-max_procs=2"])
+def test_klog_flags_of_kube_eventer_manifests_are_accepted(capsys, flag):
+    code, _, err = run_cli(capsys, "--source=file:/dev/null", "--sink=log", "--healthz-port=0", flag)
+    assert code == 0, err
