@@ -211,3 +211,22 @@ def test_make_demo_shows_events_and_stops_by_itself() -> None:
     assert len(lines) >= 1217
     assert "Pod/message-container-creating-failed-mount/crashpod-f9b59484-7828f Scheduled" in lines[0]
     assert "received SIGINT: stopping the watch" in done.stderr
+
+
+@pytest.mark.parametrize(("content", "args", "message"), [
+    (b'{"metadata": {}}\n{"bad json\n', [], "--events EVENTS: line 2: not JSON"),
+    (b"[1, 2]\n", [], "--events EVENTS: line 1: not an Event object"),
+    (b'{"metadata": {}}\n', ["--errors", "429,abc"], "'429,abc' is not a comma-separated list of HTTP statuses"),
+    (b'{"metadata": {}}\n', ["--errors", "42"], "HTTP statuses are 100 to 599"),
+])
+def test_simulate_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, capsys, content, args, message) -> None:
+    from eventrouter.simulator.cli import main as simulate
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(content)
+    try:
+        code = simulate(["--port", "0", "--events", str(events), *args])
+    except SystemExit as exit_:
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2 and message.replace("EVENTS", str(events)) in err and "Traceback" not in err

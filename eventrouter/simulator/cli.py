@@ -15,6 +15,16 @@ from collections.abc import Sequence
 from eventrouter.simulator.sim import BUILTIN, Simulator
 
 
+def _statuses(text: str) -> list[int]:
+    try:
+        codes = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of HTTP statuses") from None
+    if any(not 100 <= code <= 599 for code in codes):
+        raise argparse.ArgumentTypeError(f"{text!r}: HTTP statuses are 100 to 599")
+    return codes
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eventrouter simulate",
                                 description="A fake Kubernetes API server serving Events (and Leases, ConfigMaps).")
@@ -33,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     faults.add_argument("--drop-after", type=int, default=None, help="drop the connection mid-line after K events")
     faults.add_argument("--stall-after", type=int, default=None, help="stop sending after K events")
     faults.add_argument("--stall-seconds", type=float, default=30.0, help="how long a stall lasts")
-    faults.add_argument("--errors", default="", help="statuses for the next requests, e.g. 429,500,500")
+    faults.add_argument("--errors", default=[], type=_statuses, help="statuses for the next requests, e.g. 429,500,500")
     faults.add_argument("--retry-after", type=int, default=None, help="Retry-After seconds sent with those errors")
     faults.add_argument("--forbid", action="append", default=[],
                         help="answer 403 for paths containing this (e.g. /leases), as missing RBAC; repeatable")
@@ -50,10 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"eventrouter simulate: error: cannot read --events {args.events}: {exc.strerror}", file=sys.stderr)
         return 2
+    except ValueError as exc:
+        print(f"eventrouter simulate: error: --events {args.events}: {exc}", file=sys.stderr)
+        return 2
     f = sim.faults
     f.gone_after, f.drop_after, f.stall_after = args.gone_after, args.drop_after, args.stall_after
     f.stall_seconds, f.retry_after, f.bookmark_interval = args.stall_seconds, args.retry_after, args.bookmark_interval
-    f.errors = [int(s) for s in args.errors.split(",") if s.strip()]
+    f.errors = list(args.errors)
     f.forbid = list(args.forbid)
     try:
         sim.start()

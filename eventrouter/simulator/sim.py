@@ -35,7 +35,18 @@ def load_events(source: str) -> list[dict[str, Any]]:
         data = (files("eventrouter.simulator") / "data" / "core-v1.jsonl").read_bytes()
     else:
         data = Path(source).read_bytes()
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+    objs = []
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"line {number}: not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"line {number}: not an Event object (a JSON object per line)")
+        objs.append(obj)
+    return objs
 
 
 class Simulator:
