@@ -39,6 +39,10 @@ OPTION_TABLE = [
     ("kubernetes:?api=events.k8s.io/v1&page_size=50", dict(api="events.k8s.io/v1", page_size=50)),
     ("kubernetes:?stall_timeout=2m&watch_timeout=30", dict(stall_timeout=120.0, watch_timeout=30.0)),
     ("kubernetes:", dict(in_cluster=True, api="v1", page_size=500, stall_timeout=90.0, watch_timeout=300.0)),
+    # a repeated key: the first value counts, as in kube-eventer (Go's opts["inClusterConfig"][0])
+    ("kubernetes:?inClusterConfig=false&inClusterConfig=true&auth=/a&auth=/b",
+     dict(in_cluster=False, kubeconfig="/a")),
+    ("kubernetes:?api=events.k8s.io/v1&api=v1&page_size=50&page_size=7", dict(api="events.k8s.io/v1", page_size=50)),
 ]
 
 

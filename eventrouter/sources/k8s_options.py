@@ -82,7 +82,7 @@ def parse_settings(url: SinkURL) -> SourceSettings:
             continue
         if key not in ALLOWED:
             raise ConfigError(f"--source=kubernetes: unknown option {key!r}; options: {', '.join(ALLOWED)}")
-        value = values[-1]
+        value = values[0]  # kube-eventer (Go's url.Values) reads the first of a repeated key
         if key == "inClusterConfig":
             s.in_cluster, s.in_cluster_given = _bool(key, value), True
         elif key == "insecure":
