@@ -75,7 +75,10 @@ class SinkRunner:
         self.delivery = delivery
         self.label = label or sink.name
         self.stats = SinkStats()
-        self._queue: deque[tuple[int, Event]] = deque()
+        # two parallel deques (event, and its sequence number) rather than one of (seq, event) pairs: no
+        # tuple per event per sink, which the cyclic GC would have to track and scan
+        self._queue: deque[Event] = deque()
+        self._seqs: deque[int] = deque()
         self._lock = threading.Lock()
         self._wakeup = threading.Condition(self._lock)
         self._worker_waiting = False
@@ -89,6 +92,7 @@ class SinkRunner:
         self._abandoned = 0  # events of the batch given up at the shutdown deadline
         self._passes_all = event_filter.passes_everything
         self._batch_size = delivery.batch_size
+        self._queue_size = delivery.queue_size
 
     @classmethod
     def build(cls, sink: Sink, *, label: str = "") -> SinkRunner:
@@ -110,14 +114,16 @@ class SinkRunner:
             return
         with self._lock:
             queue = self._queue
-            if len(queue) >= self.delivery.queue_size:
+            if len(queue) >= self._queue_size:
                 self.stats.dropped_overflow += 1
                 if self.delivery.overflow == "drop_newest":
                     self._report_overflow()
                     return
                 queue.popleft()
+                self._seqs.popleft()
                 self._report_overflow()
-            queue.append((seq, event))
+            queue.append(event)
+            self._seqs.append(seq)
             self.stats.queued += 1
             # wake the worker only when it has something to do: the first event (it starts the
             # flush_interval clock) or a full batch; a wake-up per event costs a GIL hand-off each
@@ -141,7 +147,7 @@ class SinkRunner:
         with self._lock:
             if self._inflight_first is not None:
                 return self._inflight_first
-            return self._queue[0][0] if self._queue else None
+            return self._seqs[0] if self._seqs else None
 
     @property
     def depth(self) -> int:
@@ -179,7 +185,7 @@ class SinkRunner:
                 log.warning("sink %s: close failed: %s", self.label, self._redact(str(exc)))
             self._errors.flush()  # the errors held back in the last interval still get their line
 
-    def _take_batch(self) -> list[tuple[int, Event]]:
+    def _take_batch(self) -> list[Event]:
         size = self.delivery.batch_size
         interval = self.delivery.flush_interval
         deadline: float | None = None
@@ -190,8 +196,16 @@ class SinkRunner:
                 queued = len(self._queue)
                 now = time.monotonic()
                 if queued >= size or (queued and (self._stopping or (deadline is not None and now >= deadline))):
-                    batch = [self._queue.popleft() for _ in range(min(queued, size))]
-                    self._inflight_first = batch[0][0]
+                    queue, seqs = self._queue, self._seqs
+                    self._inflight_first = seqs[0]
+                    if queued <= size:  # the usual case: take everything
+                        batch = list(queue)
+                        queue.clear()
+                        seqs.clear()
+                    else:
+                        batch = [queue.popleft() for _ in range(size)]
+                        for _ in range(size):
+                            seqs.popleft()
                     return batch
                 if not queued:
                     if self._stopping:
@@ -205,8 +219,8 @@ class SinkRunner:
                 self._wakeup.wait(max(0.0, deadline - now) or 0.001)
                 self._worker_waiting = False
 
-    def _deliver(self, items: list[tuple[int, Event]]) -> None:
-        events: Sequence[Event] = [event for _, event in items]
+    def _deliver(self, batch: list[Event]) -> None:
+        events: Sequence[Event] = batch
         stats = self.stats
         attempt = 0
         started = time.monotonic()

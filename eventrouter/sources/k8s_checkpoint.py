@@ -183,15 +183,22 @@ class Progress:
     cap: int = DELIVERED_CAP_FILE
     positions: dict[str, str] = field(default_factory=dict)
     delivered: dict[str, tuple[str, Any]] = field(default_factory=dict)  # uid -> (rv, what the user saw)
-    pending: deque[tuple[int, str, str | None, str | None, str | None, Any]] = field(default_factory=deque)
+    # (seq, stream, position, uid, entry): entry is the (rv, seen_as) pair that goes into ``delivered``
+    pending: deque[tuple[int, str, str | None, str | None, tuple[str, Any] | None]] = field(default_factory=deque)
     changed: bool = False
 
     def note(self, seq: int, stream: str, position: str | None, uid: str | None = None, rv: str | None = None,
              seen_as: Any = None) -> None:
         """``position`` None: no new resume point (a listed item); ``rv`` None with a uid: forget it.
         ``seen_as`` is what the user saw of that occurrence (count, lastTimestamp, ...)."""
+        self.note_entry(seq, stream, position, uid, None if rv is None else (rv, seen_as))
+
+    def note_entry(self, seq: int, stream: str, position: str | None, uid: str | None,
+                   entry: tuple[str, Any] | None) -> None:
+        """:meth:`note` for the hot path: ``entry`` is the source's ``(rv, seen_as)`` dedupe record itself
+        (None: forget the uid), shared with ``delivered`` instead of a copy per event."""
         pending = self.pending
-        pending.append((seq, stream, position, uid, rv, seen_as))
+        pending.append((seq, stream, position, uid, entry))
         if len(pending) > PENDING_CAP:
             # a sink that never settles pins the checkpoint; forgetting the oldest unsettled entries keeps
             # memory flat and stays safe: the position only ever moves to a settled entry's position
@@ -201,14 +208,14 @@ class Progress:
         pending = self.pending
         delivered = self.delivered
         while pending and pending[0][0] <= settled:
-            _, stream, position, uid, rv, seen_as = pending.popleft()
+            _, stream, position, uid, entry = pending.popleft()
             if position is not None:
                 self.positions[stream] = position
             if uid is not None:
-                if rv is None:
+                if entry is None:
                     delivered.pop(uid, None)
                 else:
-                    delivered[uid] = (rv, seen_as)  # an update keeps its place: eviction goes by first sight
+                    delivered[uid] = entry  # an update keeps its place: eviction goes by first sight
             self.changed = True
         excess = len(delivered) - self.cap
         if excess > 0:

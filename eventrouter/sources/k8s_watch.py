@@ -139,15 +139,15 @@ class ListWatch:
             return uid
         self.state.count("ADDED")
         seen_as = seen_key(event)
-        self.seen[uid] = (rv, seen_as)
+        self.seen[uid] = entry = (rv, seen_as)
         progress = self.progress
         if (prev is not None and prev[1] == seen_as) or (cutoff is not None and event.last_timestamp < cutoff):
             if prev is not None:
                 self.state.unchanged_suppressed += 1
-            progress.note(router.seq, stream, None, uid, rv, seen_as)  # type: ignore[union-attr]
+            progress.note_entry(router.seq, stream, None, uid, entry)  # type: ignore[union-attr]
             return uid
         seq = router.dispatch(event)
-        progress.note(seq, stream, None, uid, rv, seen_as)  # type: ignore[union-attr]
+        progress.note_entry(seq, stream, None, uid, entry)  # type: ignore[union-attr]
         return uid
 
     def _watch(self, router: Router, stream: str, rv: str, halted: Callable[[], bool],
@@ -209,7 +209,8 @@ class ListWatch:
     def _handle_watched(self, router: Router, stream: str, kind: str, obj: Any) -> str | None:
         """The hot path: one ADDED/MODIFIED/DELETED object. Returns its resourceVersion."""
         state = self.state
-        state.count(kind)
+        received = state.received  # state.count(kind), inlined
+        received[kind] = received.get(kind, 0) + 1
         try:
             meta = obj["metadata"]
             uid = meta["uid"]
@@ -233,15 +234,16 @@ class ListWatch:
         except MalformedEvent as exc:
             self._malformed(exc)
             return rv
-        seen_as = seen_key(event)
-        seen[uid] = (rv, seen_as)
+        # seen_key(event), inlined
+        seen_as = (event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
+        seen[uid] = entry = (rv, seen_as)  # one tuple, shared by the dedupe memory and the checkpoint
         if prev is not None and prev[1] == seen_as:
             state.unchanged_suppressed += 1
-            progress.note(router.seq, stream, rv, uid, rv, seen_as)  # type: ignore[union-attr]
+            progress.note_entry(router.seq, stream, rv, uid, entry)  # type: ignore[union-attr]
             return rv
         if len(seen) > self.seen_cap:
             self._trim_seen()
-        progress.note(router.dispatch(event), stream, rv, uid, rv, seen_as)  # type: ignore[union-attr]
+        progress.note_entry(router.dispatch(event), stream, rv, uid, entry)  # type: ignore[union-attr]
         return rv
 
     def _watch_error(self, stream: str, status: Any, backoff: Backoff, halted: Callable[[], bool]) -> str:
