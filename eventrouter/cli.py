@@ -123,7 +123,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"eventrouter: error: unknown command {command!r}; commands: sinks, check, simulate"
               + "".join(f", {n}" for n in _plugin_commands()) + " (or run flags, see --help)", file=sys.stderr)
         return 2
-    parsed = run_parser().parse_args(_go_style(args))
+    parser = run_parser()
+    parsed = parser.parse_args(_go_style(args))
+    lease, renew, retry = (parsed.leader_elect_lease_duration, parsed.leader_elect_renew_deadline,
+                           parsed.leader_elect_retry_period)
+    if not lease > renew > retry > 0:
+        # as client-go: a leader that keeps leading past the lease would overlap with its successor
+        parser.error(f"--leader-elect-lease-duration ({lease:g}s) must be longer than --leader-elect-renew-deadline "
+                     f"({renew:g}s), and that longer than --leader-elect-retry-period ({retry:g}s)")
     from eventrouter.app import RunConfig, run
     from eventrouter.logutil import setup_logging
     from eventrouter.sources import SourceContext

@@ -292,3 +292,21 @@ def test_check_reports_an_unexpected_sink_exception_in_one_line_with_secrets_mas
 def test_klog_flags_of_kube_eventer_manifests_are_accepted(capsys, flag):
     code, _, err = run_cli(capsys, "--source=file:/dev/null", "--sink=log", "--healthz-port=0", flag)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("durations", [["--leader-elect-lease-duration=10s"],
+                                       ["--leader-elect-renew-deadline=20s"],
+                                       ["--leader-elect-retry-period=10s"],
+                                       ["--leader-elect-retry-period=0s"]])
+def test_leader_election_durations_that_could_overlap_two_leaders_exit_2(capsys, durations):
+    code, _, err = run_cli(capsys, "--source=file:/dev/null", "--sink=log", "--healthz-port=0", "--leader-elect",
+                           *durations)
+    assert code == 2
+    assert "--leader-elect-lease-duration" in err and "must be longer than --leader-elect-renew-deadline" in err
+
+
+def test_leader_election_durations_in_order_are_accepted(capsys):
+    code, _, err = run_cli(capsys, "--source=file:/dev/null", "--sink=log", "--healthz-port=0",
+                           "--leader-elect-lease-duration=60s", "--leader-elect-renew-deadline=40s",
+                           "--leader-elect-retry-period=5s")
+    assert code == 0, err
