@@ -77,9 +77,12 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
         while not stop.is_set() and any(r.depth for r in router.runners):
             stop.wait(0.05)
     stop.set()
-    source_thread.join(config.shutdown_timeout)
+    # one deadline for the whole shutdown: a slow source must not stretch it to twice --shutdown-timeout
+    # (the pod's terminationGracePeriodSeconds is sized for one)
     started = time.monotonic()
-    drained = router.stop(config.shutdown_timeout)
+    deadline = started + config.shutdown_timeout
+    source_thread.join(config.shutdown_timeout)
+    drained = router.stop(max(0.0, deadline - time.monotonic()))
     source.finish(router)
     if server is not None:
         server.shutdown()

@@ -310,3 +310,42 @@ def test_leader_election_durations_in_order_are_accepted(capsys):
                            "--leader-elect-lease-duration=60s", "--leader-elect-renew-deadline=40s",
                            "--leader-elect-retry-period=5s")
     assert code == 0, err
+
+
+def test_shutdown_timeout_bounds_the_whole_shutdown_even_with_a_slow_source(tmp_path, monkeypatch):
+    """A source slow to stop and a sink that cannot deliver: the run still ends about --shutdown-timeout after
+    the stop (was: up to twice that, past the pod's grace period)."""
+    import threading
+
+    import eventrouter.app as app
+    from eventrouter.app import RunConfig, run
+    from eventrouter.sources import SourceContext, build_source
+
+    path = tmp_path / "one.jsonl"
+    path.write_bytes(orjson.dumps(real_objects()[0]) + b"\n")
+
+    def slow_source(flag, context):  # type: ignore[no-untyped-def]
+        source = build_source(flag, context)
+        replay = source.run
+
+        def run_(router, stop):  # type: ignore[no-untyped-def]
+            replay(router, stop)
+            stop.wait()
+            time.sleep(1.5)  # slow to let go
+
+        source.run = run_
+        return source
+
+    monkeypatch.setattr(app, "build_source", slow_source)
+    stop = threading.Event()
+    config = RunConfig(source=f"file:{path}", sinks=["influxdb:http://127.0.0.1:1?db=k8s"], context=SourceContext(),
+                       healthz_port=0, shutdown_timeout=1.0)
+    codes = []
+    thread = threading.Thread(target=lambda: codes.append(run(config, stop)))
+    thread.start()
+    time.sleep(0.5)
+    stopped = time.monotonic()
+    stop.set()
+    thread.join(10)
+    assert codes == [0]
+    assert time.monotonic() - stopped < 1.7
