@@ -206,18 +206,31 @@ def _count(count: Any, series_count: Any) -> int:
     return int(value) if value else 1
 
 
+_INVOLVED_CACHE: dict[tuple[str, ...], InvolvedObject] = {}
+_INVOLVED_CACHE_SIZE = 4096
+
+
 def _involved(ref: Any) -> InvolvedObject:
+    """The InvolvedObject of a reference; identical ones are shared (bounded cache).
+
+    Many Events name the same object (a Pod's Scheduled, Pulled, Created, Started; a Node's repeats),
+    and a queued Event then costs one object less to keep and for the garbage collector to scan.
+    """
     if not ref:
-        return InvolvedObject()
+        return _NO_OBJECT
     get = ref.get
+    key = (get("uid") or "", get("fieldPath") or "", get("kind") or "", get("name") or "",
+           get("namespace") or "", get("apiVersion") or "")
+    cached = _INVOLVED_CACHE.get(key)
+    if cached is not None:
+        return cached
     obj = _new_involved()
-    obj.kind = get("kind") or ""
-    obj.namespace = get("namespace") or ""
-    obj.name = get("name") or ""
-    obj.uid = get("uid") or ""
-    obj.api_version = get("apiVersion") or ""
-    obj.field_path = get("fieldPath") or ""
-    return _freeze(obj, InvolvedObject)
+    obj.uid, obj.field_path, obj.kind, obj.name, obj.namespace, obj.api_version = key
+    involved = _freeze(obj, InvolvedObject)
+    if len(_INVOLVED_CACHE) >= _INVOLVED_CACHE_SIZE:
+        _INVOLVED_CACHE.clear()
+    _INVOLVED_CACHE[key] = involved
+    return involved
 
 
 # Fast construction. The dataclass __init__ of a frozen class stores each field through
@@ -233,6 +246,7 @@ class _InvolvedObjectBuilder:
     __slots__ = InvolvedObject.__slots__
 
 
+_NO_OBJECT = InvolvedObject()
 _new_event: Callable[[], Any] = _EventBuilder
 _new_involved: Callable[[], Any] = _InvolvedObjectBuilder
 _T = TypeVar("_T")

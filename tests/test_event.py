@@ -155,3 +155,16 @@ def test_from_object_builds_an_ordinary_frozen_event(api):
             event.uid = "changed"  # type: ignore[misc]
         with pytest.raises(dataclasses.FrozenInstanceError):
             event.involved_object.kind = "changed"  # type: ignore[misc]
+
+
+def test_identical_involved_objects_are_shared_and_distinct_ones_are_not():
+    ref = {"kind": "Pod", "namespace": "default", "name": "web-1", "uid": "p-1", "apiVersion": "v1"}
+    base = {"kind": "Event", "metadata": {"uid": "e-1", "resourceVersion": "1", "namespace": "default"}}
+    first = Event.from_object({**base, "involvedObject": dict(ref)})
+    again = Event.from_object({**base, "involvedObject": dict(ref)})
+    other = Event.from_object({**base, "involvedObject": {**ref, "fieldPath": "spec.containers{web}"}})
+    assert first.involved_object is again.involved_object
+    assert first.involved_object == InvolvedObject(kind="Pod", namespace="default", name="web-1", uid="p-1",
+                                                   api_version="v1")
+    assert other.involved_object.field_path == "spec.containers{web}" and other.involved_object.name == "web-1"
+    assert Event.from_object(base).involved_object == InvolvedObject()
