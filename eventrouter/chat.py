@@ -401,6 +401,9 @@ class ChatFlow:
                 rejected.append(event)
                 error = exc
                 continue
+            except Exception as exc:  # a bug (not a SinkError): retried as the router does, but never
+                # the messages already posted from this batch
+                raise PartialError(f"{type(exc).__name__}: {exc}", retry=batch[index:], rejected=rejected) from exc
             self.repeats.commit(event, self.clock())
         if rejected:
             if len(rejected) == len(batch):

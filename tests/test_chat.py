@@ -332,3 +332,23 @@ def test_flow_posts_every_event_once_when_the_template_fails_on_some():
     events = [replace(_event(), count=11), _event(), replace(_event(), count=13)]
     flow.send(events, lambda e, n: posted.append(layout.event(e, n)))
     assert posted[0] == "-1" and posted[1].startswith("Level:Warning") and posted[2] == "1"
+
+
+def test_unexpected_exception_mid_batch_never_reposts_what_was_posted():
+    flow = ChatFlow(rate_limit=0, repeat_interval=0, clock=FakeClock())
+    rec = Recorder()
+    batch = [make_event(n) for n in range(4)]
+    calls = iter([None, AttributeError("'int' object has no attribute 'replace'")])
+
+    def post(event, notice):  # type: ignore[no-untyped-def]
+        err = next(calls, None)
+        if err:
+            raise err
+        rec.event(event, notice)
+
+    with pytest.raises(PartialError) as info:
+        flow.send(batch, post)  # was: the AttributeError itself, and the router re-sent the whole batch
+    assert info.value.retry == batch[1:] and not info.value.rejected
+    assert "AttributeError" in str(info.value)
+    flow.send(info.value.retry, rec.event)
+    assert [p[1][0] for p in rec.posts] == ["app-0", "app-1", "app-2", "app-3"]
