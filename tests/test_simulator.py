@@ -182,7 +182,9 @@ def test_kubeconfig_and_request_log_file(sim: Simulator, tmp_path: Path) -> None
     kubeconfig = sim.write_kubeconfig(tmp_path / "kc")
     api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
     assert len(api.list_event_for_all_namespaces(limit=5).items) == 5  # the official client works too
-    assert ("list", "/api/v1/events") in {(r.verb, r.path) for r in sim.request_log}
+    # the server logs a request after answering it: wait rather than race the handler thread
+    wait_for(lambda: ("list", "/api/v1/events") in {(r.verb, r.path) for r in sim.request_log}, timeout=10,
+             what="the list in the request log")
 
 
 def test_simulate_command(tmp_path: Path) -> None:

@@ -87,6 +87,7 @@ class Handler(BaseHTTPRequestHandler):
     # ---- plumbing ----------------------------------------------------------------------------
     def _send_json(self, code: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = orjson.dumps(body)
+        self._log(code)  # before the answer leaves: a client that got it finds it in the request log
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
