@@ -80,7 +80,10 @@ class SinkRunner:
         self._queue: deque[Event] = deque()
         self._seqs: deque[int] = deque()
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
+        # The worker sleeps on its own Event, not on a Condition of the queue lock: woken from a Condition,
+        # it would take the queue lock back before it has the GIL, and the source's next offer would then
+        # block on that lock until the worker got the GIL (a lock/GIL convoy on every wake-up).
+        self._wakeup = threading.Event()
         self._worker_waiting = False
         self._inflight_first: int | None = None
         self._stopping = False
@@ -127,8 +130,9 @@ class SinkRunner:
             self.stats.queued += 1
             # wake the worker only when it has something to do: the first event (it starts the
             # flush_interval clock) or a full batch; a wake-up per event costs a GIL hand-off each
-            if self._worker_waiting and (len(queue) == 1 or len(queue) >= self._batch_size):
-                self._wakeup.notify()
+            wake = self._worker_waiting and (len(queue) == 1 or len(queue) >= self._batch_size)
+        if wake:
+            self._wakeup.set()
 
     def _report_overflow(self) -> None:
         self._errors.log(
@@ -189,8 +193,11 @@ class SinkRunner:
         size = self.delivery.batch_size
         interval = self.delivery.flush_interval
         deadline: float | None = None
-        with self._lock:
-            while True:
+        while True:
+            with self._lock:
+                # cleared before the checks: a stop or an offer after this point sets it again, so the
+                # wait below cannot miss it
+                self._wakeup.clear()
                 if self._hard_stop.is_set():
                     return []
                 queued = len(self._queue)
@@ -215,9 +222,9 @@ class SinkRunner:
                     deadline = now + interval
                 elif deadline is None:
                     deadline = now + interval
-                self._worker_waiting = True
-                self._wakeup.wait(max(0.0, deadline - now) or 0.001)
-                self._worker_waiting = False
+                self._worker_waiting = True  # offers from now on wake the worker (first event, full batch)
+            self._wakeup.wait(max(0.0, deadline - now) or 0.001)
+            self._worker_waiting = False  # a stale True costs at most one early wake-up
 
     def _deliver(self, batch: list[Event]) -> None:
         events: Sequence[Event] = batch
@@ -296,7 +303,7 @@ class SinkRunner:
     def request_stop(self) -> None:
         with self._lock:
             self._stopping = True
-            self._wakeup.notify_all()
+        self._wakeup.set()
 
     def join(self, deadline: float) -> bool:
         """Wait for the queue to drain until ``deadline`` (monotonic); then abandon what is left."""
@@ -306,8 +313,7 @@ class SinkRunner:
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             self._hard_stop.set()
-            with self._lock:
-                self._wakeup.notify_all()
+            self._wakeup.set()
             thread.join(1.0)
         with self._lock:
             left = len(self._queue)

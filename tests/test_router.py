@@ -285,3 +285,22 @@ def test_a_sink_bug_is_retried_and_logged_with_its_type(caplog):
     router.dispatch(make_event(1))
     assert router.stop(10)
     assert len(sink.received) == 1 and "KeyError" in caplog.text
+
+
+def test_a_waiting_worker_wakes_for_a_full_batch_and_for_stop_without_its_flush_interval():
+    """The worker sleeps up to flush_interval; a full batch, and shutdown, must not wait that long."""
+    sink = build(RecordingSink, "batch_size=10&flush_interval=60s")
+    router, runners = run_router(sink)
+    assert wait_for(lambda: runners[0]._worker_waiting)
+    for i in range(10):
+        router.dispatch(make_event(i))
+    assert wait_for(lambda: len(sink.received) == 10, timeout=5)  # a full batch goes at once
+    for i in range(10, 13):
+        router.dispatch(make_event(i))
+    time.sleep(0.2)
+    assert len(sink.received) == 10  # a partial batch waits for flush_interval...
+    started = time.monotonic()
+    assert router.stop(10)  # ...or for the shutdown, which sends it at once
+    assert time.monotonic() - started < 5
+    assert [e.uid for e in sink.received] == [make_event(i).uid for i in range(13)]
+    assert router.settled_seq() == 13
