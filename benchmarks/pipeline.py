@@ -35,8 +35,12 @@ def run(n: int = 200_000, fanout: bool = False) -> dict[str, Any]:
         router.start()
         sim.prepare(n)
         cpu0 = cpu_seconds()
-        start = time.monotonic()
+        go = time.monotonic()
         sim.go()
+        # The clock starts when the child has stored the events. Storing them (~1 s for 200k) holds the
+        # simulator's store lock, so its watch sends nothing meanwhile: that second is the simulator's
+        # work, not the router's, and it used to be counted in events/s. It is reported apart.
+        start = time.monotonic()
         if not sinks[0].done.wait(600):
             raise RuntimeError(f"only {sinks[0].count} of {n} events arrived")
         elapsed = time.monotonic() - start
@@ -51,6 +55,7 @@ def run(n: int = 200_000, fanout: bool = False) -> dict[str, Any]:
             "events": n,
             "sinks": len(sinks),
             "events_per_s": round(n / elapsed),
+            "sim_store_s": round(start - go, 2),
             "cpu_s_per_100k": round(cpu / n * 100_000, 2),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "delivered_per_sink": [s.count for s in sinks],
