@@ -10,7 +10,7 @@ from eventrouter import registry
 from eventrouter.config import build_sink
 from eventrouter.errors import ConfigError, SinkError
 from eventrouter.event import sample_event
-from eventrouter.options import MASK, Secret
+from eventrouter.options import MASK, Duration, Secret
 from eventrouter.sink import CORE_OPTION_NAMES
 
 
@@ -34,7 +34,7 @@ def sinks_command(argv: Sequence[str]) -> int:
         print(f"{name}  ({entry.distribution} {entry.version}){alias}  {doc[0] if doc else ''}")
         shown = cls.all_options() if args.all_options else cls.options
         for option in shown:
-            default = "" if option.default in (None, "", []) else f" = {option.default}"
+            default = "" if option.default in (None, "", [], ()) else f" = {flag_value(option.default)}"
             flags = " required" if option.required else ""
             flags += " secret" if option.secret else ""
             print(f"    {option.name} ({option.describe()}{default}){flags}  {option.help}")
@@ -43,6 +43,23 @@ def sinks_command(argv: Sequence[str]) -> int:
                   "queue_size, batch_size, flush_interval, max_retries, retry_backoff_max, overflow")
         print()
     return 0
+
+
+def flag_value(value: object) -> str:
+    """A default as it is written in a flag: ``false``, ``30m``, ``200ms``, ``a,b``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Duration):
+        seconds = float(value)
+        if seconds == 0:
+            return "0"
+        for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+            if seconds >= size and seconds % size == 0:
+                return f"{seconds / size:g}{unit}"
+        return f"{seconds * 1000:g}ms" if seconds < 1 else f"{seconds:g}s"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
 
 
 def check_command(argv: Sequence[str]) -> int:
@@ -70,7 +87,12 @@ def check_command(argv: Sequence[str]) -> int:
             value = sink.opts.get(option.name)
             if option.name in CORE_OPTION_NAMES and option.name not in sink.opts.given:
                 continue
-            shown = MASK if isinstance(value, Secret) or option.secret else value
+            if isinstance(value, Secret) or option.secret:
+                shown: object = MASK if value else ""
+            elif isinstance(value, list):
+                shown = value  # a value of label= or header= may hold a comma: show the list as it is
+            else:
+                shown = "" if value is None else flag_value(value)
             print(f"    {option.name} = {shown}")
         try:
             sink.open()

@@ -349,3 +349,28 @@ def test_shutdown_timeout_bounds_the_whole_shutdown_even_with_a_slow_source(tmp_
     thread.join(10)
     assert codes == [0]
     assert time.monotonic() - stopped < 1.7
+
+
+def test_sinks_and_check_show_values_as_flags_are_written(capsys):
+    code, out, _ = run_cli(capsys, "sinks")
+    assert code == 0
+    assert "repeat_interval (a duration such as 500ms, 30s, 5m, 1h >= 0 = 30m)" in out  # was: = 1800.0
+    assert "at_all (true or false = false)" in out
+    assert "timeout (a duration such as 500ms, 30s, 5m, 1h >= 0.001 = 10s)" in out
+    code, out, _ = run_cli(capsys, "check", "--sink=dingtalk:?access_token=tok-SECRET&label=a,x&label=b"
+                                            "&repeat_interval=90s&flush_interval=200ms")
+    assert code == 0
+    lines = out.splitlines()
+    for line in ("    access_token = ***", "    sign = ", "    at_all = false", "    label = ['a,x', 'b']",
+                 "    repeat_interval = 90s", "    template = ", "    flush_interval = 200ms"):
+        assert line in lines, line
+    assert "SECRET" not in out
+
+
+def test_flag_value():
+    from eventrouter.commands import flag_value
+    from eventrouter.options import Duration
+
+    assert [flag_value(Duration(s)) for s in (1800, 3600, 10, 0.2, 90, 1.5, 0)] == [
+        "30m", "1h", "10s", "200ms", "90s", "1.5s", "0"]
+    assert (flag_value(True), flag_value(["a", "b"]), flag_value(20), flag_value("x")) == ("true", "a,b", "20", "x")

@@ -45,8 +45,8 @@ def test_listed_by_eventrouter_sinks() -> None:
     assert proc.returncode == 0, proc.stderr
     block = proc.stdout.split("jsonfile  ", 1)[1].split("\n\n", 1)[0]
     assert block.startswith("(eventrouter-sink-jsonfile 0.1.0)  Append events as JSON lines to a local file.")
-    assert "    fsync (true or false = False)" in block
-    assert "    raw (true or false = False)" in block
+    assert "    fsync (true or false = false)" in block
+    assert "    raw (true or false = false)" in block
 
 
 def test_routes_the_recorded_events_through_the_cli(tmp_path: Path) -> None:
