@@ -440,3 +440,28 @@ def test_resource_versions_are_opaque(tmp_path: Path) -> None:
         keys = h.sink.keys + again.sink.keys
         assert all(rv.startswith("rv-") for _, rv in keys)
         assert len(keys) == len(set(keys)) and set(keys) == current_keys(sim)
+
+
+def test_an_unexpected_checkpoint_write_error_is_logged_and_the_next_write_happens(
+        sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
+    target = tmp_path / "checkpoint.json"
+    h = Harness(f"kubernetes:?inClusterConfig=false&auth={kubeconfig}", SourceContext(checkpoint=f"file:{target}"))
+    checkpoint = h.source.checkpoint
+    save, calls = checkpoint.save, []
+
+    def flaky(doc):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyError("metadata")  # e.g. an API answer without the field the writer reads
+        save(doc)
+
+    checkpoint.save = flaky
+    h.start()
+    add(sim, 2)
+    wait_for(lambda: len(h.sink.keys) == 2)
+    add(sim, 1)  # a change after the failed write: the housekeeping thread must still be there to write it
+    wait_for(lambda: len(h.sink.keys) == 3)
+    wait_for(target.exists, timeout=10, what="a checkpoint write after the failed one")
+    h.stop()
+    assert "writing checkpoint file:" in caplog.text and "failed: KeyError" in caplog.text

@@ -242,10 +242,10 @@ class KubernetesSource(ListWatch):
             doc = progress.document(self.api.host, self.settings.api, self.settings.namespaces)
             try:
                 self.checkpoint.save(doc)
-            except (CheckpointError, OSError, httpx.HTTPError) as exc:
+            except Exception as exc:  # an odd API answer too: a dead housekeeping thread would never write again
                 progress.changed = True
-                self._errors.log(logging.WARNING, "ckpt-save", "writing checkpoint %s failed: %s",
-                                 self.checkpoint.describe(), exc)
+                self._errors.log(logging.WARNING, "ckpt-save", "writing checkpoint %s failed: %s: %s",
+                                 self.checkpoint.describe(), type(exc).__name__, exc)
                 return
             self.state.checkpoint_written = time.time()
 
