@@ -62,6 +62,8 @@ ERROR_TABLE = [
     ("kubernetes:?stall_timeout=fast", "option 'stall_timeout': 'fast' is not allowed; use a duration"),
     ("kubernetes:?watch_timeout=0s", "option 'watch_timeout'"),
     ("kubernetes:?namespaces=", "option 'namespaces'"),
+    ("kubernetes:?namespaces=team-a,Team_B", "option 'namespaces': 'Team_B' is not allowed; use namespace names"),
+    ("kubernetes:?namespaces=a%2Fb", "option 'namespaces': 'a/b' is not allowed"),
     ("kubernetes:?namespace=a", "unknown option 'namespace'; options: inClusterConfig"),
     ("kubernetes:ftp://host", "ftp:// is not supported"),
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from eventrouter.errors import ConfigError
@@ -23,12 +24,13 @@ ALLOWED = {
     "useServiceAccount": "true or false",
     "kubeconfig": "a kubeconfig path",
     "context": "a kubeconfig context name",
-    "namespaces": "namespace names, comma-separated",
+    "namespaces": "namespace names (lowercase letters, digits and '-'), comma-separated",
     "api": "v1 or events.k8s.io/v1",
     "page_size": "an integer from 1 to 10000 (default 500)",
     "stall_timeout": "a duration from 1s, such as 90s",
     "watch_timeout": "a duration from 1s, such as 5m",
 }
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 IGNORED = ("kubeletPort", "kubeletHttps")  # heapster leftovers kube-eventer accepts and never reads
 
 
@@ -101,6 +103,9 @@ def parse_settings(url: SinkURL) -> SourceSettings:
             names = [n.strip() for v in values for n in v.split(",") if n.strip()]
             if not names:
                 raise _fail(key, value)
+            for name in names:  # a Kubernetes namespace is a DNS label; a typo would only 404 forever
+                if not _NAMESPACE.fullmatch(name):
+                    raise _fail(key, name)
             s.namespaces = list(dict.fromkeys(names))
         elif key == "api":
             if value not in APIS:
