@@ -115,6 +115,26 @@ class SinkRunner:
         if not self._passes_all and not self.filter.accepts(event):
             self.stats.filtered += 1
             return
+        queue = self._queue
+        if len(queue) >= self._queue_size:
+            self._offer_full(seq, event)
+            return
+        # No lock: the source is the only producer (dispatch is not thread-safe; concurrent watches are
+        # serialized) and deque appends are atomic. The seq goes first, so a worker that sees n events
+        # also finds their n seqs. Taking a lock here let a forced GIL switch inside the critical section
+        # stall the source behind a worker holding the lock but waiting for the GIL (per sink!).
+        self._seqs.append(seq)
+        queue.append(event)
+        self.stats.queued += 1
+        # wake the worker only when it has something to do: the first event (it starts the
+        # flush_interval clock) or a full batch; a wake-up per event costs a GIL hand-off each
+        if self._worker_waiting:
+            queued = len(queue)
+            if (queued == 1 or queued >= self._batch_size) and not self._wakeup.is_set():
+                self._wakeup.set()
+
+    def _offer_full(self, seq: int, event: Event) -> None:
+        """The queue is full: the overflow policy, under the lock (the worker may be taking a batch)."""
         with self._lock:
             queue = self._queue
             if len(queue) >= self._queue_size:
@@ -125,13 +145,10 @@ class SinkRunner:
                 queue.popleft()
                 self._seqs.popleft()
                 self._report_overflow()
-            queue.append(event)
             self._seqs.append(seq)
+            queue.append(event)
             self.stats.queued += 1
-            # wake the worker only when it has something to do: the first event (it starts the
-            # flush_interval clock) or a full batch; a wake-up per event costs a GIL hand-off each
-            wake = self._worker_waiting and (len(queue) == 1 or len(queue) >= self._batch_size)
-        if wake:
+        if self._worker_waiting:
             self._wakeup.set()
 
     def _report_overflow(self) -> None:
@@ -194,25 +211,26 @@ class SinkRunner:
         interval = self.delivery.flush_interval
         deadline: float | None = None
         while True:
+            # Cleared, then flagged, before the queue is looked at: a stop, or an offer made after the
+            # look, sets the Event again, so the wait below cannot miss it.
+            self._wakeup.clear()
+            self._worker_waiting = True
             with self._lock:
-                # cleared before the checks: a stop or an offer after this point sets it again, so the
-                # wait below cannot miss it
-                self._wakeup.clear()
                 if self._hard_stop.is_set():
                     return []
-                queued = len(self._queue)
+                queue, seqs = self._queue, self._seqs
+                queued = len(queue)
                 now = time.monotonic()
                 if queued >= size or (queued and (self._stopping or (deadline is not None and now >= deadline))):
-                    queue, seqs = self._queue, self._seqs
+                    self._worker_waiting = False
+                    # popleft only: the source may append meanwhile (it removes only under the lock)
+                    take = min(queued, size)
                     self._inflight_first = seqs[0]
-                    if queued <= size:  # the usual case: take everything
-                        batch = list(queue)
-                        queue.clear()
-                        seqs.clear()
-                    else:
-                        batch = [queue.popleft() for _ in range(size)]
-                        for _ in range(size):
-                            seqs.popleft()
+                    pop = queue.popleft
+                    batch = [pop() for _ in range(take)]
+                    pop = seqs.popleft
+                    for _ in range(take):
+                        pop()
                     return batch
                 if not queued:
                     if self._stopping:
@@ -222,9 +240,7 @@ class SinkRunner:
                     deadline = now + interval
                 elif deadline is None:
                     deadline = now + interval
-                self._worker_waiting = True  # offers from now on wake the worker (first event, full batch)
             self._wakeup.wait(max(0.0, deadline - now) or 0.001)
-            self._worker_waiting = False  # a stale True costs at most one early wake-up
 
     def _deliver(self, batch: list[Event]) -> None:
         events: Sequence[Event] = batch
