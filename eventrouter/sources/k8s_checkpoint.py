@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -183,8 +184,16 @@ class Progress:
     cap: int = DELIVERED_CAP_FILE
     positions: dict[str, str] = field(default_factory=dict)
     delivered: dict[str, tuple[str, Any]] = field(default_factory=dict)  # uid -> (rv, what the user saw)
-    # (seq, stream, position, uid, entry): entry is the (rv, seen_as) pair that goes into ``delivered``
-    pending: deque[tuple[int, str, str | None, str | None, tuple[str, Any] | None]] = field(default_factory=deque)
+    # The unsettled notes, as parallel deques rather than a tuple per note (one object less per event for
+    # the garbage collector): ``pending`` holds their seqs; each seq is appended after its other fields,
+    # so whoever sees a seq finds the rest. ``entry`` is the (rv, seen_as) pair that goes into ``delivered``.
+    pending: deque[int] = field(default_factory=deque)
+    _streams: deque[str] = field(default_factory=deque, repr=False)
+    _positions: deque[str | None] = field(default_factory=deque, repr=False)
+    _uids: deque[str | None] = field(default_factory=deque, repr=False)
+    _entries: deque[tuple[str, Any] | None] = field(default_factory=deque, repr=False)
+    # held by advance and by the (rare) cap drop in note: the two may not pop at once; appends need no lock
+    _pop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     changed: bool = False
 
     def note(self, seq: int, stream: str, position: str | None, uid: str | None = None, rv: str | None = None,
@@ -197,26 +206,39 @@ class Progress:
                    entry: tuple[str, Any] | None) -> None:
         """:meth:`note` for the hot path: ``entry`` is the source's ``(rv, seen_as)`` dedupe record itself
         (None: forget the uid), shared with ``delivered`` instead of a copy per event."""
+        self._streams.append(stream)
+        self._positions.append(position)
+        self._uids.append(uid)
+        self._entries.append(entry)
         pending = self.pending
-        pending.append((seq, stream, position, uid, entry))
+        pending.append(seq)
         if len(pending) > PENDING_CAP:
             # a sink that never settles pins the checkpoint; forgetting the oldest unsettled entries keeps
             # memory flat and stays safe: the position only ever moves to a settled entry's position
-            pending.popleft()
+            with self._pop_lock:
+                if pending:
+                    self._pop()
+
+    def _pop(self) -> tuple[str, str | None, str | None, tuple[str, Any] | None]:
+        self.pending.popleft()
+        return self._streams.popleft(), self._positions.popleft(), self._uids.popleft(), self._entries.popleft()
 
     def advance(self, settled: int) -> None:
         pending = self.pending
         delivered = self.delivered
-        while pending and pending[0][0] <= settled:
-            _, stream, position, uid, entry = pending.popleft()
-            if position is not None:
-                self.positions[stream] = position
-            if uid is not None:
-                if entry is None:
-                    delivered.pop(uid, None)
-                else:
-                    delivered[uid] = entry  # an update keeps its place: eviction goes by first sight
-            self.changed = True
+        positions = self.positions
+        pop = self._pop
+        with self._pop_lock:
+            while pending and pending[0] <= settled:
+                stream, position, uid, entry = pop()
+                if position is not None:
+                    positions[stream] = position
+                if uid is not None:
+                    if entry is None:
+                        delivered.pop(uid, None)
+                    else:
+                        delivered[uid] = entry  # an update keeps its place: eviction goes by first sight
+                self.changed = True
         excess = len(delivered) - self.cap
         if excess > 0:
             for uid in list(_first(delivered, excess)):
