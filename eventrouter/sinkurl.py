@@ -98,6 +98,15 @@ class SinkURL:
         query = parse_query(raw_query) if sep else {}
         return cls(name, rest, scheme, userinfo, host, unquote_plus(path) if "%" in path else path, raw_query, query)
 
+    def __repr__(self) -> str:
+        # the fields hold the flag as given, tokens included: never show them raw. Query values are
+        # masked, and so is a key with an '@' (the password of a MySQL DSN sits in the first key).
+        text = self.redacted(self.query.keys())
+        for key in self.query:
+            if "@" in key:
+                text = text.replace(key.partition("=")[0], MASK, 1)
+        return f"SinkURL({text!r})"
+
     @property
     def hostname(self) -> str:
         host = self.host

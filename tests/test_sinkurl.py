@@ -131,3 +131,16 @@ def test_host_and_port_properties():
 def test_query_without_strips_only_named_keys():
     url = SinkURL.parse("webhook:https://h/p?token=abc&level=Warning&x=1&header=A=B")
     assert url.query_without({"level", "header"}) == "token=abc&x=1"
+
+
+def test_repr_never_shows_query_values_or_url_passwords():
+    url = SinkURL.parse("dingtalk:https://u:pw-SECRET@h/robot/send?access_token=tok-SECRET&level=Warning")
+    text = repr(url)
+    assert "SECRET" not in text
+    assert text == "SinkURL('dingtalk:https://u:***@h/robot/send?access_token=***&level=***')"
+    assert "SECRET" not in repr([url]) and "SECRET" not in f"{url!r}"
+
+
+def test_repr_hides_a_mysql_dsn_password():
+    url = SinkURL.parse("mysql:?root:pw-SECRET@tcp(h:3306)/db?charset=utf8&table=t")
+    assert "SECRET" not in repr(url)
