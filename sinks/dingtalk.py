@@ -136,6 +136,7 @@ class DingTalkSink(Sink):
                              clock=clock, sink=self.name)
         self._wall = wall
         self._secrets = [opts["access_token"], opts["sign"]]
+        self._throttled = 0  # rate-limit answers in a row
         self._client: httpx.Client | None = None
         http_client(self.name, opts).close()  # TLS files are checked now, not at the first alert
 
@@ -199,8 +200,14 @@ class DingTalkSink(Sink):
             raise self._masked(transport_error(exc, "dingtalk")) from None
         try:
             _classify(response.status_code, response.content)
+        except RateLimitedError as exc:
+            # DingTalk blocks a robot for 10 minutes after it hit the limit: back off 1, 2, 4, 8, 10 min
+            self._throttled += 1
+            exc.retry_after = min(60.0 * 2 ** (self._throttled - 1), 600.0)
+            raise self._masked(exc) from None
         except (RetryableError, PermanentError) as exc:
             raise self._masked(exc) from None
+        self._throttled = 0
 
     def _masked(self, exc: RetryableError | PermanentError) -> RetryableError | PermanentError:
         exc.args = (redact_text(str(exc), self._secrets),)

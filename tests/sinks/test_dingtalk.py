@@ -355,3 +355,23 @@ def test_cli_run_replays_real_events_once_per_problem_and_digests_the_rest(tmp_p
     assert all("Level:Warning" in c and "Cluster:prod" in c for c in contents[:19])
     # the digest went out at shutdown: every problem beyond the first 19 is in it, repeats are not
     assert contents[19].splitlines()[2].startswith(f"{len(problems) - 19} more Warning events: ")
+
+
+def test_repeated_rate_limit_answers_back_off_towards_dingtalks_ten_minute_block():
+    """Another poster on the same robot keeps it throttled: wait 1, 2, 4, 8, then 10 minutes; reset on success."""
+    import httpx
+
+    answers = iter([{"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"}] * 6
+                   + [{"errcode": 0, "errmsg": "ok"}, {"errcode": 130101, "errmsg": "send too fast"}])
+    sink = build("dingtalk:http://127.0.0.1:9/robot/send?access_token=tok-1&repeat_interval=0")
+    sink._client = httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=next(answers))))
+    waits = []
+    for _ in range(6):
+        with pytest.raises(RateLimitedError) as err:
+            sink._post("text", "title")
+        waits.append(err.value.retry_after)
+    assert waits == [60.0, 120.0, 240.0, 480.0, 600.0, 600.0]
+    sink._post("text", "title")  # delivered: the streak ends
+    with pytest.raises(RateLimitedError) as err:
+        sink._post("text", "title")
+    assert err.value.retry_after == 60.0
