@@ -23,6 +23,7 @@ under a size limit with a visible marker.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter, OrderedDict, deque
@@ -393,7 +394,7 @@ class ChatFlow:
                 self.repeats.commit(event, now)
                 continue
             try:
-                self._post(lambda e=event, n=notice: post_event(e, n))
+                self._post(functools.partial(post_event, event, notice))
             except RetryableError as exc:
                 raise PartialError(str(exc), retry=batch[index:], rejected=rejected,
                                    retry_after=exc.retry_after) from exc

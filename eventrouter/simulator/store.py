@@ -20,9 +20,10 @@ import orjson
 _TIME_FIELDS = ("firstTimestamp", "lastTimestamp", "eventTime")
 
 
-def _clone(obj: Any) -> Any:
+def _clone(obj: dict[str, Any]) -> dict[str, Any]:
     """A deep copy of a JSON object (an orjson round trip: twice as fast as copy.deepcopy)."""
-    return orjson.loads(orjson.dumps(obj))
+    copy: dict[str, Any] = orjson.loads(orjson.dumps(obj))
+    return copy
 
 
 def now_text(micro: bool = False) -> str:

@@ -264,7 +264,7 @@ def _own_namespace(kubeconfig: str | None, context: str | None) -> str:
         try:
             from kubernetes.config import list_kube_config_contexts
 
-            contexts, active = list_kube_config_contexts(config_file=kubeconfig)
+            contexts, active = list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
             chosen = next((c for c in contexts if c["name"] == context), active) if context else active
             return (chosen or {}).get("context", {}).get("namespace") or "default"
         except Exception:
