@@ -118,7 +118,7 @@ def athena_ddl_command(argv: Sequence[str]) -> int:
         url = SinkURL.parse(args.sink)
         if url.name != S3Sink.name:
             raise ConfigError(f"--sink={url.name}: athena-ddl describes an s3 sink (--sink=s3:s3://BUCKET/PREFIX)")
-        sink = S3Sink.from_url(url)
+        sink = S3Sink(url, S3Sink.parse_options(url))
         ddl = athena_ddl(sink.bucket, sink.prefix, sink.opts["key_format"], table=args.table, years=args.years)
     except (ConfigError, KeyFormatError) as exc:
         print(f"eventrouter athena-ddl: error: {exc}", file=sys.stderr)

@@ -23,11 +23,11 @@ def read_configmap(sink: str, namespace: str, name: str, timeout: float) -> str:
     where = f"ConfigMap {namespace}/{name}"
     cfg = client.Configuration()
     try:
-        config.load_incluster_config(client_configuration=cfg)
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG") or "~/.kube/config",
-                                    client_configuration=cfg)
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=os.environ.get("KUBECONFIG") or "~/.kube/config", client_configuration=cfg)
         except (config.ConfigException, OSError) as exc:
             raise SinkConfigError(sink, f"cannot read {where}: no in-cluster service account and no usable "
                                   f"kubeconfig ({exc})", option) from None
