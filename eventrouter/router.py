@@ -349,6 +349,8 @@ class Router:
         self.seq = 0
 
     def dispatch(self, event: Event) -> int:
+        """Number the event and offer it to every sink. One thread at a time (sources serialize their
+        watches): the numbering, and the lock-free :meth:`SinkRunner.offer`, rely on it."""
         self.seq = seq = self.seq + 1
         for offer in self._offers:
             offer(seq, event)
