@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from eventrouter.errors import PartialError, PermanentError, RetryableError
 from eventrouter.event import Event
@@ -115,6 +116,10 @@ class SinkRunner:
         if not self._passes_all and not self.filter.accepts(event):
             self.stats.filtered += 1
             return
+        self.enqueue(seq, event)
+
+    def enqueue(self, seq: int, event: Event) -> None:
+        """:meth:`offer` for an event known to pass this sink's filter."""
         queue = self._queue
         if len(queue) >= self._queue_size:
             self._offer_full(seq, event)
@@ -226,11 +231,11 @@ class SinkRunner:
                     # popleft only: the source may append meanwhile (it removes only under the lock)
                     take = min(queued, size)
                     self._inflight_first = seqs[0]
-                    pop = queue.popleft
-                    batch = [pop() for _ in range(take)]
-                    pop = seqs.popleft
+                    pop_event = queue.popleft
+                    batch = [pop_event() for _ in range(take)]
+                    pop_seq = seqs.popleft
                     for _ in range(take):
-                        pop()
+                        pop_seq()
                     return batch
                 if not queued:
                     if self._stopping:
@@ -340,6 +345,16 @@ class SinkRunner:
         return not left and not thread.is_alive()
 
 
+# What EventFilter.accepts reads, besides the count: (type, involved namespace, involved kind, reason).
+# A filter option that reads anything else must extend the route key in Router.dispatch, and this set
+# (tests/test_router.py compares it with EventFilter's options).
+ROUTE_KEY_FILTERS = frozenset({"threshold", "namespaces", "exclude_namespaces", "kinds", "exclude_kinds",
+                               "reasons", "exclude_reasons", "min_count"})
+ROUTES_CAP = 4096
+
+_Route = tuple[tuple[Callable[[int, Event], None], ...], tuple[SinkStats, ...]]
+
+
 class Router:
     """Numbers each event and offers it to every sink runner."""
 
@@ -347,14 +362,52 @@ class Router:
         self.runners = list(runners)
         self._offers: tuple[Callable[[int, Event], None], ...] = tuple(r.offer for r in self.runners)
         self.seq = 0
+        # With several filtered sinks, the filters' verdicts are remembered per route key (most events
+        # share a type, object kind, namespace and reason with many others): one dict lookup per event
+        # instead of one filter per sink. Only for the stock EventFilter, whose inputs the key covers.
+        filtered = [r for r in self.runners if not r._passes_all]
+        cacheable = all(type(r.filter) is EventFilter and set(EventFilter.__slots__) == ROUTE_KEY_FILTERS
+                        for r in self.runners)
+        self._routes: dict[tuple[Any, ...], _Route] | None = (
+            {} if len(self.runners) > 1 and filtered and cacheable else None)
+        # count only matters up to the largest min_count: count >= m <=> min(count, cap) >= m for m <= cap
+        self._count_cap = max((r.filter.min_count for r in filtered), default=0)
 
     def dispatch(self, event: Event) -> int:
         """Number the event and offer it to every sink. One thread at a time (sources serialize their
         watches): the numbering, and the lock-free :meth:`SinkRunner.offer`, rely on it."""
         self.seq = seq = self.seq + 1
-        for offer in self._offers:
-            offer(seq, event)
+        routes = self._routes
+        if routes is None:
+            for offer in self._offers:
+                offer(seq, event)
+            return seq
+        obj = event.involved_object
+        count = event.count
+        cap = self._count_cap
+        key = (event.type, obj.namespace, obj.kind, event.reason, count if count < cap else cap)
+        enqueues, rejected = routes.get(key) or self._route(key, event)
+        for enqueue in enqueues:
+            enqueue(seq, event)
+        for stats in rejected:
+            stats.filtered += 1
         return seq
+
+    def _route(self, key: tuple[Any, ...], event: Event) -> _Route:
+        accepted: list[Callable[[int, Event], None]] = []
+        rejected: list[SinkStats] = []
+        for runner in self.runners:
+            if runner._passes_all or runner.filter.accepts(event):
+                accepted.append(runner.enqueue)
+            else:
+                rejected.append(runner.stats)
+        route = (tuple(accepted), tuple(rejected))
+        routes = self._routes
+        assert routes is not None
+        if len(routes) >= ROUTES_CAP:
+            routes.clear()
+        routes[key] = route
+        return route
 
     def settled_seq(self) -> int:
         """Every event numbered up to this has been settled by every sink."""

@@ -304,3 +304,39 @@ def test_a_waiting_worker_wakes_for_a_full_batch_and_for_stop_without_its_flush_
     assert time.monotonic() - started < 5
     assert [e.uid for e in sink.received] == [make_event(i).uid for i in range(13)]
     assert router.settled_seq() == 13
+
+
+def test_the_route_key_covers_every_filter_option():
+    """Router.dispatch remembers filter verdicts per (type, namespace, kind, reason, count): a new filter
+    option that reads another field must extend that key (and ROUTE_KEY_FILTERS)."""
+    from eventrouter.filters import EventFilter
+    from eventrouter.router import ROUTE_KEY_FILTERS
+
+    assert set(EventFilter.__slots__) == ROUTE_KEY_FILTERS
+
+
+def test_remembered_routes_give_each_sink_exactly_what_its_filter_accepts():
+    from eventrouter.event import Event
+    from tests.helpers import real_objects
+
+    queries = ["", "level=Warning", "namespaces=default,kube-system", "kinds=Pod,Node",
+               "reasons=BackOff|Failed.*&exclude_namespaces=kube-system",
+               "exclude_reasons=^Pull|^Creat|^Start&min_count=2", "exclude_kinds=Node&exclude_namespaces=,",
+               "min_count=5"]
+    runners = [SinkRunner.build(build(RecordingSink, f"{q}&queue_size=100000".lstrip("&"))) for q in queries]
+    router = Router(runners)  # not started: the queues only fill
+    assert router._routes is not None
+    events = [Event.from_object(o) for o in real_objects() + real_objects("events-k8s-io-v1")]
+    events += [replace_count(e, n) for e in events[:200] for n in (2, 4, 5, 9)]
+    for event in events * 2:
+        router.dispatch(event)
+    for runner in runners:
+        expected = [e for e in events * 2 if runner.filter.accepts(e)]
+        assert list(runner._queue) == expected
+        assert runner.stats.filtered == len(events) * 2 - len(expected)
+
+
+def replace_count(event, count):
+    from dataclasses import replace
+
+    return replace(event, count=count)
