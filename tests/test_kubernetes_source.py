@@ -467,3 +467,37 @@ def test_an_unexpected_checkpoint_write_error_is_logged_and_the_next_write_happe
     wait_for(target.exists, timeout=10, what="a checkpoint write after the failed one")
     h.stop()
     assert "writing checkpoint file:" in caplog.text and "failed: KeyError" in caplog.text
+
+
+def test_dedupe_records_of_both_shapes_compare_and_compact_alike():
+    """The source keeps flat (rv, count, lastTimestamp, text hash) records; a loaded checkpoint gives
+    (rv, Seen). Both must decide 'unchanged' the same way, and both must be written the same way."""
+    from dataclasses import replace
+
+    from eventrouter.sources.k8s_checkpoint import Progress, Seen
+    from eventrouter.sources.k8s_watch import seen_key, seen_record, unchanged
+    from tests.helpers import make_event
+
+    event = make_event(1, count=3)
+    record = seen_record("10", event)
+    assert record == ("10", *seen_key(event))
+    restored = Seen.restore(["10", 3, int(event.last_timestamp.timestamp())])
+    for prev in (record, restored, ("10", seen_key(event))):
+        assert unchanged(prev, seen_record("11", event))
+        assert not unchanged(prev, seen_record("11", replace(event, count=4)))
+        later = replace(event, last_timestamp=event.last_timestamp.replace(year=2027))
+        assert not unchanged(prev, seen_record("11", later))
+    # the message is not kept in the checkpoint: a restored record sees count and time only
+    assert not unchanged(record, seen_record("11", replace(event, message="other")))
+    assert unchanged(restored, seen_record("11", replace(event, message="other")))
+    assert not unchanged(("10", None), record)
+
+    progress = Progress()
+    progress.note_entry(1, "", "10", "flat", record)
+    progress.note(2, "", "11", "pair", "11", seen_key(event))
+    progress.note(3, "", "12", "bare", "12")
+    progress.load({"delivered": {"old": ["9", 2, 100]}})
+    progress.advance(3)
+    ts = int(event.last_timestamp.timestamp())
+    assert progress.document("s", "v1", [])["delivered"] == {
+        "old": ["9", 2, 100], "flat": ["10", 3, ts], "pair": ["11", 3, ts], "bare": ["12"]}

@@ -183,15 +183,17 @@ class Progress:
 
     cap: int = DELIVERED_CAP_FILE
     positions: dict[str, str] = field(default_factory=dict)
-    delivered: dict[str, tuple[str, Any]] = field(default_factory=dict)  # uid -> (rv, what the user saw)
+    # uid -> the source's dedupe record: (rv, count, lastTimestamp, text hash), or (rv, seen_as) from note()
+    # and from a loaded checkpoint (seen_as: a Seen, a seen_key tuple or None)
+    delivered: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     # The unsettled notes, as parallel deques rather than a tuple per note (one object less per event for
     # the garbage collector): ``pending`` holds their seqs; each seq is appended after its other fields,
-    # so whoever sees a seq finds the rest. ``entry`` is the (rv, seen_as) pair that goes into ``delivered``.
+    # so whoever sees a seq finds the rest. ``entry`` is the record that goes into ``delivered``.
     pending: deque[int] = field(default_factory=deque)
     _streams: deque[str] = field(default_factory=deque, repr=False)
     _positions: deque[str | None] = field(default_factory=deque, repr=False)
     _uids: deque[str | None] = field(default_factory=deque, repr=False)
-    _entries: deque[tuple[str, Any] | None] = field(default_factory=deque, repr=False)
+    _entries: deque[tuple[Any, ...] | None] = field(default_factory=deque, repr=False)
     # held by advance and by the (rare) cap drop in note: the two may not pop at once; appends need no lock
     _pop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     changed: bool = False
@@ -203,9 +205,9 @@ class Progress:
         self.note_entry(seq, stream, position, uid, None if rv is None else (rv, seen_as))
 
     def note_entry(self, seq: int, stream: str, position: str | None, uid: str | None,
-                   entry: tuple[str, Any] | None) -> None:
-        """:meth:`note` for the hot path: ``entry`` is the source's ``(rv, seen_as)`` dedupe record itself
-        (None: forget the uid), shared with ``delivered`` instead of a copy per event."""
+                   entry: tuple[Any, ...] | None) -> None:
+        """:meth:`note` for the hot path: ``entry`` is the source's dedupe record itself (``(rv, count,
+        lastTimestamp, text hash)``; None: forget the uid), shared with ``delivered``, not copied."""
         self._streams.append(stream)
         self._positions.append(position)
         self._uids.append(uid)
@@ -219,7 +221,7 @@ class Progress:
                 if pending:
                     self._pop()
 
-    def _pop(self) -> tuple[str, str | None, str | None, tuple[str, Any] | None]:
+    def _pop(self) -> tuple[str, str | None, str | None, tuple[Any, ...] | None]:
         self.pending.popleft()
         return self._streams.popleft(), self._positions.popleft(), self._uids.popleft(), self._entries.popleft()
 
@@ -251,11 +253,10 @@ class Progress:
 
     def document(self, server: str, api: str, namespaces: list[str]) -> dict[str, Any]:
         """The JSON document; the ``delivered`` values are compacted here, once per write."""
-        compact = Seen.compact
         return {
             "version": 1, "server": server, "api": api, "namespaces": namespaces,
             "positions": dict(self.positions),
-            "delivered": {uid: [rv, *compact(seen_as)] for uid, (rv, seen_as) in self.delivered.items()},
+            "delivered": {uid: _compact(record) for uid, record in self.delivered.items()},
             "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
@@ -298,6 +299,13 @@ class Seen:
         if isinstance(value, list) and value:
             return str(value[0]), None
         return str(value), None
+
+
+def _compact(record: tuple[Any, ...]) -> list[Any]:
+    """A ``delivered`` record as the checkpoint stores it: ``[rv, count, lastTimestamp (unix s)]`` or ``[rv]``."""
+    if len(record) == 4:  # the source's flat record
+        return [record[0], record[1], int(record[2].timestamp())]
+    return [record[0], *Seen.compact(record[1])]
 
 
 def _first(mapping: dict[str, str], n: int) -> list[str]:

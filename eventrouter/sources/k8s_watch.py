@@ -32,6 +32,23 @@ def seen_key(event: Event) -> tuple[int, Any, int]:
     """
     return (event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
 
+
+def seen_record(rv: str, event: Event) -> tuple[str, int, Any, int]:
+    """The dedupe record of an occurrence (a ``seen`` value, shared with the checkpoint's ``delivered``):
+    ``(rv, *seen_key(event))``, flat. One tuple of plain values per event, which the garbage collector
+    stops tracking at its first pass (a nested tuple kept both tracked for longer).
+
+    Records restored from a checkpoint have the other shape, ``(rv, Seen | None)``.
+    """
+    return (rv, event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
+
+
+def unchanged(prev: tuple[Any, ...], record: tuple[str, int, Any, int]) -> bool:
+    """Whether the user would see nothing new in ``record`` after ``prev`` (either shape)."""
+    if len(prev) == 4:
+        return prev[1:] == record[1:]
+    return bool(prev[1] == record[1:])  # a Seen compares by count and lastTimestamp; None matches nothing
+
 log = logging.getLogger("eventrouter.sources.kubernetes")
 
 BACKOFF_MAX = 30.0
@@ -138,10 +155,9 @@ class ListWatch:
             self._malformed(exc)
             return uid
         self.state.count("ADDED")
-        seen_as = seen_key(event)
-        self.seen[uid] = entry = (rv, seen_as)
+        self.seen[uid] = entry = seen_record(rv, event)
         progress = self.progress
-        if (prev is not None and prev[1] == seen_as) or (cutoff is not None and event.last_timestamp < cutoff):
+        if (prev is not None and unchanged(prev, entry)) or (cutoff is not None and event.last_timestamp < cutoff):
             if prev is not None:
                 self.state.unchanged_suppressed += 1
             progress.note_entry(router.seq, stream, None, uid, entry)  # type: ignore[union-attr]
@@ -234,10 +250,10 @@ class ListWatch:
         except MalformedEvent as exc:
             self._malformed(exc)
             return rv
-        # seen_key(event), inlined
-        seen_as = (event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
-        seen[uid] = entry = (rv, seen_as)  # one tuple, shared by the dedupe memory and the checkpoint
-        if prev is not None and prev[1] == seen_as:
+        # seen_record(rv, event), inlined: one tuple, shared by the dedupe memory and the checkpoint
+        entry = (rv, event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
+        seen[uid] = entry
+        if prev is not None and unchanged(prev, entry):
             state.unchanged_suppressed += 1
             progress.note_entry(router.seq, stream, rv, uid, entry)  # type: ignore[union-attr]
             return rv
