@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eventrouter import Event, Sink, SinkURL
+from eventrouter.app import tune_gc
 from eventrouter.router import Router, SinkRunner
 from eventrouter.simulator.sim import Simulator
 from eventrouter.sources import SourceContext, build_source
@@ -120,6 +121,7 @@ class RouterInProcess:
         self.thread = threading.Thread(target=self.source.run, args=(self.router, self.stop_event), daemon=True)
 
     def start(self, timeout: float = 30.0) -> None:
+        tune_gc()  # as eventrouter.app.run does
         self.router.start()
         self.thread.start()
         deadline = time.monotonic() + timeout
