@@ -114,9 +114,9 @@ class Event:
         event.resource_version = str(meta.get("resourceVersion") or "")
         event.namespace = meta.get("namespace") or ""
         event.name = meta.get("name") or ""
-        event.type = get("type") or ""
-        event.reason = get("reason") or ""
-        event.message = get("message") or ""
+        event.type = _text(get("type"))
+        event.reason = _text(get("reason"))
+        event.message = _text(get("message"))
         event.count = _count(get("count"), series and series.get("count"))
         event.first_timestamp = first
         event.last_timestamp = last
@@ -150,9 +150,9 @@ class Event:
         event.resource_version = str(meta.get("resourceVersion") or "")
         event.namespace = meta.get("namespace") or ""
         event.name = meta.get("name") or ""
-        event.type = get("type") or ""
-        event.reason = get("reason") or ""
-        event.message = get("note") or ""
+        event.type = _text(get("type"))
+        event.reason = _text(get("reason"))
+        event.message = _text(get("note"))
         event.count = _count(get("deprecatedCount"), series and series.get("count"))
         event.first_timestamp = first
         event.last_timestamp = last
@@ -199,6 +199,13 @@ class Event:
         if raw:
             data["raw"] = self.raw
         return data
+
+
+def _text(value: Any) -> str:
+    """A text field as a string: a hand-written or foreign object may hold a number there."""
+    if value.__class__ is str:
+        return value  # type: ignore[no-any-return]
+    return str(value) if value else ""
 
 
 def _count(count: Any, series_count: Any) -> int:

@@ -168,3 +168,10 @@ def test_identical_involved_objects_are_shared_and_distinct_ones_are_not():
                                                    api_version="v1")
     assert other.involved_object.field_path == "spec.containers{web}" and other.involved_object.name == "web-1"
     assert Event.from_object(base).involved_object == InvolvedObject()
+
+
+def test_text_fields_that_are_not_strings_become_strings():
+    obj = {"metadata": {"uid": "u", "name": "e"}, "type": "Warning", "reason": 42, "message": 5,
+           "involvedObject": {"kind": "Pod", "name": "p"}}
+    event = Event.from_object(obj)
+    assert (event.reason, event.message) == ("42", "5")
