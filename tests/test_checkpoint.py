@@ -251,3 +251,45 @@ def test_the_dedupe_record_does_not_keep_the_message():
     assert all(not isinstance(part, str) for part in key)
     assert key != seen_key(make_event(1, message="y" * 10_000))
     assert key == seen_key(make_event(1, message="x" * 10_000))
+
+
+class _FakeAPI:
+    """Answers the ConfigMap calls of ConfigMapCheckpoint from a script."""
+
+    def __init__(self, answers):
+        import httpx
+
+        self.answers = [httpx.Response(code, json=body) if not isinstance(body, bytes)
+                        else httpx.Response(code, content=body) for code, body in answers]
+        self.calls = []
+
+    def request(self, method, path, json=None):
+        self.calls.append(method)
+        return self.answers.pop(0)
+
+
+def test_a_deposed_leader_does_not_overwrite_a_newer_checkpoint():
+    from eventrouter.sources.k8s_checkpoint import CheckpointError, ConfigMapCheckpoint
+
+    api = _FakeAPI([(409, {"kind": "Status", "code": 409})])
+    checkpoint = ConfigMapCheckpoint(api, "ns", "cp")
+    checkpoint._rv = "5"
+    with pytest.raises(CheckpointError, match="not the leader any more"):
+        checkpoint.save({"positions": {}}, still_leading=lambda: False)
+    assert api.calls == ["PUT"]  # no GET-and-overwrite
+
+    api = _FakeAPI([(409, {"code": 409}), (200, {"metadata": {"resourceVersion": "9"}}),
+                    (200, {"metadata": {"resourceVersion": "10"}})])
+    checkpoint = ConfigMapCheckpoint(api, "ns", "cp")
+    checkpoint._rv = "5"
+    checkpoint.save({"positions": {}}, still_leading=lambda: True)  # still the leader: takes the new rv, writes
+    assert api.calls == ["PUT", "GET", "PUT"] and checkpoint._rv == "10"
+
+
+def test_an_odd_configmap_answer_is_a_checkpoint_error_not_a_crash():
+    from eventrouter.sources.k8s_checkpoint import CheckpointError, ConfigMapCheckpoint
+
+    for body in ([1, 2], {"no": "metadata"}, b"<html>proxy error</html>"):
+        checkpoint = ConfigMapCheckpoint(_FakeAPI([(200, body)]), "ns", "cp")
+        with pytest.raises(CheckpointError, match="not a ConfigMap"):
+            checkpoint.load()

@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -40,7 +41,7 @@ class CheckpointStore(Protocol):
 
     def load(self) -> dict[str, Any] | None: ...
 
-    def save(self, doc: dict[str, Any]) -> None: ...
+    def save(self, doc: dict[str, Any], still_leading: Callable[[], bool] = ...) -> None: ...
 
 
 class FileCheckpoint:
@@ -61,7 +62,7 @@ class FileCheckpoint:
             log.warning("checkpoint %s is unreadable (%s); starting as if there were none", self.path, exc)
             return None
 
-    def save(self, doc: dict[str, Any]) -> None:
+    def save(self, doc: dict[str, Any], still_leading: Callable[[], bool] = lambda: True) -> None:
         """Write a temp file in the same directory, fsync, rename: a crash leaves the old or the new."""
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
@@ -112,9 +113,12 @@ class ConfigMapCheckpoint:
             return None
         if resp.status_code != 200:
             raise CheckpointError(f"reading {self.describe()}: HTTP {resp.status_code}", resp.status_code)
-        obj = resp.json()
-        self._rv = obj["metadata"].get("resourceVersion")
-        text = (obj.get("data") or {}).get(CONFIGMAP_KEY)
+        try:
+            obj = resp.json()
+            self._rv = obj["metadata"].get("resourceVersion")
+            text = (obj.get("data") or {}).get(CONFIGMAP_KEY)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"reading {self.describe()}: the API server's answer is not a ConfigMap") from None
         if not text:
             return None
         try:
@@ -123,7 +127,9 @@ class ConfigMapCheckpoint:
             log.warning("checkpoint %s is unreadable; starting as if there were none", self.describe())
             return None
 
-    def save(self, doc: dict[str, Any]) -> None:
+    def save(self, doc: dict[str, Any], still_leading: Callable[[], bool] = lambda: True) -> None:
+        """Write the checkpoint. On a conflict (someone wrote since we last did), overwrite only while
+        ``still_leading()``: a deposed leader must not clobber its successor's newer position."""
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": self.name, "namespace": self.namespace,
@@ -136,14 +142,19 @@ class ConfigMapCheckpoint:
             else:
                 body["metadata"]["resourceVersion"] = self._rv
                 resp = self.api.request("PUT", f"{self._path}/{self.name}", json=body)
-            if resp.status_code in (200, 201):
-                self._rv = resp.json()["metadata"]["resourceVersion"]
-                return
-            if resp.status_code in (404, 409):
-                # created or changed by someone else (a previous leader): take its version and write ours
-                current = self.api.request("GET", f"{self._path}/{self.name}")
-                self._rv = current.json()["metadata"]["resourceVersion"] if current.status_code == 200 else None
-                continue
+            try:
+                if resp.status_code in (200, 201):
+                    self._rv = resp.json()["metadata"]["resourceVersion"]
+                    return
+                if resp.status_code in (404, 409):
+                    if not still_leading():
+                        raise CheckpointError(f"writing {self.describe()}: not the leader any more", resp.status_code)
+                    # created or changed by someone else (a previous leader): take its version and write ours
+                    current = self.api.request("GET", f"{self._path}/{self.name}")
+                    self._rv = current.json()["metadata"]["resourceVersion"] if current.status_code == 200 else None
+                    continue
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise CheckpointError(f"writing {self.describe()}: the answer is not a ConfigMap") from None
             raise CheckpointError(f"writing {self.describe()}: HTTP {resp.status_code}", resp.status_code)
         raise CheckpointError(f"writing {self.describe()}: conflicting writers")
 

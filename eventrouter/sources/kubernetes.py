@@ -241,7 +241,7 @@ class KubernetesSource(ListWatch):
             progress.changed = False
             doc = progress.document(self.api.host, self.settings.api, self.settings.namespaces)
             try:
-                self.checkpoint.save(doc)
+                self.checkpoint.save(doc, self._may_write)
             except Exception as exc:  # an odd API answer too: a dead housekeeping thread would never write again
                 progress.changed = True
                 self._errors.log(logging.WARNING, "ckpt-save", "writing checkpoint %s failed: %s: %s",
