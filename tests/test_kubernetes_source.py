@@ -452,7 +452,7 @@ def test_an_unexpected_checkpoint_write_error_is_logged_and_the_next_write_happe
     checkpoint = h.source.checkpoint
     save, calls = checkpoint.save, []
 
-    def flaky(doc):  # type: ignore[no-untyped-def]
+    def flaky(doc, still_leading=None):  # type: ignore[no-untyped-def]
         calls.append(1)
         if len(calls) == 1:
             raise KeyError("metadata")  # e.g. an API answer without the field the writer reads
