@@ -20,6 +20,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	./scripts/install-test-deps.sh
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 ## bench: throughput and memory benchmarks (prints a table and one JSON line per benchmark)
@@ -29,6 +30,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/ruff format --check .
 
 fmt: $(STAMP)

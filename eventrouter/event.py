@@ -204,7 +204,7 @@ class Event:
 def _text(value: Any) -> str:
     """A text field as a string: a hand-written or foreign object may hold a number there."""
     if value.__class__ is str:
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return,unused-ignore]
     return str(value) if value else ""
 
 

@@ -251,6 +251,7 @@ class SinkRunner:
         events: Sequence[Event] = batch
         stats = self.stats
         attempt = 0
+        error: BaseException
         started = time.monotonic()
         while True:
             retry_after: float | None = None
@@ -302,9 +303,9 @@ class SinkRunner:
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None and retry_after >= 0:
-            return retry_after
+            return float(retry_after)
         cap = self.delivery.retry_backoff_max
-        base = min(cap, BACKOFF_INITIAL * 2 ** min(attempt - 1, 30))
+        base = min(cap, BACKOFF_INITIAL * 2.0 ** min(attempt - 1, 30))
         return base * random.uniform(0.5, 1.0)
 
     def _tick(self) -> None:

@@ -55,7 +55,8 @@ class FileCheckpoint:
     def load(self) -> dict[str, Any] | None:
         try:
             with open(self.path, "rb") as fh:
-                return orjson.loads(fh.read())
+                doc: dict[str, Any] = orjson.loads(fh.read())
+                return doc
         except FileNotFoundError:
             return None
         except (OSError, orjson.JSONDecodeError) as exc:
@@ -122,7 +123,8 @@ class ConfigMapCheckpoint:
         if not text:
             return None
         try:
-            return orjson.loads(text)
+            doc: dict[str, Any] = orjson.loads(text)
+            return doc
         except orjson.JSONDecodeError:
             log.warning("checkpoint %s is unreadable; starting as if there were none", self.describe())
             return None
@@ -319,8 +321,8 @@ def _compact(record: tuple[Any, ...]) -> list[Any]:
     return [record[0], *Seen.compact(record[1])]
 
 
-def _first(mapping: dict[str, str], n: int) -> list[str]:
-    out = []
+def _first(mapping: dict[str, Any], n: int) -> list[str]:
+    out: list[str] = []
     for key in mapping:
         if len(out) >= n:
             break

@@ -88,9 +88,12 @@ class ApiClient:
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
                 timeout: float | None = None) -> httpx.Response:
         """One request; a 401 reloads the credentials and retries once. Transport errors propagate."""
-        extra = {"timeout": timeout} if timeout is not None else {}
         for attempt in (1, 2):
-            resp = self.client.request(method, path, params=params, json=json, headers=self._auth(), **extra)
+            if timeout is None:
+                resp = self.client.request(method, path, params=params, json=json, headers=self._auth())
+            else:
+                resp = self.client.request(method, path, params=params, json=json, headers=self._auth(),
+                                           timeout=timeout)
             if resp.status_code != 401 or attempt == 2:
                 return resp
             resp.close()
@@ -142,10 +145,10 @@ def load_configuration(*, kubeconfig: str | None, context: str | None, in_cluste
     def load() -> Any:
         cfg = k8s_client.Configuration()
         if in_cluster_mode:
-            k8s_config.load_incluster_config(client_configuration=cfg)
+            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         elif kubeconfig is not None:
-            k8s_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg,
-                                        persist_config=False)
+            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False)
         return cfg
 
     return load

@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import orjson
 
 from eventrouter.event import Event, MalformedEvent
+from eventrouter.health import SourceState
+from eventrouter.logutil import ThrottledLog
 from eventrouter.router import Router
+
+if TYPE_CHECKING:
+    from eventrouter.sources.k8s_checkpoint import Progress
+    from eventrouter.sources.k8s_client import ApiClient
+    from eventrouter.sources.k8s_options import SourceSettings
 
 
 def seen_key(event: Event) -> tuple[int, Any, int]:
@@ -74,6 +82,19 @@ class Backoff:
 
 class ListWatch:
     """List, watch, dedupe and dispatch (see the module docstring for what it needs)."""
+
+    # provided by KubernetesSource (declared here for the type checker)
+    api: ApiClient
+    settings: SourceSettings
+    ctx: Any
+    state: SourceState
+    cluster: str
+    seen: dict[str, Any]
+    seen_cap: int
+    progress: Progress | None
+    _paths: dict[str, str]
+    _errors: ThrottledLog
+    _dispatch_lock: threading.Lock
 
     # ---- list + watch loop for one stream (all namespaces, or one) ----------------------------
     def _stream(self, router: Router, stream: str, rv: str | None, first_start: bool,
@@ -230,7 +251,7 @@ class ListWatch:
         try:
             meta = obj["metadata"]
             uid = meta["uid"]
-            rv = meta["resourceVersion"]
+            rv: str = meta["resourceVersion"]
         except (KeyError, TypeError):
             self._malformed("watch event without metadata.uid/resourceVersion")
             return None
