@@ -22,10 +22,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EMPTY: dict[str, Any] = {}
+
+
+class _Fields(NamedTuple):
+    """Where one API keeps the fields that differ between core/v1 and events.k8s.io/v1."""
+
+    last: str
+    first: str
+    times: str  # the count field ("count" would shadow tuple.count)
+    message: str
+    involved: str
+    source: str
+    controller: str
+
+
+_CORE_V1 = _Fields("lastTimestamp", "firstTimestamp", "count", "message", "involvedObject", "source",
+                   "reportingComponent")
+_EVENTS_V1 = _Fields("deprecatedLastTimestamp", "deprecatedFirstTimestamp", "deprecatedCount", "note", "regarding",
+                     "deprecatedSource", "reportingController")
 
 
 class MalformedEvent(ValueError):
@@ -85,30 +103,31 @@ class Event:
         if kind is not None and kind != "Event":
             raise MalformedEvent(f"kind is {kind!r}, not 'Event'")
         try:
+            api = _CORE_V1
             if "involvedObject" not in obj and (
                 "regarding" in obj or "note" in obj or str(obj.get("apiVersion", "")).startswith("events.k8s.io")
             ):
-                return cls._from_events_v1(obj, meta, cluster)
-            return cls._from_core_v1(obj, meta, cluster)
+                api = _EVENTS_V1
+            return cls._build(obj, meta, cluster, api)
         except MalformedEvent:
             raise
         except (TypeError, ValueError, AttributeError) as exc:
             raise MalformedEvent(f"event {meta.get('namespace', '')}/{meta.get('name', '')}: {exc}") from None
 
     @classmethod
-    def _from_core_v1(cls, obj: dict[str, Any], meta: dict[str, Any], cluster: str) -> Event:
+    def _build(cls, obj: dict[str, Any], meta: dict[str, Any], cluster: str, api: _Fields) -> Event:
         get = obj.get
         series = get("series")
-        source = get("source") or _EMPTY
+        source = get(api.source) or _EMPTY
         # pick the raw strings first and parse each once (parse_time is cached, but not free)
         last = parse_time(
-            get("lastTimestamp")
+            get(api.last)
             or (series and series.get("lastObservedTime"))
             or get("eventTime")
             or meta.get("creationTimestamp")
         ) or EPOCH
-        first = parse_time(get("firstTimestamp") or get("eventTime") or meta.get("creationTimestamp")) or last
-        reporting = get("reportingComponent") or ""
+        first = parse_time(get(api.first) or get("eventTime") or meta.get("creationTimestamp")) or last
+        controller = get(api.controller) or ""
         event = _new_event()
         event.uid = meta.get("uid") or ""
         event.resource_version = str(meta.get("resourceVersion") or "")
@@ -116,47 +135,11 @@ class Event:
         event.name = meta.get("name") or ""
         event.type = _text(get("type"))
         event.reason = _text(get("reason"))
-        event.message = _text(get("message"))
-        event.count = _count(get("count"), series and series.get("count"))
+        event.message = _text(get(api.message))
+        event.count = _count(get(api.times), series and series.get("count"))
         event.first_timestamp = first
         event.last_timestamp = last
-        event.involved_object = _involved(get("involvedObject"))
-        event.source_component = source.get("component") or reporting
-        event.source_host = source.get("host") or ""
-        event.reporting_controller = reporting
-        event.reporting_instance = get("reportingInstance") or ""
-        event.action = get("action") or ""
-        event.cluster = cluster
-        event.raw = obj
-        return _freeze(event, cls)
-
-    @classmethod
-    def _from_events_v1(cls, obj: dict[str, Any], meta: dict[str, Any], cluster: str) -> Event:
-        get = obj.get
-        series = get("series")
-        source = get("deprecatedSource") or _EMPTY
-        last = parse_time(
-            get("deprecatedLastTimestamp")
-            or (series and series.get("lastObservedTime"))
-            or get("eventTime")
-            or meta.get("creationTimestamp")
-        ) or EPOCH
-        first = parse_time(
-            get("deprecatedFirstTimestamp") or get("eventTime") or meta.get("creationTimestamp")
-        ) or last
-        controller = get("reportingController") or ""
-        event = _new_event()
-        event.uid = meta.get("uid") or ""
-        event.resource_version = str(meta.get("resourceVersion") or "")
-        event.namespace = meta.get("namespace") or ""
-        event.name = meta.get("name") or ""
-        event.type = _text(get("type"))
-        event.reason = _text(get("reason"))
-        event.message = _text(get("note"))
-        event.count = _count(get("deprecatedCount"), series and series.get("count"))
-        event.first_timestamp = first
-        event.last_timestamp = last
-        event.involved_object = _involved(get("regarding"))
+        event.involved_object = _involved(get(api.involved))
         event.source_component = source.get("component") or controller
         event.source_host = source.get("host") or ""
         event.reporting_controller = controller
