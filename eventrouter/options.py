@@ -14,6 +14,7 @@ plain seconds). A secret option's value is wrapped in :class:`Secret`, which pri
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,8 +214,10 @@ def parse_options(sink: str, declared: Sequence[Option], query: Mapping[str, Seq
     for key, raw in query.items():
         found = by_key.get(key)
         if found is None:
-            allowed = ", ".join(sorted(o.name for o in declared))
-            raise SinkConfigError(sink, f"unknown option; allowed options are: {allowed}", key)
+            names = sorted(o.name for o in declared)
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise SinkConfigError(sink, f"unknown option; {hint}allowed options are: {', '.join(names)}", key)
         option = found
         if option.name in given:
             # an alias and its name both given: the values add up, as repeats do

@@ -130,7 +130,7 @@ BAD_FLAGS = [
     ("s3:s3://bkt?upload_chunk_size=1M", "upload_chunk_size", "5M or more"),
     ("s3:s3://bkt?sse=des", "sse", "use one of"),
     ("s3:s3://bkt?sse_kms_key_id=k", "sse_kms_key_id", "needs sse=aws:kms"),
-    ("s3:s3://bkt?regoin=eu-west-1", "regoin", "unknown option; allowed options are:"),
+    ("s3:s3://bkt?regoin=eu-west-1", "regoin", "unknown option; did you mean 'region'? allowed options are:"),
 ]
 
 
