@@ -8,6 +8,16 @@ import sys
 from benchmarks import memory, pipeline, restart, sinks
 
 
+def _notes(r: dict) -> str:
+    if "lost" in r:
+        return f"lost {r['lost']}, duplicated {r['duplicated']}, resumed in {r['time_to_resume_s']}s"
+    if "rss_growth_second_half_mb" in r:
+        return f"RSS growth over the second half {r['rss_growth_second_half_mb']} MB, dropped {r['dropped_overflow']}"
+    if "dropped" in r:
+        return f"dropped {r['dropped']}"
+    return ""
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
@@ -32,10 +42,10 @@ def main(argv: list[str]) -> int:
             print(f"unknown benchmark {name!r}", file=sys.stderr)
             return 2
     print()
-    print(f"{'benchmark':40} {'events':>8} {'events/s':>10} {'CPU s/100k':>11} {'peak RSS MB':>12}")
+    print(f"{'benchmark':40} {'events':>8} {'events/s':>10} {'CPU s/100k':>11} {'peak RSS MB':>12}  notes")
     for title, r in results:
         print(f"{title:40} {r.get('events', ''):>8} {r.get('events_per_s', ''):>10} "
-              f"{r.get('cpu_s_per_100k', ''):>11} {r.get('peak_rss_mb', ''):>12}")
+              f"{r.get('cpu_s_per_100k', ''):>11} {r.get('peak_rss_mb', ''):>12}  {_notes(r)}")
     return 0
 
 
