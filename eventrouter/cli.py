@@ -16,11 +16,14 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from eventrouter import __version__
 from eventrouter.errors import ConfigError
 from eventrouter.options import parse_duration
+
+if TYPE_CHECKING:
+    from eventrouter.app import RunConfig
 
 COMMAND_GROUP = "eventrouter.commands"
 
@@ -87,6 +90,33 @@ def run_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_config(parsed: argparse.Namespace) -> RunConfig:
+    """The run flags as the app's configuration (the one place that maps flags to settings)."""
+    from eventrouter.app import RunConfig
+    from eventrouter.sources import SourceContext
+
+    context = SourceContext(
+        cluster=parsed.cluster_name,
+        checkpoint=parsed.checkpoint,
+        max_event_age=parsed.max_event_age,
+        leader_elect=parsed.leader_elect,
+        leader_elect_namespace=parsed.leader_elect_namespace,
+        leader_elect_name=parsed.leader_elect_name,
+        leader_elect_lease_duration=parsed.leader_elect_lease_duration,
+        leader_elect_renew_deadline=parsed.leader_elect_renew_deadline,
+        leader_elect_retry_period=parsed.leader_elect_retry_period,
+    )
+    return RunConfig(
+        source=parsed.source,
+        sinks=parsed.sink,
+        context=context,
+        healthz_ip=parsed.healthz_ip,
+        healthz_port=parsed.healthz_port,
+        healthz_window=parsed.healthz_window,
+        shutdown_timeout=parsed.shutdown_timeout,
+    )
+
+
 def _go_style(argv: Sequence[str]) -> list[str]:
     """Go flags accept one dash for long names (``-source=x``); argparse wants two."""
     out = []
@@ -131,31 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # as client-go: a leader that keeps leading past the lease would overlap with its successor
         parser.error(f"--leader-elect-lease-duration ({lease:g}s) must be longer than --leader-elect-renew-deadline "
                      f"({renew:g}s), and that longer than --leader-elect-retry-period ({retry:g}s)")
-    from eventrouter.app import RunConfig, run
+    from eventrouter.app import run
     from eventrouter.logutil import setup_logging
-    from eventrouter.sources import SourceContext
 
     setup_logging(parsed.log_format, parsed.verbosity)
-    context = SourceContext(
-        cluster=parsed.cluster_name,
-        checkpoint=parsed.checkpoint,
-        max_event_age=parsed.max_event_age,
-        leader_elect=parsed.leader_elect,
-        leader_elect_namespace=parsed.leader_elect_namespace,
-        leader_elect_name=parsed.leader_elect_name,
-        leader_elect_lease_duration=parsed.leader_elect_lease_duration,
-        leader_elect_renew_deadline=parsed.leader_elect_renew_deadline,
-        leader_elect_retry_period=parsed.leader_elect_retry_period,
-    )
-    config = RunConfig(
-        source=parsed.source,
-        sinks=parsed.sink,
-        context=context,
-        healthz_ip=parsed.healthz_ip,
-        healthz_port=parsed.healthz_port,
-        healthz_window=parsed.healthz_window,
-        shutdown_timeout=parsed.shutdown_timeout,
-    )
+    config = run_config(parsed)
     try:
         return run(config)
     except ConfigError as exc:

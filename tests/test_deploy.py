@@ -18,17 +18,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from eventrouter.app import RunConfig, run
-from eventrouter.cli import run_parser
+from eventrouter.app import run
+from eventrouter.cli import run_config, run_parser
 from eventrouter.config import build_sink
 from eventrouter.simulator import Simulator
-from eventrouter.sources import SourceContext
 from tests.helm_render import Renderer, TemplateError
 from tests.helpers import real_objects
 
@@ -399,24 +399,13 @@ class Replica:
         parsed = run_parser().parse_args(args)
         self.port = free_port()
         self.stop = threading.Event()
-        context = SourceContext(
-            checkpoint=parsed.checkpoint,
-            leader_elect=parsed.leader_elect,
-            leader_elect_namespace=parsed.leader_elect_namespace,
-            leader_elect_name=parsed.leader_elect_name,
-            leader_elect_lease_duration=parsed.leader_elect_lease_duration,
-            leader_elect_renew_deadline=parsed.leader_elect_renew_deadline,
-            leader_elect_retry_period=parsed.leader_elect_retry_period,
-        )
         # the cluster address and credentials differ from in-cluster; everything else is the manifest's
-        source = f"kubernetes:?inClusterConfig=false&auth={kubeconfig}{source_query}"
-        self.config = RunConfig(
-            source=source,
+        self.config = replace(
+            run_config(parsed),
+            source=f"kubernetes:?inClusterConfig=false&auth={kubeconfig}{source_query}",
             sinks=[f"jsonfile:{out}"],
-            context=context,
             healthz_ip="127.0.0.1",
             healthz_port=self.port,
-            healthz_window=parsed.healthz_window,
             shutdown_timeout=5.0,
         )
         self.result: list[int] = []
