@@ -17,14 +17,6 @@ from eventrouter.sources.k8s_checkpoint import FileCheckpoint, Progress, parse_c
 from tests.servers.simulator import Collector, Harness, Simulator, wait_for
 
 
-@pytest.fixture
-def sim():
-    s = Simulator([]).start()
-    s.faults.bookmark_interval = 0.2
-    yield s
-    s.stop()
-
-
 def run(sim: Simulator, tmp_path: Path, checkpoint: str | None = None, sink: Collector | None = None,
         **ctx: object) -> Harness:
     kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")

@@ -88,14 +88,6 @@ def test_missing_kubeconfig_and_not_in_cluster(tmp_path: Path, monkeypatch: pyte
 # ---- helpers --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def sim():
-    s = Simulator([]).start()
-    s.faults.bookmark_interval = 0.2
-    yield s
-    s.stop()
-
-
 def start(sim: Simulator, tmp_path: Path, query: str = "", ctx: SourceContext | None = None) -> Harness:
     kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
     ctx = ctx or SourceContext(checkpoint=f"file:{tmp_path / 'checkpoint.json'}")

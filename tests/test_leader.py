@@ -16,14 +16,6 @@ from tests.servers.simulator import Harness, Simulator, wait_for
 LEASE = ("Lease", "default", "eventrouter")
 
 
-@pytest.fixture
-def sim():
-    s = Simulator([]).start()
-    s.faults.bookmark_interval = 0.2
-    yield s
-    s.stop()
-
-
 def replica(sim: Simulator, tmp_path: Path) -> Harness:
     kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
     ctx = SourceContext(checkpoint="configmap:default/eventrouter-checkpoint", leader_elect=True,
