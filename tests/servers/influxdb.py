@@ -8,7 +8,6 @@ meta/data/wal under the temp dir, reporting and monitoring off, authentication o
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.servers._process import log_tail, stop_process
 
 INFLUXD = shutil.which("influxd") or "/usr/bin/influxd"
 
@@ -95,20 +96,10 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, grace=20)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log, lines)
 
     def query(self, q: str, db: str | None = None) -> dict[str, Any]:
         """Run InfluxQL as the admin and return the first result (``series``, or ``error``)."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pymysql
+
+from tests.servers._process import log_tail, stop_process
 
 MARIADBD = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
@@ -88,14 +89,7 @@ class MariaDB:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, grace=30)
 
     def kill(self) -> None:
         """Stop abruptly (SIGKILL), as a crashed or OOM-killed server would."""
@@ -105,10 +99,7 @@ class MariaDB:
             proc.wait(10)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no error log)"
+        return log_tail(self.log, lines)
 
     def _install(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
