@@ -153,12 +153,28 @@ def webhook_keepalive_target() -> Iterator[Target]:
         yield Target(lambda run: f"webhook:{server.url('/' + run)}", lambda run: server.count(f"/{run}"))
 
 
+@contextmanager
+def otlp_target() -> Iterator[Target]:
+    from tests.servers.fake_otlp import FakeOTLP
+
+    def stored(run: str) -> int:
+        # every record of every request to this run's path (a duplicate would count twice)
+        return sum(len(r.records()) for r in server.received if r.path == f"/{run}/v1/logs")
+
+    server = FakeOTLP().start()
+    try:
+        yield Target(lambda run: f"otlp:{server.url}/{run}", stored)
+    finally:
+        server.stop()
+
+
 # sink -> (server, the runs: extra flag options; "" = the sink's defaults)
 SINKS: dict[str, tuple[Callable[[], Any], list[str]]] = {
     "kafka": (kafka_target, ["", "batch_size=5000"]),
     "mysql": (mysql_target, ["", "batch_size=5000"]),
     "influxdb": (influxdb_target, ["", "batch_size=5000"]),
     "s3": (s3_target, ["", "batch_size=5000"]),
+    "otlp": (otlp_target, ["", "encoding=json"]),
     "webhook": (webhook_target, ["", "batch=true", "batch=true&batch_size=1000"]),
     # the same sink against a keep-alive receiver in its own process: the sink's own cost per request
     "webhook-keepalive": (webhook_keepalive_target, ["", "batch=true"]),
@@ -230,6 +246,6 @@ def run(n: int = 50_000, names: list[str] | None = None) -> list[tuple[str, dict
                 if name.startswith("webhook"):
                     title = f"{name}, batch=true {size}" if "batch=true" in extra else f"{name}, 1 per request"
                 else:
-                    title = f"{name}, batch_size {size}"
+                    title = f"{name}, batch_size {size}" + (f", {extra}" if extra and "batch_size" not in extra else "")
                 results.append((title, figures))
     return results

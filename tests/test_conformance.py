@@ -21,6 +21,7 @@ EXAMPLES = {
     "mysql": "mysql:?root:pw-SECRET-7@tcp(127.0.0.1:1)/kube?charset=utf8mb4&table=kube_event",
     "influxdb": "influxdb:http://127.0.0.1:1?user=u&pw=pw-SECRET-8&db=k8s",
     "s3": "s3:s3://bucket/prefix?region=us-east-1&access_key_id=AK&secret_access_key=sk-SECRET-9&store_dir=/tmp/x",
+    "otlp": "otlp:https://otlp.example.com/otlp?header=Authorization=Bearer%20tok-SECRET-10&encoding=json",
 }
 
 ENTRIES = registry.discover()
