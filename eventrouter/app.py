@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -29,6 +30,10 @@ class RunConfig:
     healthz_port: int = 8084
     healthz_window: float = 600.0
     shutdown_timeout: float = 30.0
+    data_dir: str | None = None  # None: DEFAULT_DATA_DIR (read at run time, so tests can point it elsewhere)
+
+
+DEFAULT_DATA_DIR = ".eventrouter"
 
 
 def run(config: RunConfig, stop: threading.Event | None = None) -> int:
@@ -52,9 +57,11 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
         except OSError as exc:
             raise ConfigError(f"--healthz-ip/--healthz-port: cannot listen on {config.healthz_ip}:"
                               f"{config.healthz_port}: {exc.strerror or exc}") from None
+    data_dir = config.data_dir or DEFAULT_DATA_DIR
     try:
         for sink, label in zip(sinks, labels, strict=True):
             log.info("sink %s: %s", label, sink.describe())
+            sink.state_dir = _state_dir(data_dir, label)
             _open(sink, label)
     except BaseException:
         if server is not None:
@@ -100,6 +107,15 @@ def tune_gc() -> None:
     """
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+
+
+def _state_dir(data_dir: str, label: str) -> str:
+    path = os.path.join(data_dir, "sinks", label)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--data-dir={data_dir}: cannot create {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def _open(sink: Sink, label: str) -> None:

@@ -60,6 +60,8 @@ def run_parser() -> argparse.ArgumentParser:
                    help="log line format (default: $EVENTROUTER_LOG_FORMAT, else text)")
     p.add_argument("--checkpoint", default=None,
                    help="configmap:NAMESPACE/NAME or file:PATH (default: configmap in-cluster, else a file)")
+    p.add_argument("--data-dir", default=".eventrouter",
+                   help="writable directory for the sinks' disk buffers and state (default .eventrouter)")
     p.add_argument("--max-event-age", type=_duration, default=None,
                    help="first start without a checkpoint: skip events older than this")
     p.add_argument("--leader-elect", nargs="?", const=True, default=False, type=_bool,
@@ -114,6 +116,7 @@ def run_config(parsed: argparse.Namespace) -> RunConfig:
         healthz_port=parsed.healthz_port,
         healthz_window=parsed.healthz_window,
         shutdown_timeout=parsed.shutdown_timeout,
+        data_dir=parsed.data_dir,
     )
 
 

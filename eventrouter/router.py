@@ -21,6 +21,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from eventrouter.errors import PartialError, PermanentError, RetryableError
@@ -28,6 +29,7 @@ from eventrouter.event import Event
 from eventrouter.filters import EventFilter
 from eventrouter.logutil import ThrottledLog
 from eventrouter.options import Secret
+from eventrouter.positions import SinkPosition, event_key
 from eventrouter.sink import Sink
 from eventrouter.sinkurl import redact_text
 
@@ -51,6 +53,7 @@ class SinkStats:
     batches: int = 0
     dropped_overflow: int = 0
     dropped_shutdown: int = 0
+    relist_skipped: int = 0  # relisted events this sink already had (settled, queued or buffered)
     batch_seconds: list[float] = field(default_factory=list)
     # per LATENCY_BUCKETS bound, then one overflow slot (not cumulative); updated once per batch
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -87,6 +90,11 @@ class SinkRunner:
         self._wakeup = threading.Event()
         self._worker_waiting = False
         self._inflight_first: int | None = None
+        self._inflight: Sequence[Event] = ()  # the batch being delivered (events of it not yet settled)
+        self.position = SinkPosition()
+        # keys of the events held but not settled, taken when a re-list starts (see holds)
+        self._held_keys: set[bytes] | None = None
+        self._held_keys_at = 0.0
         self._stopping = False
         self._hard_stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -145,9 +153,10 @@ class SinkRunner:
             if len(queue) >= self._queue_size:
                 self.stats.dropped_overflow += 1
                 if self.delivery.overflow == "drop_newest":
+                    self.position.dropped((event,))
                     self._report_overflow()
                     return
-                queue.popleft()
+                self.position.dropped((queue.popleft(),))
                 self._seqs.popleft()
                 self._report_overflow()
             self._seqs.append(seq)
@@ -174,6 +183,39 @@ class SinkRunner:
             if self._inflight_first is not None:
                 return self._inflight_first
             return self._seqs[0] if self._seqs else None
+
+    def oldest_unsettled_time(self) -> float | None:
+        """The earliest event time among the events this sink holds but has not settled."""
+        held = [*self._inflight, *list(self._queue)]  # list(deque) copies in one step, under the GIL
+        if not held:
+            return None
+        return min(e.last_timestamp for e in held).timestamp()
+
+    # ---- re-list (source thread) -------------------------------------------------------------
+    def offer_relisted(self, seq: int, event: Event) -> None:
+        """:meth:`offer` for an event that comes from a list: skipped when this sink already has it."""
+        if not self._passes_all and not self.filter.accepts(event):
+            self.stats.filtered += 1
+            return
+        if self.holds(event):
+            self.stats.relist_skipped += 1
+            return
+        self.enqueue(seq, event)
+        if self._held_keys is not None:
+            self._held_keys.add(event_key(event))
+
+    def holds(self, event: Event) -> bool:
+        """Whether this sink has the event already: settled (its position) or still waiting for delivery."""
+        if self.position.holds(event):
+            return True
+        now = time.monotonic()
+        held = self._held_keys
+        if held is None or now - self._held_keys_at > 1.0:
+            # a re-list dispatches thousands of events in a row: one snapshot of the waiting keys serves
+            # them all (each event the re-list queues is added to it; newer watch events are no re-list's)
+            held = self._held_keys = {event_key(e) for e in [*self._inflight, *list(self._queue)]}
+            self._held_keys_at = now
+        return event_key(event) in held
 
     @property
     def depth(self) -> int:
@@ -233,6 +275,7 @@ class SinkRunner:
                     self._inflight_first = seqs[0]
                     pop_event = queue.popleft
                     batch = [pop_event() for _ in range(take)]
+                    self._inflight = batch
                     pop_seq = seqs.popleft
                     for _ in range(take):
                         pop_seq()
@@ -290,6 +333,8 @@ class SinkRunner:
                 self._abandoned = len(events)
                 return
             stats.retried += len(events)
+        # delivered or failed for good: the sink's position passes the whole batch
+        self.position.settle(batch)
         stats.batches += 1
         latencies = stats.batch_seconds
         elapsed = time.monotonic() - started
@@ -300,6 +345,7 @@ class SinkRunner:
             del latencies[:512]
         with self._lock:
             self._inflight_first = None
+            self._inflight = ()
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None and retry_after >= 0:
@@ -373,11 +419,23 @@ class Router:
             {} if len(self.runners) > 1 and filtered and cacheable else None)
         # count only matters up to the largest min_count: count >= m <=> min(count, cap) >= m for m <= cap
         self._count_cap = max((r.filter.min_count for r in filtered), default=0)
+        # watch events up to this time are checked against the positions restored from a checkpoint
+        self._check_until: datetime | None = None
+        self._changes_written = -1
 
-    def dispatch(self, event: Event) -> int:
+    def dispatch(self, event: Event, *, relisted: bool = False) -> int:
         """Number the event and offer it to every sink. One thread at a time (sources serialize their
-        watches): the numbering, and the lock-free :meth:`SinkRunner.offer`, rely on it."""
+        watches): the numbering, and the lock-free :meth:`SinkRunner.offer`, rely on it.
+
+        ``relisted``: the event comes from a list (start-up, a 410 re-list, a handover), so a sink may
+        have it already; each sink then checks its own position and skips it if so. Watch events are
+        checked the same way while their time is within what the restored positions cover (a restart
+        resumes the watch from the position of the slowest sink)."""
         self.seq = seq = self.seq + 1
+        if relisted or (self._check_until is not None and event.last_timestamp <= self._check_until):
+            for runner in self.runners:
+                runner.offer_relisted(seq, event)
+            return seq
         routes = self._routes
         if routes is None:
             for offer in self._offers:
@@ -418,6 +476,38 @@ class Router:
             if oldest is not None and oldest - 1 < settled:
                 settled = oldest - 1
         return settled
+
+    def accepted_seq(self) -> int:
+        """Every event numbered up to this is held durably by every sink (settled, or filtered out)."""
+        return self.settled_seq()
+
+    # ---- per-sink positions (the checkpoint's "sinks") -----------------------------------------
+    def positions(self) -> dict[str, Any]:
+        """Each sink's settled position (see :mod:`eventrouter.positions`), JSON-safe, by sink label."""
+        self._changes_written = self._position_changes()
+        return {r.label: r.position.document(r.oldest_unsettled_time()) for r in self.runners}
+
+    def restore_positions(self, doc: dict[str, Any]) -> None:
+        """Take the positions of a checkpoint; call before :meth:`start`. A sink missing from ``doc`` (newly
+        configured) starts as on a first start: it has nothing yet."""
+        newest: float | None = None
+        for runner in self.runners:
+            saved = doc.get(runner.label) if isinstance(doc, dict) else None
+            if not isinstance(saved, dict):
+                continue
+            position = runner.position
+            position.restore(saved)
+            if position.max_time is not None and (newest is None or position.max_time > newest):
+                newest = position.max_time
+        if newest is not None:
+            self._check_until = datetime.fromtimestamp(newest, UTC)
+
+    def position_changed(self) -> bool:
+        """Whether any sink's position moved since the last :meth:`positions`."""
+        return self._position_changes() != self._changes_written
+
+    def _position_changes(self) -> int:
+        return sum(r.position.changes for r in self.runners)
 
     def start(self) -> None:
         for runner in self.runners:

@@ -100,6 +100,10 @@ class Sink:
     default_level: ClassVar[str | None] = None
     delivery_defaults: ClassVar[Mapping[str, Any]] = {}
     extra: ClassVar[str | None] = None
+    # A directory of this sink's own that survives restarts (``DATA_DIR/sinks/<label>/``), set by the app
+    # before :meth:`open`; None when the sink is built without one (unit tests). Keep state there that must
+    # outlive the process (a digest not yet posted).
+    state_dir: str | None = None
 
     def __init__(self, url: SinkURL, opts: Options) -> None:
         self.url = url

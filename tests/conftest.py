@@ -14,3 +14,12 @@ def sim() -> Iterator[Simulator]:
     s.faults.bookmark_interval = 0.2
     yield s
     s.stop()
+
+
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``eventrouter.app.run`` keeps disk buffers and sink state in a data directory: a fresh one per test,
+    never the repository's ``.eventrouter`` (a buffer left by one test would be replayed by the next)."""
+    import eventrouter.app
+
+    monkeypatch.setattr(eventrouter.app, "DEFAULT_DATA_DIR", str(tmp_path_factory.mktemp("data")))

@@ -1,0 +1,37 @@
+"""The app's data directory: each sink's state_dir, the --data-dir flag."""
+
+import os
+
+import orjson
+
+from eventrouter import app
+from eventrouter.app import RunConfig, run
+from eventrouter.cli import run_config, run_parser
+from eventrouter.sources import SourceContext
+from tests.helpers import real_objects
+
+
+def test_each_sink_gets_its_own_state_dir_under_the_data_dir_before_it_opens(tmp_path, monkeypatch):
+    opened = []
+    real_open = app._open
+
+    def record_open(sink, label):
+        opened.append((label, sink.state_dir, os.path.isdir(sink.state_dir)))
+        real_open(sink, label)
+
+    monkeypatch.setattr(app, "_open", record_open)
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in real_objects()[:3]))
+    out = tmp_path / "out.jsonl"
+    data = tmp_path / "data"
+    config = RunConfig(source=f"file:{path}", sinks=[f"jsonfile:{out}", f"jsonfile:{out}.2"],
+                       context=SourceContext(), healthz_port=0, data_dir=str(data))
+    assert run(config) == 0
+    assert opened == [("jsonfile", str(data / "sinks" / "jsonfile"), True),
+                      ("jsonfile-2", str(data / "sinks" / "jsonfile-2"), True)]
+    assert len(out.read_bytes().splitlines()) == 3
+
+
+def test_the_data_dir_flag_defaults_to_eventrouter_in_the_working_directory():
+    assert run_config(run_parser().parse_args(["--source=file:x"])).data_dir == ".eventrouter"
+    assert run_config(run_parser().parse_args(["--source=file:x", "--data-dir=/var/lib/x"])).data_dir == "/var/lib/x"
