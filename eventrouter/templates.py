@@ -8,8 +8,10 @@ sink's ``tz``) and ``cluster``. Filters: ``tojson``, ``localtime(fmt)``.
 With ``json_escape=True`` (JSON bodies) every ``{{ value }}`` is JSON-string-escaped, so a message with ``"`` or a
 newline still yields valid JSON inside ``"{{ message }}"``; ``{{ x | tojson }}`` inserts a complete JSON value.
 
-kube-eventer's webhook templates use Go syntax (``{{ .InvolvedObject.Name }}``); plain field references of that
-form are accepted too and read the Go field names of the Kubernetes object (control structures are not).
+kube-eventer's webhook templates use Go syntax (``{{ .InvolvedObject.Name }}``): field references of that form
+(and ``{{ index .Labels "key" }}``) read the ``v1.Event`` kube-eventer rendered and print as Go's text/template
+printed them (``templates_go.py``); a reference to a field the struct does not have is a start-up error.
+Go control structures (``{{ if }}``, pipelines) are not Go here: use Jinja2's ``{% if %}``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from eventrouter.errors import SinkConfigError
 from eventrouter.event import Event, InvolvedObject, sample_event
+from eventrouter.templates_go import GO_REFERENCE, UnknownField, check_reference, event_view, go_print, lookup
+from eventrouter.templates_go import references as go_references
 
-_GO_FIELD = re.compile(r"\{\{-?\s*\.([A-Za-z][A-Za-z0-9_.]*)\s*-?\}\}")
 DEFAULT_TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
 
 
@@ -59,32 +62,6 @@ def parse_tz(sink: str, name: str | None, option: str = "tz") -> tzinfo:
                               option) from None
 
 
-_GO_NAMES = {"uid": "UID", "apiVersion": "APIVersion"}
-
-
-def _go_view(obj: Any) -> Any:
-    """The Kubernetes object with Go field names (involvedObject -> InvolvedObject, uid -> UID)."""
-    if isinstance(obj, dict):
-        return {_GO_NAMES.get(key, key[:1].upper() + key[1:]): _go_view(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [_go_view(v) for v in obj]
-    return obj
-
-
-def _go_fields(event: Event, last_time: str, first_time: str) -> dict[str, Any]:
-    """kube-eventer's template view: Go field names, filled from the normalized event over the raw object."""
-    view = _go_view(event.raw) if isinstance(event.raw, dict) else {}
-    obj = event.involved_object
-    view.update(
-        Type=event.type, Reason=event.reason, Message=event.message, Count=event.count,
-        Namespace=event.namespace, Name=event.name, FirstTimestamp=first_time, LastTimestamp=last_time,
-        InvolvedObject={"Kind": obj.kind, "Namespace": obj.namespace, "Name": obj.name, "UID": obj.uid,
-                        "APIVersion": obj.api_version, "FieldPath": obj.field_path},
-        Source={"Component": event.source_component, "Host": event.source_host},
-    )
-    return view
-
-
 class EventTemplate:
     """A compiled template. Construction validates it against a sample event (SinkConfigError if it fails)."""
 
@@ -92,8 +69,8 @@ class EventTemplate:
                  tz: tzinfo = UTC, time_format: str = DEFAULT_TIME_FORMAT) -> None:
         self.tz = tz
         self.time_format = time_format
-        self._uses_go = bool(_GO_FIELD.search(source))
-        source = _GO_FIELD.sub(lambda m: "{{ go." + m.group(1) + " }}", source)
+        self._go_paths = self._go_references(sink, source, option)
+        source = self._replace_go_references(source)
         env = ImmutableSandboxedEnvironment(
             autoescape=False,
             keep_trailing_newline=True,
@@ -110,6 +87,29 @@ class EventTemplate:
         except Exception as exc:
             raise SinkConfigError(sink, f"template does not render: {type(exc).__name__}: {exc}", option) from None
 
+    @staticmethod
+    def _go_references(sink: str, source: str, option: str) -> list[tuple[str, ...]]:
+        paths = []
+        for ref in go_references(source):
+            try:
+                check_reference(ref.path, ref.index)
+            except UnknownField as exc:
+                raise SinkConfigError(sink, f"template: {ref.text}: {exc}", option) from None
+            paths.append(ref.path)
+        return paths
+
+    @staticmethod
+    def _replace_go_references(source: str) -> str:
+        """``{{ .A.B }}`` -> ``{{ _go[i] }}`` (the i-th reference's value, printed the Go way)."""
+        counter = iter(range(1 << 30))
+
+        def replace(match: re.Match[str]) -> str:
+            left = "{{-" if match.group(1) else "{{"
+            right = "-}}" if match.group(5) else "}}"
+            return f"{left} _go[{next(counter)}] {right}"
+
+        return GO_REFERENCE.sub(replace, source)
+
     def _localtime(self, value: Any, fmt: str | None = None) -> str:
         if isinstance(value, str):
             value = datetime.fromisoformat(value)
@@ -122,8 +122,9 @@ class EventTemplate:
         first_time = self._localtime(event.first_timestamp)
         last_time = self._localtime(event.last_timestamp)
         data.update(event=event, raw=event.raw or {}, first_time=first_time, last_time=last_time)
-        if self._uses_go:
-            data["go"] = _go_fields(event, last_time, first_time)
+        if self._go_paths:
+            view = event_view(event)
+            data["_go"] = [go_print(lookup(view, path), self.tz) for path in self._go_paths]
         data.update(extra)
         return data
 

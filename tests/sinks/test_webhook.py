@@ -417,7 +417,7 @@ def test_kube_eventer_default_template_shape(hook):
         "EventType": "Warning",
         "EventKind": "Pod",
         "EventReason": "BackOff",
-        "EventTime": "2026-04-14 17:30:09 CST",
+        "EventTime": "2026-04-14 17:30:09 +0800 CST",
         "EventMessage": 'pod "demo-1rare3" OOMKilled',  # kube-eventer stripped the quotes; we escape them
     }
 
@@ -676,7 +676,7 @@ def test_configmap_template_read_once(hook, kube):
     assert card["card"]["header"] == {"title": {"tag": "plain_text", "content": "Kube-eventer"}, "template": "Red"}
     assert card["card"]["elements"][0]["text"]["content"] == (
         "**EventType:**  Warning\n**EventKind:**  Pod\n**EventReason:**  BackOff\n"
-        f"**EventTime:**  2026-04-14 09:30:04 UTC\n**EventMessage:**  {TRICKY}"
+        f"**EventTime:**  2026-04-14 09:30:04 +0000 UTC\n**EventMessage:**  {TRICKY}"
     )
 
 
@@ -835,7 +835,7 @@ def test_an_event_the_template_cannot_render_is_rejected_alone(hook, batch):
 # every body template of kube-eventer's docs/en/webhook-sink.md, as users have them in ConfigMaps
 KE_TEXT = ('EventType:{{ .Type }}\\nEventKind:{{ .InvolvedObject.Kind }}\\nEventReason:{{ .Reason }}'
            '\\nEventTime:{{ .LastTimestamp }}\\nEventMessage:{{ .Message }}')
-KE_TEXT_RENDERED = f"EventType:Warning\nEventKind:Pod\nEventReason:BackOff\nEventTime:2026-04-14 09:30:06 UTC" \
+KE_TEXT_RENDERED = f"EventType:Warning\nEventKind:Pod\nEventReason:BackOff\nEventTime:2026-04-14 09:30:06 +0000 UTC" \
                    f"\nEventMessage:{TRICKY}"
 KE_SLACK_ATTACHMENTS = (
     '{\n    "channel": "testing",\n    "icon_emoji": ":k8s:",\n    "username": "eventer",\n    "attachments": [\n'
@@ -856,10 +856,10 @@ KE_SLACK_ATTACHMENTS = (
          "Kube-eventer"),
         (KE_SLACK_ATTACHMENTS, ("attachments", 0, "text"),
          f"*Type*: `Warning`\n*Namespace*: `default`\n*Object*: `Pod/app-6`\n*Reason*: `BackOff`\n"
-         f"*Meaasge*: `{TRICKY}`\n*Time*: `2026-04-14 09:30:06 UTC`"),
+         f"*Meaasge*: `{TRICKY}`\n*Time*: `2026-04-14 09:30:06 +0000 UTC`"),
         (FEISHU_V2_CONTENT, ("card", "elements", 0, "text", "content"),
          f"**EventType:**  Warning\n**EventKind:**  Pod\n**EventReason:**  BackOff\n"
-         f"**EventTime:**  2026-04-14 09:30:06 UTC\n**EventMessage:**  {TRICKY}"),
+         f"**EventTime:**  2026-04-14 09:30:06 +0000 UTC\n**EventMessage:**  {TRICKY}"),
     ],
     ids=["dingtalk", "wechat", "slack", "feishu", "slack-attachments", "feishu-v2"],
 )
@@ -875,3 +875,16 @@ def test_kube_eventer_bearychat_example_is_not_json():
     # the docs' BearyChat body lacks its braces; kube-eventer sent it anyway, we refuse it at start-up
     with pytest.raises(SinkConfigError, match="does not render valid JSON"):
         build(f"webhook:https://h/p?template={quote(chr(34) + 'text' + chr(34) + ':' + chr(34) + KE_TEXT + chr(34))}")
+
+
+def test_a_run_whose_configmap_cannot_be_read_exits_2_naming_it(hook, kube, tmp_path, capsys):
+    """docs/sinks/webhook.md: an unreadable ConfigMap stops the start (kube-eventer fell back silently)."""
+    from eventrouter.cli import main as cli_main
+
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(orjson.dumps(real_objects()[0]) + b"\n")
+    status = cli_main([f"--source=file:{events}", "--healthz-port=0",
+                       f"--sink=webhook:{hook.url()}?custom_body_configmap=body&custom_body_configmap_namespace=ops"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status == 2 and hook.requests == []
+    assert "ConfigMap ops/body: HTTP 404 (it does not exist)" in err[-1]
