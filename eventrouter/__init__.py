@@ -13,6 +13,7 @@ from eventrouter.chat import (
     json_size,
     truncate_bytes,
 )
+from eventrouter.chat_transport import ChatSink, ErrorCodes, api_base, chat_endpoint
 from eventrouter.errors import (
     ConfigError,
     PartialError,
@@ -36,9 +37,11 @@ __all__ = [
     "TLS_OPTIONS",
     "ChatFlow",
     "ChatLayout",
+    "ChatSink",
     "ConfigError",
     "Digest",
     "Duration",
+    "ErrorCodes",
     "Event",
     "EventTemplate",
     "InvolvedObject",
@@ -55,6 +58,8 @@ __all__ = [
     "SinkError",
     "SinkURL",
     "__version__",
+    "api_base",
+    "chat_endpoint",
     "format_time",
     "http_client",
     "json_size",

@@ -247,6 +247,7 @@ class ChatLayout:
         self.labels: list[str] = list(opts["label"])
         self.tz: tzinfo = parse_tz(sink, opts.get("tz"))
         self.cluster_id = cluster_id
+        self.region = ""  # shown with the cluster (DingTalk's kube-eventer option region=)
         self.line_break = line_break  # markdown line break (DingTalk needs a blank line)
         source = template_source(sink, opts)
         self.template = EventTemplate(sink, source, tz=self.tz) if source else None
@@ -303,6 +304,8 @@ class ChatLayout:
             lines.append(f"FirstTimestamp:{self.time(event.first_timestamp)}")
         if self.cluster(event):
             lines.append(f"Cluster:{self.cluster(event)}")
+        if self.region:
+            lines.append(f"Region:{self.region}")
         if event.source_host:
             lines.append(f"Host:{event.source_host}")
         return "\n".join(lines)
@@ -313,6 +316,8 @@ class ChatLayout:
         lines = [head, *self.labels]
         if self.cluster(event):
             lines.append(f"**Cluster:** {self.cluster(event)}")
+        if self.region:
+            lines.append(f"**Region:** {self.region}")
         lines += [f"**Level:** {event.type}",
                   f"**Kind:** {obj.kind}",
                   f"**Namespace:** {obj.namespace or event.namespace or '-'}",

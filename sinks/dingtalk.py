@@ -12,8 +12,10 @@ if you choose "加签" (signing), also copy the secret that starts with ``SEC`` 
 a keyword in a ``label=`` so that every message, digests included, contains it. Feed both through
 environment variables from a Kubernetes Secret: ``access_token=$DINGTALK_TOKEN&sign=$DINGTALK_SECRET``.
 
-Never a flood (see ``eventrouter/chat.py``): at most ``rate_limit`` (20) messages a minute, the rest
-folded into a digest; repeats of the same object+reason at most once per ``repeat_interval`` (30m).
+The flow and the HTTP side are shared with the other chat sinks (``eventrouter/chat.py``,
+``eventrouter/chat_transport.py``); this module is only DingTalk's protocol. Never a flood: at most
+``rate_limit`` (20) messages a minute, the rest folded into digests; repeats of the same object+reason
+at most once per ``repeat_interval`` (30m).
 
 URL forms::
 
@@ -32,75 +34,40 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
-from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote_plus
-
-import httpx
-import orjson
 
 from eventrouter import (
     CHAT_OPTIONS,
     HTTP_OPTIONS,
-    ChatFlow,
-    ChatLayout,
-    Digest,
-    Event,
-    Notice,
+    ChatSink,
+    ErrorCodes,
     Option,
     Options,
-    PermanentError,
-    RateLimitedError,
-    RetryableError,
-    Sink,
-    SinkConfigError,
     SinkURL,
-    http_client,
+    chat_endpoint,
     json_size,
-    raise_for_status,
-    redact_text,
-    transport_error,
     truncate_bytes,
 )
 
 DEFAULT_URL = "https://oapi.dingtalk.com/robot/send"
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 # DingTalk rejects bodies over 20,000 bytes (460101); the content stays well under that
 MAX_CONTENT = 18000
-RATE_LIMITED = frozenset({130101, 410100})
-RETRYABLE = frozenset({-1})
 
-
-def _classify(status: int, body: bytes) -> None:
-    """Return if DingTalk accepted the message; raise RetryableError or PermanentError otherwise."""
-    if status != 200:
-        raise_for_status(httpx.Response(status, content=body), "dingtalk")
-    try:
-        data = orjson.loads(body)
-        code = int(data.get("errcode", 0))
-        errmsg = str(data.get("errmsg", ""))
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        raise RetryableError(f"dingtalk answered HTTP {status} with a body that is not JSON: {body[:200]!r}") from None
-    if code == 0:
-        return
-    detail = f"dingtalk answered errcode {code}: {errmsg}"
-    if code in RATE_LIMITED or "too fast" in errmsg.lower():
-        raise RateLimitedError(detail, retry_after=60.0)
-    if code in RETRYABLE:
-        raise RetryableError(detail)
-    hint = _HINTS.get(code)
-    raise PermanentError(detail + (f" ({hint})" if hint else ""))
-
-
-_HINTS = {
-    310000: "robot security: check the keywords (add one with label=), the IP whitelist or the sign= secret",
-    300005: "the access_token does not exist",
-    40035: "access_token is missing",
-    400013: "the group was dissolved",
-    400102: "the robot was stopped",
-    460101: "message too long",
-}
+ERRORS = ErrorCodes(
+    "dingtalk",
+    rate_limited=frozenset({130101, 410100}),
+    too_fast_words=("too fast",),
+    retryable=frozenset({-1}),  # 系统繁忙 (busy)
+    hints={
+        310000: "robot security: check the keywords (add one with label=), the IP whitelist or the sign= secret",
+        300005: "the access_token does not exist",
+        40035: "access_token is missing",
+        400013: "the group was dissolved",
+        400102: "the robot was stopped",
+        460101: "message too long",
+    },
+)
 
 
 def sign(secret: str, timestamp_ms: int) -> str:
@@ -109,66 +76,36 @@ def sign(secret: str, timestamp_ms: int) -> str:
     return quote_plus(base64.b64encode(digest))
 
 
-class DingTalkSink(Sink):
+class DingTalkSink(ChatSink):
     """DingTalk group robot: signed, rate-limited, repeats held back, overflow in digests."""
 
     name = "dingtalk"
-    default_level = "Warning"
     options: ClassVar = (
         Option("access_token", str, secret=True, required=True, help="the robot webhook's access_token"),
         Option("sign", str, secret=True, help="signing secret (SEC...) when the robot uses 加签"),
         Option("cluster_id", str, default="", help="cluster id shown when --cluster-name is not set"),
-        Option("region", str, default="", help="kube-eventer option, accepted (used for Aliyun console links)"),
+        Option("region", str, default="", help="region shown with the cluster in every message (kube-eventer)"),
         Option("at_mobiles", list, default=[], help="phone numbers to @mention"),
         Option("at_user_ids", list, default=[], help="DingTalk user ids to @mention"),
         Option("at_all", bool, default=False, help="@mention everyone in the group"),
         *CHAT_OPTIONS,
         *HTTP_OPTIONS,
     )
-    delivery_defaults: ClassVar = {"batch_size": 100, "flush_interval": 1.0}
+    errors = ERRORS
+    max_content = MAX_CONTENT
+    # DingTalk blocks a robot for 10 minutes after it hit the limit: back off 1, 2, 4, 8, 10 min
+    rate_limited_backoff = (60.0, 600.0)
 
-    def __init__(self, url: SinkURL, opts: Options, *, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
-        super().__init__(url, opts)
-        self.endpoint = self._endpoint(url)
-        self.layout = ChatLayout(self.name, opts, cluster_id=opts["cluster_id"])
-        self.flow = ChatFlow(rate_limit=opts["rate_limit"], repeat_interval=float(opts["repeat_interval"]),
-                             clock=clock, sink=self.name)
-        self._wall = wall
-        self._secrets = [opts["access_token"], opts["sign"]]
-        self._throttled = 0  # rate-limit answers in a row
-        self._client: httpx.Client | None = None
-        http_client(self.name, opts).close()  # TLS files are checked now, not at the first alert
+    def __init__(self, url: SinkURL, opts: Options, **kwargs: Any) -> None:
+        super().__init__(url, opts, cluster_id=opts["cluster_id"], **kwargs)
+        self.layout.region = opts["region"]
+        self.endpoint = chat_endpoint(self.name, url, DEFAULT_URL, default_path="/robot/send")
 
-    def _endpoint(self, url: SinkURL) -> str:
-        if not url.host:
-            if url.path:
-                raise SinkConfigError(self.name, f"expected an https:// URL or only a query, got {url.path!r}")
-            return DEFAULT_URL
-        if url.scheme not in ("http", "https"):
-            raise SinkConfigError(self.name, f"expected an https:// URL, got {url.scheme or 'no'} scheme")
-        # kube-eventer always uses https; plain http is honoured only for a loopback test server
-        scheme = "http" if url.scheme == "http" and url.hostname in LOOPBACK else "https"
-        return f"{scheme}://{url.host}{url.path or '/robot/send'}"
+    def measure(self, text: str) -> int:
+        return json_size(text)  # the limit is on the JSON body: escapes count
 
-    # ---- delivery ---------------------------------------------------------------------------
-    def send(self, batch: Sequence[Event]) -> None:
-        self.flow.send(batch, self._post_event)
-
-    def tick(self) -> None:
-        self.flow.tick(self._post_event, self._post_digest)
-
-    def close(self) -> None:
-        self.flow.close(self._post_event, self._post_digest)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _post_event(self, event: Event, notice: Notice) -> None:
-        self._post(self.layout.event(event, notice), self.layout.title(event))
-
-    def _post_digest(self, digest: Digest) -> None:
-        self._post(self.layout.digest(digest, self.flow.rate_limit), digest.headline(2))
+    def deliver(self, content: str, title: str) -> None:
+        self.post_json(self.request_url(), self.message(content, title))
 
     def message(self, content: str, title: str) -> dict[str, Any]:
         """The request body: text or markdown, @mentions appended to the content as DingTalk requires."""
@@ -185,30 +122,6 @@ class DingTalkSink(Sink):
         params = f"access_token={quote_plus(self.opts['access_token'].reveal())}"
         secret = self.opts["sign"]
         if secret:
-            timestamp = round(self._wall() * 1000)
+            timestamp = round(self.wall() * 1000)
             params += f"&timestamp={timestamp}&sign={sign(secret.reveal(), timestamp)}"
         return f"{self.endpoint}?{params}"
-
-    def _post(self, content: str, title: str) -> None:
-        if self._client is None:
-            self._client = http_client(self.name, self.opts)
-        body = orjson.dumps(self.message(content, title))
-        try:
-            response = self._client.post(self.request_url(), content=body,
-                                         headers={"Content-Type": "application/json;charset=utf-8"})
-        except httpx.HTTPError as exc:
-            raise self._masked(transport_error(exc, "dingtalk")) from None
-        try:
-            _classify(response.status_code, response.content)
-        except RateLimitedError as exc:
-            # DingTalk blocks a robot for 10 minutes after it hit the limit: back off 1, 2, 4, 8, 10 min
-            self._throttled += 1
-            exc.retry_after = min(60.0 * 2 ** (self._throttled - 1), 600.0)
-            raise self._masked(exc) from None
-        except (RetryableError, PermanentError) as exc:
-            raise self._masked(exc) from None
-        self._throttled = 0
-
-    def _masked(self, exc: RetryableError | PermanentError) -> RetryableError | PermanentError:
-        exc.args = (redact_text(str(exc), self._secrets),)
-        return exc

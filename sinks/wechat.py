@@ -10,17 +10,24 @@ Two ways to reach people, chosen by the URL:
   ``Corp ID``. The app must be visible to the recipients.
 - **Group robot** (群机器人): ``POST /cgi-bin/webhook/send?key=KEY``. In a group chat: ... → Add Group
   Robot → copy the webhook URL; its ``key`` is the secret. Text is cut at 2048 bytes, markdown at 4096,
-  with a marker. ``mentioned_list``/``mentioned_mobile_list`` @mention people (text; markdown gets ``<@id>``).
+  with a marker. ``mentioned_list``/``mentioned_mobile_list`` @mention people (text; markdown gets ``<@id>``,
+  and cannot mention ``@all``: that combination is refused at start-up).
+
+Recipients (app): ``touser``/``toparty``/``totag`` as given; with none of them (or kube-eventer's empty
+``to_user=``) the message goes to ``@all``. WeCom ignores parties and tags next to ``@all``, so ``@all``
+is never added when parties or tags are given.
 
 Every answer's ``errcode`` is checked: 0 is delivered; 45009 (too many messages) waits for the next
 minute; -1 (busy) is retried; 81013 (no valid recipient), 93000 (bad robot key), 40001/40013 (bad
 credentials) and the other codes are permanent and logged with WeCom's ``errmsg`` (secrets masked).
-Never a flood (see ``eventrouter/chat.py``): at most ``rate_limit`` (20) messages a minute, the rest
-in a digest; repeats of the same object+reason at most once per ``repeat_interval`` (30m).
+The flow and the HTTP side are shared with the other chat sinks (``eventrouter/chat.py``,
+``eventrouter/chat_transport.py``); this module is only WeCom's protocol. Never a flood: at most
+``rate_limit`` (20) messages a minute, the rest in digests; repeats of the same object+reason at most
+once per ``repeat_interval`` (30m).
 
 URL forms::
 
-    --sink=wechat:?corp_id=ID&corp_secret=S&agent_id=1000002[&to_user=a,b&to_party=&to_tag=&label=
+    --sink=wechat:?corp_id=ID&corp_secret=S&agent_id=1000002[&to_user=a,b&to_party=2&to_tag=7&label=
                   &level=Warning&namespaces=&kinds=]                                         (kube-eventer)
     --sink=wechat:https://qyapi.weixin.qq.com/cgi-bin/webhook/send?key=K[&msg_type=markdown&mentioned_list=u1]
     --sink=wechat:?key=K                         (robot, host defaults to api_base)
@@ -34,83 +41,51 @@ Example::
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote_plus
-
-import httpx
-import orjson
 
 from eventrouter import (
     CHAT_OPTIONS,
     HTTP_OPTIONS,
-    ChatFlow,
-    ChatLayout,
-    Digest,
-    Event,
-    Notice,
+    ChatSink,
+    ErrorCodes,
     Option,
     Options,
-    PermanentError,
-    RateLimitedError,
     RetryableError,
-    Sink,
     SinkConfigError,
     SinkURL,
-    http_client,
-    raise_for_status,
-    redact_text,
-    transport_error,
+    api_base,
+    chat_endpoint,
     truncate_bytes,
 )
 
 log = logging.getLogger("eventrouter.sinks.wechat")
 
 DEFAULT_API = "https://qyapi.weixin.qq.com"
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 ROBOT_PATH = "/cgi-bin/webhook/send"
 TOKEN_EXPIRED = frozenset({42001, 40014})
-RATE_LIMITED = frozenset({45009})
-RETRYABLE = frozenset({-1, 45033})  # busy; too many concurrent calls
 # bytes of content WeCom accepts: (robot, app) x (text, markdown)
 LIMITS = {("robot", "text"): 2048, ("robot", "markdown"): 4096, ("app", "text"): 2048, ("app", "markdown"): 2048}
 APP_ONLY = ("corp_id", "corp_secret", "agent_id", "to_user", "to_party", "to_tag")
 ROBOT_ONLY = ("mentioned_list", "mentioned_mobile_list")
 
-_HINTS = {
-    40001: "check corp_secret",
-    40013: "check corp_id",
-    60020: "this server's IP is not trusted by the app",
-    81013: "no valid recipient: check to_user/to_party/to_tag and the app's visibility",
-    93000: "the robot key is wrong or the robot was removed",
-    40058: "message too long",
-}
+ERRORS = ErrorCodes(
+    "wecom",
+    rate_limited=frozenset({45009}),
+    retryable=frozenset({-1, 45033}),  # busy; too many concurrent calls
+    hints={
+        40001: "check corp_secret",
+        40013: "check corp_id",
+        60020: "this server's IP is not trusted by the app",
+        81013: "no valid recipient: check to_user/to_party/to_tag and the app's visibility",
+        93000: "the robot key is wrong or the robot was removed",
+        40058: "message too long",
+    },
+)
 
 
 class _TokenExpired(Exception):
     """WeCom says the access token is expired or invalid: fetch a new one and send again."""
-
-
-def _classify(status: int, body: bytes, what: str = "wecom") -> dict[str, Any]:
-    """The decoded answer if WeCom accepted the call; RetryableError or PermanentError otherwise."""
-    if status != 200:
-        raise_for_status(httpx.Response(status, content=body), what)
-    try:
-        data = orjson.loads(body)
-        code = int(data.get("errcode", 0))
-        errmsg = str(data.get("errmsg", ""))
-    except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        raise RetryableError(f"{what} answered HTTP {status} with a body that is not JSON: {body[:200]!r}") from None
-    if code == 0:
-        return data  # type: ignore[no-any-return]
-    detail = f"{what} answered errcode {code}: {errmsg}"
-    if code in RATE_LIMITED:
-        raise RateLimitedError(detail, retry_after=60.0)
-    if code in RETRYABLE:
-        raise RetryableError(detail)
-    hint = _HINTS.get(code)
-    raise PermanentError(detail + (f" ({hint})" if hint else ""))
 
 
 def _recipients(values: list[str]) -> str:
@@ -118,54 +93,43 @@ def _recipients(values: list[str]) -> str:
     return "|".join(v.strip() for value in values for v in value.split("|") if v.strip())
 
 
-class WeChatSink(Sink):
+class WeChatSink(ChatSink):
     """WeCom application messages (kube-eventer) or a WeCom group robot."""
 
     name = "wechat"
-    default_level = "Warning"
     options: ClassVar = (
         Option("corp_id", str, default="", help="app mode: the company's Corp ID"),
         Option("corp_secret", str, secret=True, help="app mode: the application's Secret"),
         Option("agent_id", int, help="app mode: the application's AgentId"),
-        Option("to_user", list, default=["@all"], help="app mode: user ids (a,b or a|b); @all for everyone"),
+        Option("to_user", list, default=[], help="app mode: user ids (a,b or a|b); @all for everyone "
+               "(the default when no to_party/to_tag is given, and for an empty to_user=)"),
         Option("to_party", list, default=[], help="app mode: department ids"),
         Option("to_tag", list, default=[], help="app mode: tag ids"),
         Option("key", str, secret=True, help="robot mode: the webhook key"),
-        Option("mentioned_list", list, default=[], help="robot mode: user ids to @mention (@all for everyone)"),
+        Option("mentioned_list", list, default=[], help="robot mode: user ids to @mention (@all for everyone, "
+               "text only)"),
         Option("mentioned_mobile_list", list, default=[], help="robot mode, text: phone numbers to @mention"),
         Option("api_base", str, default=DEFAULT_API, help="WeCom API base URL (a proxy or a test server)"),
         *CHAT_OPTIONS,
         *HTTP_OPTIONS,
     )
-    delivery_defaults: ClassVar = {"batch_size": 100, "flush_interval": 1.0}
+    errors = ERRORS
+    markdown_line_break = "\n"
 
-    def __init__(self, url: SinkURL, opts: Options, *, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(url, opts)
-        self.api_base = self._api_base(opts["api_base"])
+    def __init__(self, url: SinkURL, opts: Options, **kwargs: Any) -> None:
+        super().__init__(url, opts, **kwargs)
+        self.api_base = api_base(self.name, opts["api_base"])
         robot = bool(opts["key"]) or url.path.rstrip("/").endswith(ROBOT_PATH)
         self.mode = "robot" if robot else "app"
         self._check_mode_options(opts)
         if robot:
-            self.endpoint = self._robot_endpoint(url)
-        self.layout = ChatLayout(self.name, opts, line_break="\n")
+            self.endpoint = chat_endpoint(self.name, url, self.api_base + ROBOT_PATH)
         self.limit = LIMITS[(self.mode, self.layout.msg_type)]
-        self.flow = ChatFlow(rate_limit=opts["rate_limit"], repeat_interval=float(opts["repeat_interval"]),
-                             clock=clock, sink=self.name)
-        self._clock = clock
+        self.max_content = self.limit  # per instance: it depends on mode and msg_type
         self._token: str | None = None
         self._token_expires = 0.0
-        self._client: httpx.Client | None = None
-        http_client(self.name, opts).close()  # TLS files are checked now, not at the first alert
 
     # ---- configuration (no I/O) ---------------------------------------------------------------
-    def _api_base(self, base: str) -> str:
-        url = SinkURL.parse("api_base:" + base)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise SinkConfigError(self.name, f"{base!r} is not an https:// URL", "api_base")
-        if url.scheme == "http" and url.hostname not in LOOPBACK:
-            raise SinkConfigError(self.name, "use https:// (plain http only for a loopback test server)", "api_base")
-        return base.rstrip("/")
-
     def _check_mode_options(self, opts: Options) -> None:
         given = opts.given
         if self.mode == "robot":
@@ -175,6 +139,9 @@ class WeChatSink(Sink):
             if wrong:
                 raise SinkConfigError(self.name, "is for application messages, not for the group robot "
                                       "(give either key= or corp_id/corp_secret/agent_id)", wrong[0])
+            if opts["msg_type"] == "markdown" and "@all" in opts["mentioned_list"]:
+                raise SinkConfigError(self.name, "@all works with msg_type=text only (WeCom markdown can "
+                                      "mention user ids, not everyone)", "mentioned_list")
             return
         for name in ("corp_id", "corp_secret", "agent_id"):
             if not opts[name]:
@@ -184,56 +151,27 @@ class WeChatSink(Sink):
         if wrong:
             raise SinkConfigError(self.name, "is for the group robot (key=), not for application messages", wrong[0])
 
-    def _robot_endpoint(self, url: SinkURL) -> str:
-        if not url.host:
-            return self.api_base + ROBOT_PATH
-        if url.scheme not in ("http", "https"):
-            raise SinkConfigError(self.name, f"expected an https:// URL, got {url.scheme or 'no'} scheme")
-        scheme = "http" if url.scheme == "http" and url.hostname in LOOPBACK else "https"
-        return f"{scheme}://{url.host}{url.path}"
-
-    def _secrets(self) -> list[Any]:
-        return [self.opts["corp_secret"], self.opts["key"], self._token]
+    def secrets(self) -> list[Any]:
+        return [*super().secrets(), self._token]
 
     # ---- delivery ---------------------------------------------------------------------------
     def open(self) -> None:
         """App mode: fetch the access token (checks corp_id and corp_secret). The robot has no check."""
+        super().open()
         if self.mode == "app":
             self._access_token(refresh=True)
 
-    def send(self, batch: Sequence[Event]) -> None:
-        self.flow.send(batch, self._post_event)
-
-    def tick(self) -> None:
-        self.flow.tick(self._post_event, self._post_digest)
-
-    def close(self) -> None:
-        self.flow.close(self._post_event, self._post_digest)
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    def _post_event(self, event: Event, notice: Notice) -> None:
-        self._deliver(self.layout.event(event, notice))
-
-    def _post_digest(self, digest: Digest) -> None:
-        self._deliver(self.layout.digest(digest, self.flow.rate_limit))
-
-    def _deliver(self, content: str) -> None:
+    def deliver(self, content: str, title: str) -> None:
+        if self.mode == "robot":
+            self.post_json(f"{self.endpoint}?key={quote_plus(self.opts['key'].reveal())}", self.robot_message(content))
+            return
         try:
-            if self.mode == "robot":
-                self._call("POST", f"{self.endpoint}?key={quote_plus(self.opts['key'].reveal())}",
-                           self.robot_message(content))
-                return
             try:
                 self._send_app(content)
             except _TokenExpired:
                 self._send_app(content, refresh=True)  # once, at once: a fresh token is no reason to wait
         except _TokenExpired as exc:
             raise RetryableError(f"wecom: the access token was refused twice: {exc}") from None
-        except (RetryableError, PermanentError) as exc:
-            exc.args = (redact_text(str(exc), self._secrets()),)
-            raise exc from None
 
     # ---- robot --------------------------------------------------------------------------------
     def robot_message(self, content: str) -> dict[str, Any]:
@@ -251,36 +189,46 @@ class WeChatSink(Sink):
         return {"msgtype": "text", "text": text}
 
     # ---- application ----------------------------------------------------------------------------
-    def app_message(self, content: str) -> dict[str, Any]:
+    def recipients(self) -> dict[str, str]:
+        """``touser``/``toparty``/``totag`` as given; none at all (or an empty ``to_user=``) is ``@all``."""
         opts = self.opts
+        given = {"touser": _recipients(opts["to_user"]), "toparty": _recipients(opts["to_party"]),
+                 "totag": _recipients(opts["to_tag"])}
+        given = {key: value for key, value in given.items() if value}
+        return given or {"touser": "@all"}
+
+    def app_message(self, content: str) -> dict[str, Any]:
         msg_type = self.layout.msg_type
-        body: dict[str, Any] = {"touser": _recipients(opts["to_user"]), "toparty": _recipients(opts["to_party"]),
-                                "totag": _recipients(opts["to_tag"]), "msgtype": msg_type,
-                                "agentid": opts["agent_id"], msg_type: {"content": truncate_bytes(content, self.limit)},
-                                "safe": 0, "enable_duplicate_check": 0, "duplicate_check_interval": 1800}
-        return body
+        return {**self.recipients(), "msgtype": msg_type, "agentid": self.opts["agent_id"],
+                msg_type: {"content": truncate_bytes(content, self.limit)},
+                "safe": 0, "enable_duplicate_check": 0, "duplicate_check_interval": 1800}
 
     def _send_app(self, content: str, refresh: bool = False) -> None:
         token = self._access_token(refresh)
-        answer = self._call("POST", f"{self.api_base}/cgi-bin/message/send?access_token={quote_plus(token)}",
-                            self.app_message(content), token_call=True)
+        response = self.request("POST", f"{self.api_base}/cgi-bin/message/send?access_token={quote_plus(token)}",
+                                self.app_message(content))
+        if response.status_code == 200:
+            try:
+                code = int(response.json().get("errcode", 0))
+            except (ValueError, AttributeError, TypeError):
+                code = 0
+            if code in TOKEN_EXPIRED:
+                self._token = None
+                raise _TokenExpired(f"errcode {code}")
+        answer = self.check(response)
         missed = {k: answer[k] for k in ("invaliduser", "invalidparty", "invalidtag", "unlicenseduser")
                   if answer.get(k)}
         if missed:  # delivered to the others; say who was missed (recipient ids, no secrets)
             log.warning("wecom delivered, but these recipients are invalid: %s", missed)
 
     def _access_token(self, refresh: bool = False) -> str:
-        now = self._clock()
+        now = self.clock()
         if self._token and not refresh and now < self._token_expires:
             return self._token
         opts = self.opts
         url = (f"{self.api_base}/cgi-bin/gettoken?corpid={quote_plus(opts['corp_id'])}"
                f"&corpsecret={quote_plus(opts['corp_secret'].reveal())}")
-        try:
-            answer = self._call("GET", url, None)
-        except (RetryableError, PermanentError) as exc:
-            exc.args = (redact_text(str(exc), self._secrets()),)
-            raise
+        answer = self.check(self.request("GET", url))
         token = str(answer.get("access_token") or "")
         if not token:
             raise RetryableError("wecom gettoken answered without an access_token")
@@ -291,27 +239,3 @@ class WeChatSink(Sink):
         # renew five minutes early (WeCom tokens live 7200 s), never later than the token's own end
         self._token, self._token_expires = token, now + max(expires_in - 300, expires_in / 2)
         return token
-
-    # ---- HTTP ---------------------------------------------------------------------------------
-    def _call(self, method: str, url: str, body: dict[str, Any] | None, token_call: bool = False) -> dict[str, Any]:
-        if self._client is None:
-            self._client = http_client(self.name, self.opts)
-        try:
-            if body is None:
-                response = self._client.request(method, url)
-            else:
-                response = self._client.request(method, url, content=orjson.dumps(body),
-                                                headers={"Content-Type": "application/json"})
-        except httpx.HTTPError as exc:
-            error = transport_error(exc, "wecom")
-            error.args = (redact_text(str(error), self._secrets()),)
-            raise error from None
-        if token_call and response.status_code == 200:
-            try:
-                code = int(orjson.loads(response.content).get("errcode", 0))
-            except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-                code = 0
-            if code in TOKEN_EXPIRED:
-                self._token = None
-                raise _TokenExpired(f"errcode {code}")
-        return _classify(response.status_code, response.content)

@@ -16,6 +16,7 @@ PUBLIC = {
     "HTTP_OPTIONS", "TLS_OPTIONS", "http_client", "raise_for_status", "transport_error", "redact_text",
     "EventTemplate", "template_source", "parse_tz",
     "CHAT_OPTIONS", "ChatFlow", "ChatLayout", "Digest", "Notice", "RateLimitedError", "json_size", "truncate_bytes",
+    "ChatSink", "ErrorCodes", "api_base", "chat_endpoint",
     "__version__",
 }
 

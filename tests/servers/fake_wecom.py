@@ -4,7 +4,8 @@ Like WeCom, it always answers HTTP 200 with an ``errcode``:
 
 - ``GET /cgi-bin/gettoken?corpid=&corpsecret=``: 40013 unknown corp, 40001 wrong secret, else a new token;
 - ``POST /cgi-bin/message/send?access_token=``: 42001 for an expired token, 40014 for an unknown one,
-  81013 when every recipient is invalid (``invaliduser`` lists the unknown ones otherwise), 45009 past
+  81013 when every recipient is invalid or none is given (``invaliduser`` lists the unknown ones
+  otherwise; ``audience()`` tells whom a message reached: ``@all`` overrides parties and tags), 45009 past
   ``rate_limit`` messages in 60 s;
 - ``POST /cgi-bin/webhook/send?key=``: 93000 for a wrong key, 40058 for text over 2048 / markdown over 4096
   bytes, 45009 past ``rate_limit``.
@@ -113,6 +114,13 @@ class FakeWeCom:
     def contents(self) -> list[str]:
         return [body[body["msgtype"]]["content"] for body in self.messages()]
 
+    @staticmethod
+    def audience(body: dict[str, Any]) -> dict[str, str]:
+        """Who an app message reaches, as WeCom decides: ``@all`` makes it ignore toparty and totag."""
+        if "@all" in str(body.get("touser", "")).split("|"):
+            return {"touser": "@all"}
+        return {key: str(body[key]) for key in ("touser", "toparty", "totag") if body.get(key)}
+
     def token_calls(self) -> int:
         return sum(1 for r in self.requests if r.path == "/cgi-bin/gettoken")
 
@@ -164,6 +172,8 @@ class FakeWeCom:
         return None
 
     def _app_send(self, body: dict[str, Any]) -> dict[str, Any]:
+        if not any(body.get(key) for key in ("touser", "toparty", "totag")):
+            return _err(81013, "user & party & tag all invalid")
         users = [u for u in str(body.get("touser", "")).split("|") if u]
         invalid = [u for u in users if u != "@all" and self.users is not None and u not in self.users]
         if users and len(invalid) == len(users) and not body.get("toparty") and not body.get("totag"):

@@ -11,6 +11,7 @@ import time
 from dataclasses import replace
 from urllib.parse import unquote_plus
 
+import httpx
 import orjson
 import pytest
 
@@ -18,7 +19,7 @@ from eventrouter import PartialError, PermanentError, RateLimitedError, Retryabl
 from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
-from sinks.dingtalk import MAX_CONTENT, DingTalkSink, _classify, sign
+from sinks.dingtalk import ERRORS, MAX_CONTENT, DingTalkSink, sign
 from tests.helpers import make_event, real_events, real_objects
 from tests.servers.fake_dingtalk import FakeClock, FakeDingTalk
 
@@ -120,16 +121,16 @@ def _body(code: int, msg: str) -> bytes:
     (200, _body(400102, "机器人已停用"), PermanentError),
     (200, _body(460101, "message too long, exceed 20000 bytes"), PermanentError),
     (200, b"<html>gateway</html>", RetryableError),
-    (429, b"", RetryableError),
+    (429, b"", RateLimitedError),
     (503, b"busy", RetryableError),
     (400, b"bad", PermanentError),
 ])
 def test_classify(status, body, outcome):
     if outcome is None:
-        assert _classify(status, body) is None
+        assert ERRORS.classify(httpx.Response(status, content=body))["errcode"] == 0
         return
     with pytest.raises(outcome) as info:
-        _classify(status, body)
+        ERRORS.classify(httpx.Response(status, content=body))
     if outcome is RateLimitedError:
         assert info.value.retry_after == 60
     if outcome is PermanentError and status == 200:
@@ -170,6 +171,17 @@ def test_signed_text_message_with_keyword_and_mentions(clock):
         "k8s-alert\nLevel:Warning\nKind:Pod\nNamespace:default\nName:app-1\nReason:BackOff\n"
         "Timestamp:2026-04-14 09:30:01 UTC\nMessage:Back-off restarting failed container app in pod app-1\n"
         "Count:1\nCluster:prod\nHost:node-1\n@13800000000 @u1")
+
+
+@pytest.mark.parametrize("msg_type", ["text", "markdown"])
+def test_region_is_shown_with_the_cluster(clock, msg_type):
+    with FakeDingTalk(clock=clock) as server:
+        sink = build(robot_flag(server, f"&cluster_id=c1&region=cn-hangzhou&msg_type={msg_type}"), clock=clock)
+        sink.send([make_event(1)])
+    [content] = server.contents()
+    expected = (["Cluster:c1", "Region:cn-hangzhou"] if msg_type == "text"
+                else ["**Cluster:** c1", "**Region:** cn-hangzhou"])
+    assert all(line in content.splitlines() for line in expected)
 
 
 def test_markdown_message(clock):
@@ -359,8 +371,6 @@ def test_cli_run_replays_real_events_once_per_problem_and_digests_the_rest(tmp_p
 
 def test_repeated_rate_limit_answers_back_off_towards_dingtalks_ten_minute_block():
     """Another poster on the same robot keeps it throttled: wait 1, 2, 4, 8, then 10 minutes; reset on success."""
-    import httpx
-
     answers = iter([{"errcode": 130101, "errmsg": "send too fast, exceed 20 times per minute"}] * 6
                    + [{"errcode": 0, "errmsg": "ok"}, {"errcode": 130101, "errmsg": "send too fast"}])
     sink = build("dingtalk:http://127.0.0.1:9/robot/send?access_token=tok-1&repeat_interval=0")
@@ -368,10 +378,10 @@ def test_repeated_rate_limit_answers_back_off_towards_dingtalks_ten_minute_block
     waits = []
     for _ in range(6):
         with pytest.raises(RateLimitedError) as err:
-            sink._post("text", "title")
+            sink.deliver("text", "title")
         waits.append(err.value.retry_after)
     assert waits == [60.0, 120.0, 240.0, 480.0, 600.0, 600.0]
-    sink._post("text", "title")  # delivered: the streak ends
+    sink.deliver("text", "title")  # delivered: the streak ends
     with pytest.raises(RateLimitedError) as err:
-        sink._post("text", "title")
+        sink.deliver("text", "title")
     assert err.value.retry_after == 60.0

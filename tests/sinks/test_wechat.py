@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import replace
 
+import httpx
 import orjson
 import pytest
 
@@ -13,7 +14,7 @@ from eventrouter import PartialError, PermanentError, RateLimitedError, Retryabl
 from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
-from sinks.wechat import WeChatSink, _classify
+from sinks.wechat import ERRORS, WeChatSink
 from tests.helpers import make_event
 from tests.servers.fake_wecom import FakeClock, FakeWeCom
 
@@ -32,16 +33,20 @@ def build(flag: str, **kwargs) -> WeChatSink:  # type: ignore[no-untyped-def]
 # ---- flags ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("flag", "expected"), [
     # kube-eventer's documented form
-    (KE, {"mode": "app", "to_user": ["@all"], "level": ["Warning"], "agent_id": 1000002, "msg_type": "text"}),
+    (KE, {"mode": "app", "to_user": [], "level": ["Warning"], "agent_id": 1000002, "msg_type": "text",
+          "recipients": {"touser": "@all"}}),
+    (KE + "&to_user=", {"recipients": {"touser": "@all"}}),  # kube-eventer: an empty to_user is everyone
     (KE + "&to_user=alice,bob&label=prod&level=Normal&namespaces=default&kinds=Pod",
      {"to_user": ["alice", "bob"], "label": ["prod"], "level": ["Normal"], "namespaces": ["default"],
       "kinds": ["Pod"]}),
     ("wechat:https://qyapi.weixin.qq.com?" + KE.split("?")[1], {"mode": "app"}),  # the host is ignored
     # ours
-    (KE + "&to_party=2,3&to_tag=7&msg_type=markdown", {"to_party": ["2", "3"], "to_tag": ["7"]}),
+    (KE + "&to_party=2,3&to_tag=7&msg_type=markdown",
+     {"to_party": ["2", "3"], "to_tag": ["7"], "recipients": {"toparty": "2|3", "totag": "7"}}),  # not @all
+    (KE + "&to_user=&to_tag=7", {"recipients": {"totag": "7"}}),
     (KE + "&api_base=http://127.0.0.1:9000", {"api_base": "http://127.0.0.1:9000"}),
     (ROBOT, {"mode": "robot", "endpoint": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"}),
-    (ROBOT + "&msg_type=markdown&mentioned_list=u1,@all&mentioned_mobile_list=138",
+    (ROBOT + "&mentioned_list=u1,@all&mentioned_mobile_list=138",
      {"mentioned_list": ["u1", "@all"], "mentioned_mobile_list": ["138"]}),
     (f"wechat:?key={KEY}", {"mode": "robot", "endpoint": "https://qyapi.weixin.qq.com/cgi-bin/webhook/send"}),
     (f"wechat:http://127.0.0.1:8080/cgi-bin/webhook/send?key={KEY}",
@@ -54,6 +59,8 @@ def test_flags(flag, expected):
     for key, value in expected.items():
         if key in ("mode", "endpoint", "api_base"):
             assert getattr(sink, key) == value
+        elif key == "recipients":
+            assert sink.recipients() == value
         else:
             assert sink.opts[key] == value, key
 
@@ -66,6 +73,7 @@ def test_flags(flag, expected):
     ("wechat:https://qyapi.weixin.qq.com/cgi-bin/webhook/send", "key", "webhook key"),
     (ROBOT + "&to_user=alice", "to_user", "application messages"),
     (KE + "&mentioned_list=u1", "mentioned_list", "group robot"),
+    (ROBOT + "&msg_type=markdown&mentioned_list=u1,@all", "mentioned_list", "msg_type=text only"),
     (KE + "&msg_type=news", "msg_type", "text, markdown"),
     (KE + "&api_base=http://wecom.example.com", "api_base", "https"),
     (KE + "&corpsecret=x", "corpsecret", "allowed options"),
@@ -106,10 +114,10 @@ def _body(code: int, msg: str) -> bytes:
 ])
 def test_classify(status, body, outcome):
     if outcome is None:
-        assert _classify(status, body)["errcode"] == 0
+        assert ERRORS.classify(httpx.Response(status, content=body))["errcode"] == 0
         return
     with pytest.raises(outcome) as info:
-        _classify(status, body)
+        ERRORS.classify(httpx.Response(status, content=body))
     if outcome is RateLimitedError:
         assert info.value.retry_after == 60
 
@@ -134,9 +142,27 @@ def test_app_message_to_several_users_in_one_request_with_cached_token(clock):
     assert server.token_calls() == 1
     bodies = server.messages("/cgi-bin/message/send")
     assert len(bodies) == 2
-    assert {k: bodies[0][k] for k in ("touser", "toparty", "totag", "msgtype", "agentid", "safe")} == {
-        "touser": "alice|bob|carol", "toparty": "2", "totag": "", "msgtype": "text", "agentid": 1000002, "safe": 0}
+    assert {k: v for k, v in bodies[0].items() if k not in ("text", "enable_duplicate_check",
+                                                             "duplicate_check_interval")} == {
+        "touser": "alice|bob|carol", "toparty": "2", "msgtype": "text", "agentid": 1000002, "safe": 0}
     assert bodies[0]["text"]["content"].startswith("prod\nLevel:Warning\nKind:Pod\nNamespace:default\nName:app-1\n")
+
+
+@pytest.mark.parametrize(("extra", "audience"), [
+    ("&to_party=2&to_tag=7", {"toparty": "2", "totag": "7"}),  # the documented example: not everyone
+    ("&to_user=&to_party=2", {"toparty": "2"}),
+    ("&to_user=", {"touser": "@all"}),  # kube-eventer's empty to_user= is everyone
+    ("", {"touser": "@all"}),
+    ("&to_user=alice&to_tag=7", {"touser": "alice", "totag": "7"}),
+])
+def test_app_message_reaches_exactly_the_recipients_given(clock, extra, audience):
+    with FakeWeCom(clock=clock) as server:
+        sink = build(app_flag(server, extra), clock=clock)
+        sink.open()
+        sink.send([make_event(1)])
+        sink.close()
+    [body] = server.messages("/cgi-bin/message/send")
+    assert FakeWeCom.audience(body) == audience
 
 
 def test_expired_token_is_refreshed_and_the_send_retried_at_once(clock):
