@@ -24,7 +24,7 @@ from eventrouter.errors import (
 )
 from eventrouter.event import Event, InvolvedObject, format_time
 from eventrouter.http import HTTP_OPTIONS, TLS_OPTIONS, http_client, raise_for_status, transport_error
-from eventrouter.options import Duration, Option, Options, Secret
+from eventrouter.options import URL, Duration, HostPort, Option, Options, Secret
 from eventrouter.sink import Sink
 from eventrouter.sinkurl import SinkURL, redact_text
 from eventrouter.templates import EventTemplate, parse_tz, template_source
@@ -35,6 +35,7 @@ __all__ = [
     "CHAT_OPTIONS",
     "HTTP_OPTIONS",
     "TLS_OPTIONS",
+    "URL",
     "ChatFlow",
     "ChatLayout",
     "ChatSink",
@@ -44,6 +45,7 @@ __all__ = [
     "ErrorCodes",
     "Event",
     "EventTemplate",
+    "HostPort",
     "InvolvedObject",
     "Notice",
     "Option",

@@ -8,8 +8,9 @@ A sink lists its options once::
     )
 
 Types: ``str``, ``int``, ``float``, ``bool`` (Go's ``strconv.ParseBool`` words), ``list``
-(repeated keys and comma-separated values), ``Duration`` (``30s``, ``5m``, ``1h``, ``250ms`` or
-plain seconds). A secret option's value is wrapped in :class:`Secret`, which prints as ``***``.
+(repeated keys and comma-separated values; ``item=`` types each value), ``Duration`` (``30s``, ``5m``,
+``1h``, ``250ms`` or plain seconds), ``HostPort`` (``host:port``) and ``URL`` (``http(s)://host:port/``).
+A secret option's value is wrapped in :class:`Secret`, which prints as ``***``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,60 @@ class Secret:
         return hash(self._value)
 
 
+class HostPort(str):
+    """``host:port`` (``[v6addr]:port``), the port from 1 to 65535: a Kafka broker, a node address."""
+
+
+class URL(str):
+    """An absolute ``http://`` or ``https://`` URL whose host:port is valid."""
+
+
+_HOST = re.compile(r"[A-Za-z0-9_.~%!$&'()*+,;=-]+")
+
+
+def check_authority(authority: str, *, port_required: bool = False) -> str | None:
+    """What is wrong with a URL's ``host[:port]`` (``[v6]:port`` too), or None. The one home of this
+    check: the URL of every ``--sink``/``--source`` flag and every HostPort/URL option use it."""
+    host, port = authority, None
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            return f"{authority!r} is not a valid host ('[' without ']')"
+        host, tail = authority[1:end], authority[end + 1 :]
+        if tail:
+            if not tail.startswith(":"):
+                return f"{authority!r} is not a valid host:port"
+            port = tail[1:]
+        if not host or not all(c in ":.%" or c.isalnum() for c in host):
+            return f"{authority!r} is not a valid IPv6 address"
+    else:
+        if ":" in authority:
+            host, _, port = authority.rpartition(":")
+            if ":" in host:
+                return f"{authority!r} is not a valid host:port (write an IPv6 address in brackets)"
+        if host and not _HOST.fullmatch(host):
+            return f"{authority!r} is not a valid host"
+    if port_required and not host:
+        return f"{authority!r} has no host; use host:port"
+    if port is None or port == "":
+        # Go accepts an empty port ("h:"); a host:port option needs one
+        return f"{authority!r} has no port; use host:port" if port_required else None
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        return f"{authority!r}: the port {port!r} is not a number from 1 to 65535"
+    return None
+
+
+def _check_url(text: str) -> str | None:
+    shown = re.sub(r"^([^@/]*//)?[^@/]*@", lambda m: (m.group(1) or "") + MASK + "@", text)  # userinfo: secret
+    scheme, sep, rest = text.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return f"{shown!r} is not an http:// or https:// URL"
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0].rpartition("@")[2]
+    if not authority:
+        return f"{shown!r} has no host"
+    return check_authority(authority)
+
+
 class Duration(float):
     """Seconds, parsed from ``250ms``, ``30s``, ``5m``, ``1h``, ``1d`` or a plain number."""
 
@@ -76,6 +131,8 @@ def _type_name(kind: Any) -> str:
         bool: "true or false",
         list: "a list (repeat the key or separate values with commas)",
         Duration: "a duration such as 500ms, 30s, 5m, 1h",
+        HostPort: "host:port (port 1-65535)",
+        URL: "an http:// or https:// URL",
     }.get(kind, getattr(kind, "__name__", str(kind)))
 
 
@@ -91,6 +148,8 @@ class Option:
     help: str = ""
     choices: Sequence[str] | None = None
     aliases: Sequence[str] = ()
+    # list options: the type of each item (str, int, HostPort, URL, ...)
+    item: Any = str
     # list options: also split each value on commas (kube-eventer's namespaces=a,b);
     # False for options whose values may contain commas (label=, header=).
     split_commas: bool = True
@@ -107,6 +166,8 @@ class Option:
         """What values are allowed, for error messages and ``eventrouter sinks``."""
         if self.choices:
             return "one of " + ", ".join(self.choices)
+        if self.type is list and self.item is not str:
+            return f"a list of {_type_name(self.item)} (repeat the key or separate values with commas)"
         if self.type is list and not self.split_commas:
             return "a list (repeat the key for more values)"
         text = _type_name(self.type)
@@ -125,7 +186,8 @@ class Option:
             if self.choices:
                 for item in items:
                     self._check_choice(sink, item)
-            result: Any = items
+            # typed items: an empty one (a trailing comma) is left out, not an error
+            result: Any = items if self.item is str else [self._convert(sink, i, self.item) for i in items if i.strip()]
         else:
             # kube-eventer reads the first value of a repeated key; so do we.
             raw = values[0]
@@ -148,10 +210,18 @@ class Option:
         shown = MASK if self.secret else repr(raw)
         raise SinkConfigError(sink, f"{shown} is not allowed; use {self.describe()}", self.name)
 
-    def _convert(self, sink: str, raw: str) -> Any:
-        if self.choices:
+    def _convert(self, sink: str, raw: str, kind: Any = None) -> Any:
+        if self.choices and kind is None:
             return self._check_choice(sink, raw)
-        kind = self.type
+        kind = self.type if kind is None else kind
+        if kind in (HostPort, URL):
+            if kind is URL and not raw.strip():
+                return ""  # unset: the sink's default applies
+            problem = check_authority(raw.strip(), port_required=True) if kind is HostPort else _check_url(raw.strip())
+            if problem:
+                shown = f"the value is not {_type_name(kind)}" if self.secret else problem
+                raise SinkConfigError(sink, shown, self.name)
+            return kind(raw.strip())
         try:
             if kind is str:
                 return raw

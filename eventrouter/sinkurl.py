@@ -1,7 +1,9 @@
 """The ``--source``/``--sink`` flag grammar, exactly kube-eventer's (common/flags/flags.go).
 
 ``NAME:REST`` splits on the first ``:``. ``$VAR`` and ``${VAR}`` in REST are replaced from the
-environment (so a Secret can feed a token through an env var). REST is then read as a URL:
+environment (so a Secret can feed a token through an env var); unlike Go, a variable that is not set
+stops start-up (a sink with an empty token would fail on every send). A URL's host:port is checked
+(:func:`eventrouter.options.check_authority`). REST is then read as a URL:
 ``scheme://host/path?query``. Repeated query keys form lists. A REST that starts with ``?`` has
 only a query (``kafka:?brokers=a:9092&brokers=b:9092``); the MySQL DSN form
 ``mysql:?user:pw@tcp(h:3306)/db?charset=utf8&table=t`` keeps everything after the first ``?`` in
@@ -10,31 +12,37 @@ only a query (``kafka:?brokers=a:9092&brokers=b:9092``); the MySQL DSN form
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote_plus
 
 from eventrouter.errors import ConfigError
-from eventrouter.options import MASK, Secret
+from eventrouter.options import MASK, Secret, check_authority
 
-log = logging.getLogger("eventrouter.flags")
-
-_ENV_REF = re.compile(r"\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_ENV_REF = re.compile(r"\$\{([^}]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)|\$\{")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
-def expand_env(text: str, environ: dict[str, str] | None = None) -> str:
-    """Replace ``$VAR``/``${VAR}`` like Go's ``os.ExpandEnv``; an unset variable becomes empty."""
+def expand_env(text: str, environ: Mapping[str, str] | None = None, *, what: str = "--sink") -> str:
+    """Replace ``$VAR``/``${VAR}`` like Go's ``os.ExpandEnv``, but loudly: a variable that is not set,
+    an unterminated ``${VAR`` or ``${}`` is a ConfigError naming the variable and ``what`` (the flag).
+
+    Go would expand an unset variable to "" and start a sink with an empty token that fails on every
+    send; stopping at start-up with the variable's name is the useful answer. Set-but-empty is allowed.
+    """
     env = os.environ if environ is None else environ
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) if match.group(1) is not None else match.group(2)
+        if name is None:
+            raise ConfigError(f"{what}: unterminated '${{' in the flag; write ${{NAME}} or $NAME")
+        if not _ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{what}: '${{{name}}}' is not an environment variable name")
         if name not in env:
-            log.warning("environment variable $%s is not set; it expands to an empty string", name)
-            return ""
+            raise ConfigError(f"{what}: environment variable ${name} is not set")
         return env[name]
 
     return _ENV_REF.sub(replace, text)
@@ -80,7 +88,7 @@ class SinkURL:
         name = name.strip()
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise ConfigError(f"{what}: {name!r} is not a valid name (letters, digits, '_', '-', '.')")
-        rest = expand_env(rest, environ)
+        rest = expand_env(rest, environ, what=f"{what}={name}")
         before_query, sep, raw_query = rest.partition("?")
         if _BAD_ESCAPE.search(before_query):
             raise ConfigError(f"{what}={name}: invalid %-escape in the URL")
@@ -95,6 +103,9 @@ class SinkURL:
             if "@" in authority:
                 userinfo, _, authority = authority.rpartition("@")
             host = authority
+            problem = check_authority(host)
+            if problem:
+                raise ConfigError(f"{what}={name}: {problem} in the URL")
         query = parse_query(raw_query) if sep else {}
         return cls(name, rest, scheme, userinfo, host, unquote_plus(path) if "%" in path else path, raw_query, query)
 

@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PUBLIC = {
     # the Sink API
-    "Sink", "Option", "Options", "Secret", "Duration", "SinkURL", "Event", "InvolvedObject", "format_time",
+    "Sink", "Option", "Options", "Secret", "Duration", "HostPort", "URL", "SinkURL", "Event", "InvolvedObject",
+    "format_time",
     "ConfigError", "SinkConfigError", "SinkError", "RetryableError", "PermanentError", "PartialError",
     # shared option groups and helpers a sink may use
     "HTTP_OPTIONS", "TLS_OPTIONS", "http_client", "raise_for_status", "transport_error", "redact_text",

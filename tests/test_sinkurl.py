@@ -93,14 +93,64 @@ def test_a_percent_that_is_no_escape_stays_literal_and_is_never_echoed():
     assert url.raw_query == "root:p%zz@tcp(h:3306)/db?charset=utf8"
 
 
-def test_env_expansion_like_go_expandenv(caplog):
-    env = {"TOKEN": "t0k", "HOST": "h.example"}
-    url = SinkURL.parse("dingtalk:https://${HOST}/robot/send?access_token=$TOKEN&x=$MISSING", environ=env)
+def test_env_expansion_like_go_expandenv():
+    env = {"TOKEN": "t0k", "HOST": "h.example", "EMPTY": ""}
+    url = SinkURL.parse("dingtalk:https://${HOST}/robot/send?access_token=$TOKEN&x=$EMPTY", environ=env)
     assert url.host == "h.example"
     assert url.query["access_token"] == ["t0k"]
-    assert url.query["x"] == [""]
-    assert "$MISSING is not set" in caplog.text
+    assert url.query["x"] == [""]  # set but empty is the user's choice
     assert expand_env("price: 5$", {}) == "price: 5$"
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        # Go would expand these to "" and start the sink with an empty token: here start-up stops
+        ("dingtalk:https://h/robot/send?access_token=$DT_TOKEN",
+         "--sink=dingtalk: environment variable $DT_TOKEN is not set"),
+        ("dingtalk:https://h/robot/send?access_token=${DT_TOKEN}",
+         "--sink=dingtalk: environment variable $DT_TOKEN is not set"),
+        ("dingtalk:https://h/robot/send?access_token=${DT_TOKEN",
+         "--sink=dingtalk: unterminated '${' in the flag; write ${NAME} or $NAME"),
+        ("webhook:http://h/?header=X=${}", "--sink=webhook: '${}' is not an environment variable name"),
+        ("webhook:http://h/?header=X=${A B}", "--sink=webhook: '${A B}' is not an environment variable name"),
+    ],
+)
+def test_an_unset_or_unterminated_variable_is_an_error_naming_it_and_the_flag(flag, message):
+    with pytest.raises(ConfigError) as err:
+        SinkURL.parse(flag, environ={"OTHER": "x"})
+    assert str(err.value) == message
+
+
+def test_a_source_flag_names_itself_in_env_errors():
+    with pytest.raises(ConfigError) as err:
+        SinkURL.parse("kubernetes:https://$APISERVER", environ={}, what="--source")
+    assert str(err.value) == "--source=kubernetes: environment variable $APISERVER is not set"
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("webhook:http://h:99999/x", "--sink=webhook: 'h:99999': the port '99999' is not a number from 1 to 65535"),
+        ("webhook:http://h:0/x", "--sink=webhook: 'h:0': the port '0' is not a number from 1 to 65535"),
+        ("webhook:http://h:http/x", "--sink=webhook: 'h:http': the port 'http' is not a number from 1 to 65535"),
+        ("kubernetes:http://[bad", "--sink=kubernetes: '[bad' is not a valid host ('[' without ']')"),
+        ("influxdb:http://[::1]x:8086", "--sink=influxdb: '[::1]x:8086' is not a valid host:port"),
+        ("influxdb:http://a:b:8086", "--sink=influxdb: 'a:b:8086' is not a valid host:port (write an IPv6"),
+        ("influxdb:http://a b:8086", "--sink=influxdb: 'a b:8086' is not a valid host"),
+    ],
+)
+def test_a_bad_host_or_port_in_the_url_is_an_error(flag, message):
+    with pytest.raises(ConfigError) as err:
+        SinkURL.parse(flag)
+    assert str(err.value).startswith(message)
+    assert str(err.value).endswith(" in the URL")
+
+
+@pytest.mark.parametrize("host", ["h", "h:8080", "h:", "10.0.0.1:1", "[::1]", "[::1]:65535", "[fe80::1%25eth0]:80",
+                                  "my-host.example.com:443"])
+def test_good_hosts_are_accepted(host):
+    assert SinkURL.parse(f"webhook:http://{host}/x").host == host
 
 
 def test_repeated_keys_keep_order():
