@@ -41,6 +41,7 @@ import orjson
 from eventrouter import (
     Duration,
     Event,
+    HostPort,
     Option,
     PartialError,
     PermanentError,
@@ -76,7 +77,7 @@ class KafkaSink(Sink):
     name = "kafka"
     extra = "kafka"
     options: ClassVar = (
-        Option("brokers", list, required=True, validate=lambda v: None if any(b.strip() for b in v) else
+        Option("brokers", list, item=HostPort, required=True, validate=lambda v: None if any(b.strip() for b in v) else
                "give at least one host:port", help="bootstrap brokers host:port (repeat or separate with commas)"),
         Option("eventstopic", str, default="heapster-events", aliases=("topic",),
                help="topic; may name event fields: k8s-{namespace} (" + ", ".join(TOPIC_FIELDS) + ")"),
