@@ -39,6 +39,7 @@ import orjson
 
 from eventrouter import (
     HTTP_OPTIONS,
+    URL,
     Duration,
     Event,
     Option,
@@ -77,7 +78,7 @@ class ElasticsearchSink(Sink):
 
     name = "elasticsearch"
     options: ClassVar = (
-        Option("nodes", list, default=[], help="node URLs (repeat or comma-separate); override the URL host"),
+        Option("nodes", list, item=URL, default=[], help="node URLs (repeat or comma-separate); override the URL host"),
         Option("index", str, default="heapster",
                help="index prefix (<index>-YYYY.MM.DD), or a pattern with {YYYY.MM.DD}, {namespace}, {cluster}"),
         Option("use_namespace", str, help="any value: <index>-<namespace>-YYYY.MM.DD (kube-eventer)"),
