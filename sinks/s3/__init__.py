@@ -47,6 +47,7 @@ from typing import Any, ClassVar
 import orjson
 
 from eventrouter import (
+    URL,
     Duration,
     Event,
     Option,
@@ -105,7 +106,7 @@ class S3Sink(Sink):
     extra = "s3"
     options: ClassVar = (
         Option("region", str, default="", help="AWS region (default: boto3's chain, e.g. AWS_REGION)"),
-        Option("endpoint_url", str, default="", help="S3-compatible endpoint, e.g. http://minio:9000"),
+        Option("endpoint_url", URL, default="", help="S3-compatible endpoint, e.g. http://minio:9000"),
         Option("force_path_style", bool, default=False, help="address buckets as ENDPOINT/BUCKET (MinIO)"),
         Option("access_key_id", str, default="", help="static access key id (default: boto3's credential chain)"),
         Option("secret_access_key", str, secret=True, default=None, help="static secret key, with access_key_id"),
