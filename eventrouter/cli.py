@@ -4,15 +4,18 @@
     eventrouter sinks                      every registered sink and its options
     eventrouter check --sink=URL [--send-test]
     eventrouter simulate --port 8001 ...   the built-in fake cluster (demo, tests, benchmarks)
+    eventrouter athena-ddl ...             plugin commands (entry points "eventrouter.commands")
 
 Go's flag package accepts ``-source=...`` as well as ``--source=...``; so do we, so kube-eventer
-manifests work unchanged. A bad flag exits with status 2 and one line on stderr.
+manifests work unchanged. A bad flag exits with status 2 and one line on stderr naming the flag and
+what is allowed: every flag has a type that checks its value here, before anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
@@ -26,6 +29,14 @@ if TYPE_CHECKING:
     from eventrouter.app import RunConfig
 
 COMMAND_GROUP = "eventrouter.commands"
+# the built-in sub-commands: name -> one line for --help (plugins add theirs through COMMAND_GROUP)
+COMMANDS = {
+    "sinks": "list every registered sink and its options",
+    "check": "validate --sink flags; --send-test delivers one test event",
+    "simulate": "run the built-in fake Kubernetes API server (demo, tests, benchmarks)",
+}
+_HOSTNAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +51,49 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 30s, 5m, 1h") from None
 
 
+def _port(text: str) -> int:
+    if not text.strip().isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port from 0 (off) to 65535")
+    return int(text)
+
+
+def _address(text: str) -> str:
+    """An IP address or a host name to listen on."""
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IP address or a host name")
+    return text
+
+
+def _checkpoint(text: str) -> str:
+    from eventrouter.sources.k8s_checkpoint import parse_checkpoint_flag
+
+    try:
+        parse_checkpoint_flag(text, in_cluster=False, namespace="default")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+    return text
+
+
+def _dns_name(text: str) -> str:
+    """A Kubernetes object name (DNS subdomain): the Lease and its namespace."""
+    if not _DNS_NAME.fullmatch(text) or len(text) > 253:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a Kubernetes name (lowercase letters, digits, '-', '.')")
+    return text
+
+
+def _verbosity(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a verbosity level (0, 1, 2, ...)")
+    return int(text)
+
+
 def _bool(text: str) -> bool:
     if text in ("1", "t", "T", "true", "TRUE", "True"):
         return True
@@ -50,7 +104,9 @@ def _bool(text: str) -> bool:
 
 def run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="eventrouter", description="Route Kubernetes Events to sinks (kube-eventer compatible).",
-                epilog="Sub-commands: sinks, check, simulate" + "".join(f", {n}" for n in _plugin_commands()))
+                usage="eventrouter --source=SOURCE [--sink=SINK ...] [options]\n"
+                      "       eventrouter COMMAND [--help | ...]",
+                epilog=_commands_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="kubernetes:URL?opts or file:PATH (file:- reads stdin)")
     p.add_argument("--sink", action="append", default=[], help="NAME:URL?opts; repeat for more sinks")
     p.add_argument("--cluster-name", default="", help="cluster name shown in messages and stored with events")
@@ -58,7 +114,7 @@ def run_parser() -> argparse.ArgumentParser:
     # the container image sets EVENTROUTER_LOG_FORMAT=json, so JSON stays the default whatever args are given
     p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("EVENTROUTER_LOG_FORMAT", "text"),
                    help="log line format (default: $EVENTROUTER_LOG_FORMAT, else text)")
-    p.add_argument("--checkpoint", default=None,
+    p.add_argument("--checkpoint", type=_checkpoint, default=None,
                    help="configmap:NAMESPACE/NAME or file:PATH (default: configmap in-cluster, else a file)")
     p.add_argument("--data-dir", default=".eventrouter",
                    help="writable directory for the sinks' disk buffers and state (default .eventrouter)")
@@ -66,20 +122,21 @@ def run_parser() -> argparse.ArgumentParser:
                    help="first start without a checkpoint: skip events older than this")
     p.add_argument("--leader-elect", nargs="?", const=True, default=False, type=_bool,
                    help="run as one of several replicas; only the Lease holder delivers")
-    p.add_argument("--leader-elect-namespace", default=None, help="namespace of the Lease (default: own namespace)")
-    p.add_argument("--leader-elect-name", default="eventrouter", help="name of the Lease")
+    p.add_argument("--leader-elect-namespace", type=_dns_name, default=None,
+                   help="namespace of the Lease (default: own namespace)")
+    p.add_argument("--leader-elect-name", type=_dns_name, default="eventrouter", help="name of the Lease")
     p.add_argument("--leader-elect-lease-duration", type=_duration, default=15.0)
     p.add_argument("--leader-elect-renew-deadline", type=_duration, default=10.0)
     p.add_argument("--leader-elect-retry-period", type=_duration, default=2.0)
-    p.add_argument("--healthz-ip", default="0.0.0.0", help="address of /healthz, /readyz, /metrics")
-    p.add_argument("--healthz-port", type=int, default=8084, help="port of /healthz, /readyz, /metrics (0: off)")
+    p.add_argument("--healthz-ip", type=_address, default="0.0.0.0", help="address of /healthz, /readyz, /metrics")
+    p.add_argument("--healthz-port", type=_port, default=8084, help="port of /healthz, /readyz, /metrics (0: off)")
     p.add_argument("--healthz-window", type=_duration, default=600.0,
                    help="/healthz fails after this long without an event or bookmark")
     p.add_argument("--event-metrics", nargs="?", const=True, default=True, type=_bool,
                    help="kube-eventer flag, accepted (event counts are always exported, by type only)")
     p.add_argument("--frequency", type=_duration, default=30.0,
                    help="kube-eventer flag, accepted; events are sent as they arrive")
-    p.add_argument("-v", "--v", dest="verbosity", type=int, default=0, help="log verbosity (4 and more: debug)")
+    p.add_argument("-v", "--v", dest="verbosity", type=_verbosity, default=0, help="log verbosity (4 and more: debug)")
     p.add_argument("--version", action="version", version=f"eventrouter {__version__}")
     # klog and Go runtime flags kube-eventer manifests pass; accepted and ignored
     # (klog spells them with '_'; '-' variants are accepted too)
@@ -134,6 +191,15 @@ def _plugin_commands() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
 
 
+def _commands_help() -> str:
+    lines = ["commands (eventrouter COMMAND --help for each):"]
+    for name, text in COMMANDS.items():
+        lines.append(f"  {name:<12}{text}")
+    for name, ep in sorted(_plugin_commands().items()):
+        lines.append(f"  {name:<12}plugin command ({ep.value})")  # type: ignore[attr-defined]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and not args[0].startswith("-"):
@@ -153,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         plugin = _plugin_commands().get(command)
         if plugin is not None:
             return int(plugin.load()(rest) or 0)  # type: ignore[attr-defined]
-        print(f"eventrouter: error: unknown command {command!r}; commands: sinks, check, simulate"
+        print(f"eventrouter: error: unknown command {command!r}; commands: {', '.join(COMMANDS)}"
               + "".join(f", {n}" for n in _plugin_commands()) + " (or run flags, see --help)", file=sys.stderr)
         return 2
     parser = run_parser()

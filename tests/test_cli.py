@@ -91,6 +91,29 @@ def test_malformed_lines_are_counted_logged_and_skipped(capsys, tmp_path, caplog
     assert "line 4: skipped a malformed event: kind is 'Pod'" in caplog.text
 
 
+def test_replay_reports_the_total_of_malformed_lines_not_only_the_first_ten(capsys, tmp_path, caplog):
+    good = orjson.dumps(real_objects()[0]).decode()
+    path = tmp_path / "many-bad.jsonl"
+    path.write_text("\n".join([good] + ["{not json"] * 130 + [good]) + "\n")
+    code, out, _ = run_cli(capsys, f"--source=file:{path}", "--sink=log", "--healthz-port=0")
+    assert code == 0 and len(out.splitlines()) == 2
+    per_line = [r for r in caplog.records if "skipped a malformed event" in r.getMessage()]
+    assert 10 <= len(per_line) <= 11  # the first 10, then the last one with the count held back
+    assert f"{path}: 2 events read, 130 malformed lines or objects skipped" in caplog.text
+
+
+def test_invalid_utf8_in_a_message_is_replaced_and_the_event_kept(capsys, tmp_path):
+    obj = dict(real_objects()[0])
+    line = orjson.dumps({**obj, "message": "disk full: MARK"}).replace(b"MARK", b"caf\xc3 ok")
+    path = tmp_path / "bad-utf8.jsonl"
+    path.write_bytes(line + b"\n" + orjson.dumps(real_objects()[1]) + b"\n")
+    code, out, _ = run_cli(capsys, f"--source=file:{path}", "--sink=log", "--healthz-port=0")
+    assert code == 0
+    first, second = (orjson.loads(x) for x in out.splitlines())
+    assert first["message"] == "disk full: caf\ufffd ok"
+    assert second["uid"] == real_objects()[1]["metadata"]["uid"]
+
+
 def test_replay_reads_watch_events_and_kubectl_event_lists(capsys, tmp_path):
     objs = real_objects()[:4]
     watch = tmp_path / "watch.jsonl"
@@ -171,6 +194,32 @@ def test_sigterm_drains_the_queues_and_exits_0(tmp_path):
     uids = [orjson.loads(line)["uid"] for line in out_file.read_bytes().splitlines()]
     assert uids == [o["metadata"]["uid"] for o in objs]
     assert b"received SIGTERM" in err
+    assert b"Fatal Python error" not in err
+
+
+def test_sigterm_with_stdin_open_and_nothing_read_exits_0_cleanly():
+    """The replay thread never blocks holding stdin's lock, so interpreter shutdown cannot abort on it."""
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "eventrouter", "--source=file:-", "--sink=log",
+                             "--healthz-ip=127.0.0.1", f"--healthz-port={port}"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # /readyz answers 200 once the replay thread runs
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert b"Fatal Python error" not in err and out == b""
+    assert b"file:-: 0 events read, none malformed" in err
 
 
 def test_a_sink_whose_server_is_down_at_start_up_only_delays_delivery(tmp_path, caplog):
@@ -374,3 +423,85 @@ def test_flag_value():
     assert [flag_value(Duration(s)) for s in (1800, 3600, 10, 0.2, 90, 1.5, 0)] == [
         "30m", "1h", "10s", "200ms", "90s", "1.5s", "0"]
     assert (flag_value(True), flag_value(["a", "b"]), flag_value(20), flag_value("x")) == ("true", "a,b", "20", "x")
+
+
+# malformed values per flag type: every top-level flag whose value is checked gets these rows; a flag
+# with a new type fails test_every_checked_flag_has_malformed_rows until it gets rows too
+def _bad_values():
+    from eventrouter import cli
+
+    return {
+        cli._duration: ["soon", "-1s", "", "1w"],
+        cli._bool: ["yes", "2", "maybe"],
+        cli._port: ["99999", "-1", "65536", "http", ""],
+        cli._address: ["not an ip!", "", "-h"],
+        cli._checkpoint: ["bogus:x", "configmap:", "configmap:ns/", "file:", "none:x"],
+        cli._dns_name: ["Bad_Name", "", "a/b", "-x"],
+        cli._verbosity: ["x", "-1", "1.5"],
+    }
+
+
+def _flag_rows():
+    from eventrouter.cli import run_parser
+
+    rows = []
+    for action in run_parser()._actions:
+        if action.type is None or not action.option_strings:
+            continue
+        flag = max(action.option_strings, key=len)
+        for value in _bad_values().get(action.type, []):
+            rows.append(pytest.param(flag, value, id=f"{flag}={value}"))
+    rows += [pytest.param("--log-format", v, id=f"--log-format={v}") for v in ("xml", "")]
+    return rows
+
+
+def test_every_checked_flag_has_malformed_rows():
+    from eventrouter.cli import run_parser
+
+    types = {a.type for a in run_parser()._actions if a.type is not None}
+    assert types <= set(_bad_values()), types - set(_bad_values())
+
+
+@pytest.mark.parametrize(("flag", "value"), _flag_rows())
+def test_every_flag_rejects_malformed_values_with_exit_2_and_one_line(capsys, flag, value):
+    code, out, err = run_cli(capsys, "--source=file:/dev/null", "--sink=log", "--healthz-port=0", f"{flag}={value}")
+    assert code == 2, err
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith(f"eventrouter: error: argument {flag}") or f"{flag}:" in err or f"/{flag}:" in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--source=kubernetes:http://[bad"], "--source=kubernetes: '[bad' is not a valid host ('[' without ']')"),
+        (["--source=kubernetes:https://h:99999"], "--source=kubernetes: 'h:99999': the port '99999' is not a number"),
+        (["--source=kubernetes:https://$NO_SUCH_VAR_X"], "--source=kubernetes: environment variable $NO_SUCH_VAR_X is"),
+        (["--source=file:-", "--sink=webhook:http://h:99999"],
+         "--sink=webhook: 'h:99999': the port '99999' is not a number from 1 to 65535 in the URL"),
+        (["--source=file:-", "--sink=kafka:?brokers=k:notaport"],
+         "--sink=kafka: option 'brokers': 'k:notaport': the port 'notaport' is not a number from 1 to 65535"),
+        (["--source=file:-", "--sink=dingtalk:https://oapi.dingtalk.com/robot/send?access_token=$NO_SUCH_DT_TOKEN"],
+         "--sink=dingtalk: environment variable $NO_SUCH_DT_TOKEN is not set"),
+        (["--source=file:-", "--sink=dingtalk:https://oapi.dingtalk.com/robot/send?access_token=${DT_TOKEN"],
+         "--sink=dingtalk: unterminated '${' in the flag"),
+        (["--source=file:-", "--sink=elasticsearch:?nodes=http://h:0"], "--sink=elasticsearch: option 'nodes': "),
+        (["--source=kubernetes:?kubeconfig=/etc/passwd"],
+         "--source=kubernetes: /etc/passwd is not a kubeconfig file"),
+    ],
+)
+def test_bad_sources_and_sinks_exit_2_with_one_line(capsys, args, message):
+    args = [*args, "--healthz-port=0"] if any(a.startswith("--sink") for a in args) else [*args, "--sink=log",
+                                                                                          "--healthz-port=0"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+
+
+def test_help_lists_the_sub_commands(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    assert "eventrouter COMMAND" in out
+    for command in ("sinks", "check", "simulate", "athena-ddl"):
+        assert f"\n  {command} " in out, command

@@ -109,6 +109,8 @@ class KubernetesSource(ListWatch):
             kubeconfig = os.path.expanduser(os.environ.get("KUBECONFIG", KUBE_CONFIG_DEFAULT_LOCATION).split(":")[0])
         if kubeconfig is not None and not os.path.exists(kubeconfig):
             raise ConfigError(f"--source=kubernetes: kubeconfig {kubeconfig} does not exist")
+        if kubeconfig is not None:
+            _check_kubeconfig(kubeconfig)
         loader = load_configuration(kubeconfig=kubeconfig, context=s.context, in_cluster_mode=s.in_cluster)
         try:
             api = ApiClient(loader, host=s.host or None, insecure=s.insecure,
@@ -270,3 +272,19 @@ def _own_namespace(kubeconfig: str | None, context: str | None) -> str:
         except Exception:
             return "default"
     return "default"
+
+
+def _check_kubeconfig(path: str) -> None:
+    """A file that is not a kubeconfig (``/etc/passwd``) is one clear ConfigError, not the loader's TypeError."""
+    import yaml  # type: ignore[import-untyped]
+
+    try:
+        with open(path, "rb") as f:
+            doc = yaml.safe_load(f)
+    except OSError as exc:
+        raise ConfigError(f"--source=kubernetes: cannot read the kubeconfig {path}: {exc.strerror}") from None
+    except yaml.YAMLError:
+        doc = None
+    if not isinstance(doc, dict) or not any(k in doc for k in ("clusters", "contexts", "users")):
+        raise ConfigError(f"--source=kubernetes: {path} is not a kubeconfig file (YAML with clusters, users and "
+                          "contexts)")

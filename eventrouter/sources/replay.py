@@ -6,16 +6,19 @@ Accepted input, detected per line or for the whole file:
 - JSON lines of watch events ``{"type": "ADDED", "object": {...}}`` (DELETED, BOOKMARK are skipped);
 - one ``kubectl get events -o json`` document (an ``EventList`` or ``List``), pretty-printed or not.
 
-A malformed line is counted and logged with its line number; the rest is processed.
+A malformed line is counted and logged with its line number (the first 10 per 10 s; then the number
+held back), the rest is processed, and a summary line at the end gives the totals. Invalid UTF-8 in a
+line is replaced by U+FFFD: the event is kept.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
+import os
+import select
 import threading
-from collections.abc import Iterator
-from typing import IO, Any
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import orjson
 
@@ -29,6 +32,43 @@ from eventrouter.sinkurl import SinkURL
 log = logging.getLogger("eventrouter.sources.file")
 
 _SKIPPED_TYPES = frozenset({"DELETED", "BOOKMARK"})
+_BAD = object()
+
+
+def _loads(data: bytes) -> Any:
+    """The JSON value, or _BAD. Invalid UTF-8 (a truncated multi-byte character in a message) is
+    replaced by U+FFFD and the event kept: one bad byte must not lose the event."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return orjson.loads(data.decode("utf-8", "replace"))
+    except orjson.JSONDecodeError:
+        return _BAD
+
+
+def _stdin_lines(stop: threading.Event, fd: int = 0) -> Iterator[bytes]:
+    """Lines of stdin, read with os.read on the raw descriptor, waking every 0.2 s to check ``stop``.
+
+    Not sys.stdin.buffer: a thread blocked in its readline holds the buffer's lock, and when SIGTERM
+    ends the process the interpreter's shutdown aborts on that lock (``Fatal Python error ...
+    <stdin>``). Here the thread is never blocked for long and holds no lock."""
+    pending = b""
+    while not stop.is_set():
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        pending += chunk
+        if b"\n" in pending:
+            *complete, pending = pending.split(b"\n")
+            for line in complete:
+                yield line + b"\n"
+    if pending and not stop.is_set():
+        yield pending
 
 
 class ReplaySource:
@@ -37,6 +77,7 @@ class ReplaySource:
         self.cluster = cluster
         self.state = state or SourceState()
         self._bad = ThrottledLog(log, 10.0, burst=10)
+        self._malformed_count = self._events = 0
 
     @classmethod
     def from_url(cls, url: SinkURL, ctx: Any) -> ReplaySource:
@@ -56,55 +97,69 @@ class ReplaySource:
 
     def run(self, router: Router, stop: threading.Event) -> None:
         self.state.ready = True
-        stream: IO[bytes] = sys.stdin.buffer if self.path == "-" else open(self.path, "rb")  # noqa: SIM115
+        self._malformed_count = self._events = 0
         try:
-            for number, obj in self._objects(stream):
-                if stop.is_set():
-                    break
-                self._dispatch(router, number, obj)
+            if self.path == "-":
+                lines: Iterable[bytes] = _stdin_lines(stop)
+                for number, obj in self._objects(iter(lines)):
+                    if stop.is_set():
+                        break
+                    self._dispatch(router, number, obj)
+            else:
+                with open(self.path, "rb") as stream:
+                    for number, obj in self._objects(iter(stream)):
+                        if stop.is_set():
+                            break
+                        self._dispatch(router, number, obj)
         finally:
-            if stream is not sys.stdin.buffer:
-                stream.close()
+            self._summary()
             self.state.finished.set()
 
     def finish(self, router: Router) -> None:
         """Nothing to store: a replay has no resume position."""
 
-    def _objects(self, stream: IO[bytes]) -> Iterator[tuple[int, Any]]:
-        first = stream.read(1)
-        while first and first.isspace():
-            first = stream.read(1)
-        if not first:
+    def _summary(self) -> None:
+        """One line with the totals: the per-line warnings are throttled (the first 10 per 10 s)."""
+        self._bad.flush()
+        if self._malformed_count:
+            log.warning("file:%s: %d events read, %d malformed lines or objects skipped", self.path, self._events,
+                        self._malformed_count)
+        else:
+            log.info("file:%s: %d events read, none malformed", self.path, self._events)
+
+    def _objects(self, lines: Iterator[bytes]) -> Iterator[tuple[int, Any]]:
+        number = 0
+        for number, line in enumerate(lines, start=1):  # noqa: B007
+            if line.strip():
+                head = line
+                break
+        else:
             return
-        rest_of_line = stream.readline()
-        head = first + rest_of_line
-        try:
-            first_obj = orjson.loads(head)
-        except orjson.JSONDecodeError:
-            if first == b"{" or first == b"[":
+        first_obj = _loads(head)
+        if first_obj is _BAD:
+            if head.lstrip()[:1] in (b"{", b"["):
                 # a pretty-printed document (kubectl -o json): read it whole
-                whole = head + stream.read()
-                try:
-                    yield from self._document_items(orjson.loads(whole))
-                except orjson.JSONDecodeError as exc:
-                    self._malformed(1, f"not JSON: {exc}")
+                doc = _loads(head + b"".join(lines))
+                if doc is _BAD:
+                    self._malformed(number, "not JSON")
+                else:
+                    yield from self._document_items(doc)
                 return
-            self._malformed(1, "not JSON")
-            first_obj = None
-        if first_obj is not None:
-            if isinstance(first_obj, dict) and first_obj.get("kind") in ("EventList", "List"):
-                yield from self._document_items(first_obj)
-            elif isinstance(first_obj, list):
-                yield from ((1, item) for item in first_obj)
-            else:
-                yield 1, first_obj
-        for number, line in enumerate(stream, start=2):
+            self._malformed(number, "not JSON")
+        elif isinstance(first_obj, dict) and first_obj.get("kind") in ("EventList", "List"):
+            yield from self._document_items(first_obj)
+        elif isinstance(first_obj, list):
+            yield from ((number, item) for item in first_obj)
+        else:
+            yield number, first_obj
+        for later, line in enumerate(lines, start=number + 1):
             if not line.strip():
                 continue
-            try:
-                yield number, orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                self._malformed(number, f"not JSON: {exc}")
+            obj = _loads(line)
+            if obj is _BAD:
+                self._malformed(later, "not JSON")
+            else:
+                yield later, obj
 
     @staticmethod
     def _document_items(doc: Any) -> Iterator[tuple[int, Any]]:
@@ -126,8 +181,10 @@ class ReplaySource:
             return
         self.state.count(str(watch_type))
         self.state.progress()
+        self._events += 1
         router.dispatch(event)
 
     def _malformed(self, number: int, why: str) -> None:
         self.state.malformed += 1
+        self._malformed_count += 1
         self._bad.log(logging.WARNING, "malformed", "%s line %d: skipped a malformed event: %s", self.path, number, why)
