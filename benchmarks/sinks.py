@@ -168,6 +168,19 @@ def otlp_target() -> Iterator[Target]:
         server.stop()
 
 
+@contextmanager
+def loki_target() -> Iterator[Target]:
+    from tests.servers.fake_loki import FakeLoki
+
+    server = FakeLoki().start()
+    try:
+        # each run its own tenant, so runs do not share streams (the out-of-order window is per stream)
+        yield Target(lambda run: f"loki:{server.url}?tenant={run}",
+                     lambda run: sum(1 for entry in server.entries if entry.tenant == run))
+    finally:
+        server.stop()
+
+
 # sink -> (server, the runs: extra flag options; "" = the sink's defaults)
 SINKS: dict[str, tuple[Callable[[], Any], list[str]]] = {
     "kafka": (kafka_target, ["", "batch_size=5000"]),
@@ -175,6 +188,7 @@ SINKS: dict[str, tuple[Callable[[], Any], list[str]]] = {
     "influxdb": (influxdb_target, ["", "batch_size=5000"]),
     "s3": (s3_target, ["", "batch_size=5000"]),
     "otlp": (otlp_target, ["", "encoding=json"]),
+    "loki": (loki_target, ["", "encoding=json"]),
     "webhook": (webhook_target, ["", "batch=true", "batch=true&batch_size=1000"]),
     # the same sink against a keep-alive receiver in its own process: the sink's own cost per request
     "webhook-keepalive": (webhook_keepalive_target, ["", "batch=true"]),

@@ -22,6 +22,7 @@ EXAMPLES = {
     "influxdb": "influxdb:http://127.0.0.1:1?user=u&pw=pw-SECRET-8&db=k8s",
     "s3": "s3:s3://bucket/prefix?region=us-east-1&access_key_id=AK&secret_access_key=sk-SECRET-9&store_dir=/tmp/x",
     "otlp": "otlp:https://otlp.example.com/otlp?header=Authorization=Bearer%20tok-SECRET-10&encoding=json",
+    "loki": "loki:https://logs.example.net?username=123&password=pw-SECRET-11&tenant=t&static_label=job=er",
 }
 
 ENTRIES = registry.discover()
