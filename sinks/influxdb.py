@@ -5,7 +5,8 @@ Talks HTTP (httpx) to InfluxDB 1.x (``POST /write``, line protocol) or to Influx
 
 Credentials:
 
-- 1.x: ``user=`` and ``pw=`` (sent as HTTP basic auth). The user needs WRITE on the database, and
+- 1.x: ``user=`` and ``pw=`` (sent as HTTP basic auth; kube-eventer's defaults ``root``/``root``, which a
+  server without authentication ignores). The user needs WRITE on the database, and
   ALL PRIVILEGES (admin) if eventrouter should create it (``CREATE DATABASE``, done once).
 - 2.x/3.x: an API token with write access to the bucket (``influx auth create --write-bucket ID``),
   ``token=$INFLUX_TOKEN``; on 1.8 the token is ``user:password`` and the bucket ``db/rp``.
@@ -19,24 +20,28 @@ URL forms::
 
 Points (kube-eventer's layout, time = the event's last timestamp):
 
-- default: measurement ``log/events``, field ``value`` = the Kubernetes Event as indented JSON,
+- default: measurement ``log/events``, field ``value`` = kube-eventer's JSON of the Event, byte for byte,
   tags ``uid``, ``pod_id`` and ``pod_name`` (Pod events only), ``hostname``, ``cluster_name``;
 - ``withfields=true``: measurement ``events``, field ``message``, tags ``uid``, ``pod_id`` (Pod),
   ``object_name``, ``type``, ``kind``, ``component``, ``reason``, ``namespace_name``, ``hostname``,
   ``cluster_name``.
 
 Empty tags are left out. A retried batch rewrites the same points (same series and time), so it
-never duplicates. Example::
+never duplicates. A batch is cut into writes of ``points_per_write`` points, ``concurrency`` of them in
+flight while the next are built; bodies are gzipped when the server is not on loopback. Example::
 
     --sink=influxdb:http://influxdb.monitoring:8086?user=eventer&pw=$INFLUX_PW&db=k8s
 """
 
 from __future__ import annotations
 
+import gzip
+import ipaddress
 import json
 import logging
 import re
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -46,6 +51,7 @@ from eventrouter import (
     HTTP_OPTIONS,
     Event,
     Option,
+    PartialError,
     PermanentError,
     RetryableError,
     Sink,
@@ -56,33 +62,40 @@ from eventrouter import (
     transport_error,
 )
 
+from ._kube_eventer import event_json
+
 log = logging.getLogger("eventrouter.sinks.influxdb")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_HOST = "localhost:8086"
+DEFAULT_USER = DEFAULT_PASSWORD = "root"  # kube-eventer's (heapster's) 1.x defaults; ignored without auth
+DEFAULT_CONCURRENCY = 4
+POINTS_PER_WRITE = 2_000
+GZIP_MIN_BYTES = 64 * 1024
 
 
 # ---- line protocol -------------------------------------------------------------------------------
-_MEASUREMENT = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
-_KEY = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r", "\t": r"\t"})
+# Tag values escape ',', '=' and ' '. Line protocol has no escape for a newline (it ends the line) and
+# InfluxDB 1.x keeps '\\n' as two characters, so CR and LF become a space. A tag value cannot end with
+# '\\' either: 1.x's parser reads it as escaping the ',' or ' ' after it. Such a value gets a zero-width
+# space (U+200B) after the backslash, so the backslash itself survives.
+_TAG = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\ ", "\r": r"\ "})
+TRAILING_BACKSLASH_GUARD = "\u200b"
 
 
-def _tag(text: str) -> str:
-    escaped = text.translate(_KEY)
-    # a trailing backslash would escape the ',' or ' ' that follows the value
-    return escaped + " " if escaped.endswith("\\") else escaped
+def tag_value(text: str) -> str:
+    escaped = text.translate(_TAG)
+    return escaped + TRAILING_BACKSLASH_GUARD if escaped.endswith("\\") else escaped
 
 
-def _field_string(text: str) -> str:
+def field_string(text: str) -> str:
     # str.replace rather than str.translate: the same result, ~20x faster on the long event JSON
-    return text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def line(measurement: str, tags: dict[str, str], fields: dict[str, str], time_ns: int) -> str:
-    """One line of InfluxDB line protocol: string fields only, tags sorted, empty tags left out."""
-    tag_text = "".join(f",{_tag(k)}={_tag(v)}" for k, v in sorted(tags.items()) if v)
-    field_text = ",".join(f'{_tag(k)}="{_field_string(v)}"' for k, v in fields.items())
-    return f"{measurement.translate(_MEASUREMENT)}{tag_text} {field_text} {time_ns}"
+def tag_set(tags: dict[str, str]) -> str:
+    """``,k=v`` for each non-empty tag, sorted by key (the keys here need no escaping)."""
+    return "".join(f",{key}={tag_value(value)}" for key, value in sorted(tags.items()) if value)
 
 
 def nanoseconds(value: datetime) -> int:
@@ -90,31 +103,19 @@ def nanoseconds(value: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
-def event_json(event: Event) -> str:
-    """The Event as indented JSON, as kube-eventer's ``json.MarshalIndent(event, "", " ")``."""
-    obj = event.raw if isinstance(event.raw, dict) else event.to_dict()
-    return json.dumps(obj, indent=1, ensure_ascii=False)
-
-
 def point(event: Event, *, with_fields: bool, cluster_name: str) -> str:
+    """One line: kube-eventer's measurement, tags and field for this event, at its last time."""
     obj = event.involved_object
-    is_pod = obj.kind == "Pod"
     tags = {"uid": event.uid, "hostname": event.source_host, "cluster_name": cluster_name}
-    if is_pod:
+    if obj.kind == "Pod":
         tags["pod_id"] = obj.uid
     if with_fields:
-        tags.update(
-            object_name=obj.name,
-            type=event.type,
-            kind=obj.kind,
-            component=event.source_component,
-            reason=event.reason,
-            namespace_name=event.namespace,
-        )
-        return line("events", tags, {"message": event.message}, nanoseconds(event.last_timestamp))
-    if is_pod:
+        tags.update(object_name=obj.name, type=event.type, kind=obj.kind, component=event.source_component,
+                    reason=event.reason, namespace_name=event.namespace)
+        return f"events{tag_set(tags)} message={field_string(event.message)} {nanoseconds(event.last_timestamp)}"
+    if obj.kind == "Pod":
         tags["pod_name"] = obj.name
-    return line("log/events", tags, {"value": event_json(event)}, nanoseconds(event.last_timestamp))
+    return f"log/events{tag_set(tags)} value={field_string(event_json(event))} {nanoseconds(event.last_timestamp)}"
 
 
 # ---- responses ------------------------------------------------------------------------------------
@@ -173,8 +174,8 @@ class InfluxDBSink(Sink):
 
     name = "influxdb"
     options: ClassVar = (
-        Option("user", str, default="", help="1.x user"),
-        Option("pw", str, secret=True, aliases=("password",), help="1.x password"),
+        Option("user", str, default=DEFAULT_USER, help="1.x user (kube-eventer's default: root)"),
+        Option("pw", str, secret=True, aliases=("password",), help="1.x password (kube-eventer's default: root)"),
         Option("db", str, default="k8s", help="1.x database; created if missing"),
         Option(
             "retention",
@@ -199,11 +200,16 @@ class InfluxDBSink(Sink):
         Option("org", str, default="", help="2.x organization (name); 3.x ignores it"),
         Option("bucket", str, default="", help="2.x/3.x bucket or database; on 1.8 'db/retention_policy'"),
         Option("token", str, secret=True, help="2.x/3.x API token; on 1.8 'user:password'"),
-        Option("concurrency", int, default=1, min=1, help="kube-eventer option, accepted (no effect)"),
+        Option("concurrency", int, default=DEFAULT_CONCURRENCY, min=1, max=16,
+               help="write requests in flight at once, each of up to points_per_write points"),
+        Option("points_per_write", int, default=POINTS_PER_WRITE, min=1, help="points in one write request"),
+        Option("gzip", str, default="auto", choices=("auto", "true", "false"),
+               help="gzip request bodies; auto: only when the server is not on this host (loopback)"),
         Option("disable_counter_metrics", bool, default=False, help="kube-eventer option, accepted (no effect)"),
         *HTTP_OPTIONS,
     )
-    delivery_defaults: ClassVar = {"batch_size": 1000, "flush_interval": 1.0}
+    # a large batch is cut into writes of points_per_write, `concurrency` of them in flight at once
+    delivery_defaults: ClassVar = {"batch_size": 10_000, "flush_interval": 1.0}
 
     def __init__(self, url, opts, *, transport: httpx.BaseTransport | None = None) -> None:  # type: ignore[no-untyped-def]
         super().__init__(url, opts)
@@ -233,6 +239,8 @@ class InfluxDBSink(Sink):
         self._client: httpx.Client | None = None
         self._db_ready = self.v2
         self._secrets = [opts["pw"], opts["token"]]
+        self._gzip = opts["gzip"] == "true" or (opts["gzip"] == "auto" and not _is_loopback(url.host or DEFAULT_HOST))
+        self._pool: ThreadPoolExecutor | None = None
 
     # ---- HTTP ----------------------------------------------------------------------------------
     def _http(self) -> httpx.Client:
@@ -243,10 +251,14 @@ class InfluxDBSink(Sink):
             if self.v2:
                 if self.opts["token"]:
                     kwargs["headers"] = {"Authorization": f"Token {self.opts['token'].reveal()}"}
-            elif self.opts["user"] or self.opts["pw"]:
-                kwargs["auth"] = (self.opts["user"], self.opts["pw"].reveal() if self.opts["pw"] else "")
+            else:
+                kwargs["auth"] = (self.opts["user"], self._password())
             self._client = http_client(self.name, self._client_opts, **kwargs)
         return self._client
+
+    def _password(self) -> str:
+        pw = self.opts["pw"]
+        return pw.reveal() if pw is not None else DEFAULT_PASSWORD
 
     def _post(self, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -260,9 +272,10 @@ class InfluxDBSink(Sink):
         if self._db_ready:
             return
         db = self.opts["db"]
-        statement = f"CREATE DATABASE {_quote_ident(db)}"
-        if self.opts["retention"]:
-            statement += f' WITH DURATION {self.opts["retention"]} NAME "default"'
+        # kube-eventer's statement: a new database gets the retention policy "default" (its default one),
+        # so points land where kube-eventer put them; an existing database keeps its own default policy
+        duration = f" DURATION {self.opts['retention']}" if self.opts["retention"] else ""
+        statement = f'CREATE DATABASE {_quote_ident(db)} WITH{duration} NAME "default"'
         response = self._post("/query", data={"q": statement})
         error = _classify(response.status_code, response.text)
         if error is None:
@@ -272,7 +285,11 @@ class InfluxDBSink(Sink):
             except (ValueError, AttributeError, LookupError, TypeError):  # not InfluxDB's shape: take it as done
                 problem = ""
             if "conflicts with an existing policy" in problem:
-                log.warning("influxdb: database %r exists with another retention policy; retention= is ignored", db)
+                if self.opts["retention"]:
+                    log.warning("influxdb: database %r exists with another retention policy; retention= is ignored",
+                                db)
+                else:
+                    log.info("influxdb: database %r exists; points go to its default retention policy", db)
             elif problem and "already exists" not in problem:
                 if "admin" not in problem and "not authorized" not in problem:
                     raise PermanentError(f"cannot create database {db!r}: {problem}")
@@ -280,7 +297,7 @@ class InfluxDBSink(Sink):
         elif isinstance(error, PermanentError) and response.status_code == 403:
             log.warning("influxdb: user %r may not create databases; database %r must exist", self.opts["user"], db)
         else:
-            raise error
+            raise self._explained(error, response.status_code)
         self._db_ready = True
 
     def _write_params(self) -> dict[str, str]:
@@ -290,7 +307,8 @@ class InfluxDBSink(Sink):
             if opts["org"]:
                 params["org"] = opts["org"]
             return params
-        # no rp=: points go to the database's default retention policy (the one retention= creates)
+        # no rp=: points go to the database's default retention policy: "default" on a database
+        # eventrouter (or kube-eventer) created, the user's choice on one that existed
         return {"db": opts["db"], "precision": "ns"}
 
     # ---- Sink API ------------------------------------------------------------------------------
@@ -310,23 +328,84 @@ class InfluxDBSink(Sink):
         if not batch:
             return
         self._ensure_database()
+        size = int(self.opts["points_per_write"])
+        chunks = [batch[i:i + size] for i in range(0, len(batch), size)]
+        if len(chunks) == 1:
+            self._write(self._body(chunks[0]))
+            return
+        # encode the next chunk while earlier ones are written (influxd works on the other cores)
+        pool = self._executor()
+        in_flight: list[tuple[Future[None], Sequence[Event]]] = []
+        failed: list[tuple[BaseException, Sequence[Event]]] = []
+        for chunk in chunks:
+            body = self._body(chunk)
+            if len(in_flight) >= int(self.opts["concurrency"]):
+                failed += _failure(*in_flight.pop(0))
+            in_flight.append((pool.submit(self._write, body), chunk))
+        for future, chunk in in_flight:
+            failed += _failure(future, chunk)
+        if not failed:
+            return
+        rejected = [e for error, chunk in failed if not isinstance(error, RetryableError) for e in chunk]
+        if not rejected:
+            # every chunk is retried with the batch: the points already written are rewritten as they were
+            raise failed[0][0]
+        retry = [e for error, chunk in failed if isinstance(error, RetryableError) for e in chunk]
+        written = len(batch) - len(rejected) - len(retry)
+        raise PartialError(f"{written} of {len(batch)} points written, {len(retry)} to retry, {len(rejected)} "
+                           f"rejected: {failed[0][0]}", retry=retry, rejected=rejected)
+
+    def _body(self, events: Sequence[Event]) -> bytes:
         cluster = self.opts["cluster_name"]
         explicit = "cluster_name" in self.opts.given
-        body = "\n".join(
-            point(e, with_fields=self.with_fields, cluster_name=cluster if explicit else (e.cluster or cluster))
-            for e in batch
+        with_fields = self.with_fields
+        return "\n".join(
+            [point(e, with_fields=with_fields, cluster_name=cluster if explicit else (e.cluster or cluster))
+             for e in events]
         ).encode("utf-8")
+
+    def _write(self, body: bytes) -> None:
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self._gzip and len(body) >= GZIP_MIN_BYTES:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
         path = "/api/v2/write" if self.v2 else "/write"
-        response = self._post(
-            path, params=self._write_params(), content=body, headers={"Content-Type": "text/plain; charset=utf-8"}
-        )
+        response = self._post(path, params=self._write_params(), content=body, headers=headers)
         error = _classify(response.status_code, response.text, response.headers.get("Retry-After"))
         if isinstance(error, DatabaseMissing):
             self._db_ready = False  # dropped under us: create it again before the retry
         if error is not None:
-            raise error
+            raise self._explained(error, response.status_code)
+
+    def _explained(self, error: SinkError, status: int) -> SinkError:
+        if status == 401 and not self.v2 and not {"user", "pw"} & set(self.opts.given):
+            return PermanentError(f"{error} (user and pw default to kube-eventer's root/root; give user= and pw=)")
+        return error
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(int(self.opts["concurrency"]), thread_name_prefix="influxdb-write")
+        return self._pool
 
     def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _failure(future: Future[None], chunk: Sequence[Event]) -> list[tuple[BaseException, Sequence[Event]]]:
+    error = future.exception()
+    return [(error, chunk)] if error is not None else []
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 or host.startswith("[") else host
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

@@ -4,8 +4,6 @@ struct), its idempotent ``_id``, and the classification of a ``_bulk`` response,
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -13,50 +11,9 @@ import orjson
 
 from eventrouter import Event, PermanentError, format_time, raise_for_status
 
-# kube-eventer marshals Go structs: fields in declaration order, empty ones omitted (omitempty).
-_META_ORDER = ("name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
-               "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
-               "ownerReferences", "finalizers", "managedFields")
+from .._kube_eventer import es_document
+
 REF_ORDER = ("kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")
-
-
-def go_time(value: datetime) -> str:
-    """Go's time.Time JSON (RFC 3339 with trailing zeros of the fraction removed), in UTC."""
-    text = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f").rstrip("0").rstrip(".")
-    return text + "Z"
-
-
-def go_ordered(obj: dict[str, Any], order: Sequence[str], keep: str = "") -> dict[str, Any]:
-    """The fields in Go's order, empty ones left out except ``keep`` (Go writes a zero metav1.Time as null)."""
-    return {k: obj.get(k) for k in order if k == keep or obj.get(k) not in (None, "", [], {}, 0)}
-
-
-def kube_eventer_doc(event: Event, cluster_name: str) -> dict[str, Any]:
-    """kube-eventer's EsSinkPoint (sinks/elasticsearch/driver.go), Go field names and order."""
-    raw = event.raw if isinstance(event.raw, dict) else {}
-    meta = raw.get("metadata") or {"name": event.name, "namespace": event.namespace, "uid": event.uid,
-                                    "resourceVersion": event.resource_version}
-    obj = event.involved_object
-    ref = raw.get("involvedObject") or raw.get("regarding") or {
-        "kind": obj.kind, "namespace": obj.namespace, "name": obj.name, "uid": obj.uid,
-        "apiVersion": obj.api_version, "fieldPath": obj.field_path}
-    tags = {"cluster_name": cluster_name, "eventID": event.uid, "hostname": event.source_host}
-    if obj.kind == "Pod":
-        tags.update(pod_id=obj.uid, pod_name=obj.name)
-    return {
-        "Count": event.count,
-        "Metadata": go_ordered(meta, _META_ORDER, keep="creationTimestamp"),
-        "InvolvedObject": go_ordered(ref, REF_ORDER),
-        "Source": go_ordered({"component": event.source_component, "host": event.source_host},
-                              ("component", "host")),
-        "FirstOccurrenceTimestamp": go_time(event.first_timestamp),
-        "LastOccurrenceTimestamp": go_time(event.last_timestamp),
-        "Message": event.message,
-        "Reason": event.reason,
-        "Type": event.type,
-        "EventTags": dict(sorted(tags.items())),  # Go sorts map keys
-    }
-
 
 def doc_id(event: Event) -> str:
     """The same occurrence always gets the same _id, so a retried bulk overwrites, never duplicates."""
@@ -69,7 +26,7 @@ def document(event: Event, fmt: str, cluster: str, data_stream: bool) -> dict[st
     """The source line of one event: kube-eventer's document or the normalized event with its cluster;
     a data stream's needs ``@timestamp`` first."""
     if fmt == "kube-eventer":
-        source = kube_eventer_doc(event, cluster)
+        source = es_document(event, cluster)
     else:
         source = event.to_dict()
         source["cluster"] = cluster

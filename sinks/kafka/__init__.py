@@ -52,7 +52,7 @@ from eventrouter import (
     redact_text,
 )
 
-from ._kube_eventer import kube_eventer_message
+from .._kube_eventer import kafka_message
 
 log = logging.getLogger("eventrouter.sinks.kafka")
 
@@ -110,7 +110,7 @@ class KafkaSink(Sink):
         self._kafka = self.require("confluent_kafka")
         self._key_mode, self._tls_key = _split_key(opts["key"], opts["cert"])
         self._topic = _topic_template(opts["eventstopic"])
-        self._encode = kube_eventer_message if opts["format"] == "kube-eventer" else _json_message
+        self._encode = kafka_message if opts["format"] == "kube-eventer" else _json_message
         self._wait = float(opts["delivery_timeout"]) + _GRACE
         self._passthrough = {k[len(PASSTHROUGH):]: v[0] for k, v in url.query.items() if k.startswith(PASSTHROUGH)}
         self._secrets = [opts["password"], *(v for k, v in self._passthrough.items() if _SENSITIVE.search(k))]

@@ -23,8 +23,12 @@ The table (``table=``, default ``kube_event``) is created if missing with kube-e
 last_occurrence_time``) plus ``count, cluster, source_host, resource_version``, times as
 ``DATETIME(6)`` in UTC and a unique key on ``event_id``: a repeat of an Event (count bumped)
 updates its row (``count``, ``last_occurrence_time``, ``message``), and a retried batch never adds a
-duplicate. An existing table, such as one made from kube-eventer's ``shema.sql``, is used as it is:
-only the columns it has are written, values are cut to fit its column sizes.
+duplicate. An existing table, such as one made from kube-eventer's ``shema.sql``, is used as it is
+(never altered): only the columns it has are written, values are cut to fit its column sizes. Without a
+unique key on ``event_id`` (kube-eventer's tables) every occurrence is its own row, as with
+kube-eventer, and writes stay idempotent: in the same transaction as the insert, the rows of the
+batch's event ids are read and an occurrence already there is skipped (see ``occurrence_key``), so a
+replay, a restart or a retried batch whose COMMIT answer was lost adds no row.
 
 Example::
 
@@ -55,7 +59,17 @@ from eventrouter import (
 )
 
 from ._dsn import DSN, parse_dsn, split_host
-from ._schema import COLUMNS, Column, create_table_sql, event_id_is_unique, table_columns, upsert_sql
+from ._schema import (
+    COLUMNS,
+    Column,
+    create_table_sql,
+    event_id_is_unique,
+    insert_sql,
+    occurrence_key,
+    row_alias_supported,
+    table_columns,
+    upsert_sql,
+)
 
 log = logging.getLogger("eventrouter.sinks.mysql")
 
@@ -170,6 +184,7 @@ class MySQLSink(Sink):
         self._conn: Any = None
         self._columns: list[Column] = []
         self._sql = ""
+        self._key: list[Column] = []  # occurrence key, for a table without a unique key on event_id
         self._pymysql = self.require("pymysql")
 
     @classmethod
@@ -296,21 +311,32 @@ class MySQLSink(Sink):
                     cur.execute(create_table_sql(self.table))
                     columns = table_columns(cur, self.table)
                 unique = event_id_is_unique(cur, self.table)
+                cur.execute("SELECT VERSION()")
+                version = str(cur.fetchone()[0])
             conn.commit()
         except self._pymysql.MySQLError as exc:
             raise self._error(exc) from None
         known = [columns[name] for name in COLUMNS if name in columns]
         if not known:
             raise PermanentError(f"{self._where()}: the table has none of the columns {', '.join(COLUMNS)}")
-        if not unique:
-            log.warning(
-                "mysql: table %s has no unique key on event_id: every repeat of an event adds a row "
-                "(as kube-eventer does). ALTER TABLE ... ADD UNIQUE KEY (event_id) makes repeats update "
-                "one row.",
-                self._where(),
-            )
         self._columns = known
-        self._sql = upsert_sql(self.table, known, unique)
+        if unique:
+            self._sql, self._key = upsert_sql(self.table, known, row_alias=row_alias_supported(version)), []
+            return
+        self._sql = insert_sql(self.table, known)
+        if "event_id" not in columns:
+            self._key = []
+            log.warning("mysql: table %s has no event_id column: a retried batch or a replay adds its rows again",
+                        self._where())
+            return
+        self._key = occurrence_key(known)
+        log.warning(
+            "mysql: table %s has no unique key on event_id: every repeat of an event adds a row (as kube-eventer "
+            "does); an occurrence already in the table (same %s) is skipped, which reads the rows of each batch's "
+            "event ids: add an index (ALTER TABLE ... ADD KEY (event_id)) on a large table, or a UNIQUE KEY "
+            "(event_id) to keep one row per event.",
+            self._where(), "event_id and resource_version" if len(self._key) == 2 else "values in every column",
+        )
 
     # ---- Sink API ------------------------------------------------------------------------------
     def open(self) -> None:
@@ -324,8 +350,11 @@ class MySQLSink(Sink):
         pymysql = self._pymysql
         try:
             with conn.cursor() as cur:
-                # one multi-row INSERT ... ON DUPLICATE KEY UPDATE per ~1 MB (PyMySQL rewrites executemany)
-                cur.executemany(self._sql, rows)
+                if self._key:
+                    rows = self._not_yet_stored(cur, rows)
+                # one multi-row INSERT [... ON DUPLICATE KEY UPDATE] per ~1 MB (PyMySQL rewrites executemany)
+                if rows:
+                    cur.executemany(self._sql, rows)
             conn.commit()
         except (pymysql.MySQLError, OSError) as exc:
             error = self._error(exc)
@@ -341,6 +370,32 @@ class MySQLSink(Sink):
                 except Exception:
                     self._drop_connection()
             raise error from None
+
+    def _not_yet_stored(self, cur: Any, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        """The rows whose occurrence is neither in the table nor earlier in this batch. Runs in the
+        transaction of the insert, so a batch retried after its COMMIT answer was lost finds its rows."""
+        positions = {col.name: i for i, col in enumerate(self._columns)}
+        id_at = next(i for i, col in enumerate(self._columns) if col.name.lower() == "event_id")
+        key_at = [positions[col.name] for col in self._key]
+        names = ", ".join(f"`{col.name}`" for col in self._key)
+        stored: dict[Any, list[tuple[Any, ...]]] = {}
+        ids = sorted({row[id_at] for row in rows})
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            cur.execute(f"SELECT {names} FROM `{self.table}` WHERE `event_id` IN ({', '.join(['%s'] * len(chunk))})",
+                        chunk)
+            for record in cur.fetchall():
+                stored.setdefault(record[key_at.index(id_at)], []).append(tuple(record))
+        fresh = []
+        for row in rows:
+            key = tuple(row[i] for i in key_at)
+            known = stored.setdefault(row[id_at], [])
+            if any(all(col.same(old, new) for col, old, new in zip(self._key, record, key, strict=True))
+                   for record in known):
+                continue
+            known.append(key)
+            fresh.append(row)
+        return fresh
 
     def close(self) -> None:
         self._drop_connection()

@@ -10,11 +10,7 @@ from typing import Any
 
 from eventrouter import Event
 
-
-def go_time(value: datetime) -> str:
-    """Go's ``time.String()`` in UTC, the text kube-eventer wrote into varchar time columns."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
-
+from .._kube_eventer import go_time_string
 
 # column -> (DDL, value). kube-eventer's nine columns first, then ours.
 COLUMNS: dict[str, tuple[str, Callable[[Event], Any]]] = {
@@ -60,6 +56,7 @@ class Column:
     max_chars: int | None
     max_bytes: int | None
     charset: str | None
+    fraction_digits: int = 0  # DATETIME(fsp) / TIMESTAMP(fsp)
 
     @property
     def is_time(self) -> bool:
@@ -69,7 +66,7 @@ class Column:
         if isinstance(value, datetime):
             if self.is_time:
                 return value.astimezone(UTC).replace(tzinfo=None)
-            value = go_time(value)
+            value = go_time_string(value)
         if isinstance(value, int) and self.data_type.endswith("int"):
             return value
         text = str(value)
@@ -85,44 +82,85 @@ class Column:
         return text
 
 
-def upsert_sql(table: str, columns: Sequence[Column], unique: bool) -> str:
+    def same(self, stored: Any, value: Any) -> bool:
+        """Whether the stored value is the one this column keeps of ``value`` (already adapted): a
+        time column keeps ``fraction_digits`` of the second, rounded (MySQL) or cut (MariaDB)."""
+        if self.is_time and isinstance(stored, datetime) and isinstance(value, datetime):
+            return abs((stored - value).total_seconds()) < 10.0 ** -self.fraction_digits
+        if isinstance(stored, (bytes, bytearray)):
+            stored = stored.decode("utf-8", "replace")
+        return bool(stored == value)
+
+
+def insert_sql(table: str, columns: Sequence[Column]) -> str:
     names = [c.name for c in columns]
-    sql = f"INSERT INTO `{table}` ({', '.join(f'`{n}`' for n in names)}) VALUES ({', '.join(['%s'] * len(names))})"
-    if not unique:
-        return sql
+    return f"INSERT INTO `{table}` ({', '.join(f'`{n}`' for n in names)}) VALUES ({', '.join(['%s'] * len(names))})"
+
+
+def upsert_sql(table: str, columns: Sequence[Column], *, row_alias: bool) -> str:
+    """INSERT ... ON DUPLICATE KEY UPDATE for a table with a unique key on event_id. ``row_alias``:
+    MySQL 8.0.20+ deprecates ``VALUES(col)`` there (warning 1287) for the ``AS new`` row alias,
+    which MariaDB does not know; so the alias on MySQL 8.0.20+, ``VALUES()`` elsewhere."""
+    sql = insert_sql(table, columns)
+
+    def new(name: str) -> str:
+        return f"`new`.`{name}`" if row_alias else f"VALUES(`{name}`)"
+
     by_name = {c.name: c for c in columns}
     last = by_name.get("last_occurrence_time")
-    newer = "VALUES(`last_occurrence_time`) >= `last_occurrence_time`" if last and last.is_time else "1"
+    newer = f"{new('last_occurrence_time')} >= `{table}`.`last_occurrence_time`" if last and last.is_time else "1"
     sets = []
     # MySQL applies the assignments left to right, so the ones that compare with the stored last
-    # time come before last_occurrence_time itself is updated. VALUES(col) works on MariaDB and MySQL.
+    # time come before last_occurrence_time itself is updated.
     for name in ("message", "type", "reason", "resource_version", "source_host", "cluster"):
         if name in by_name:
-            sets.append(f"`{name}` = IF({newer}, VALUES(`{name}`), `{name}`)")
+            sets.append(f"`{name}` = IF({newer}, {new(name)}, `{table}`.`{name}`)")
     if "count" in by_name:
-        sets.append("`count` = GREATEST(`count`, VALUES(`count`))")
+        sets.append(f"`count` = GREATEST(`{table}`.`count`, {new('count')})")
     first = by_name.get("first_occurrence_time")
     if first is not None:
         sets.append(
-            "`first_occurrence_time` = LEAST(`first_occurrence_time`, VALUES(`first_occurrence_time`))"
+            f"`first_occurrence_time` = LEAST(`{table}`.`first_occurrence_time`, {new('first_occurrence_time')})"
             if first.is_time
-            else "`first_occurrence_time` = `first_occurrence_time`"
+            else f"`first_occurrence_time` = `{table}`.`first_occurrence_time`"
         )
     if last is not None:
         sets.append(
-            "`last_occurrence_time` = GREATEST(`last_occurrence_time`, VALUES(`last_occurrence_time`))"
+            f"`last_occurrence_time` = GREATEST(`{table}`.`last_occurrence_time`, {new('last_occurrence_time')})"
             if last.is_time
-            else "`last_occurrence_time` = VALUES(`last_occurrence_time`)"
+            else f"`last_occurrence_time` = {new('last_occurrence_time')}"
         )
     if not sets:
         sets.append("`event_id` = `event_id`")
-    return sql + " ON DUPLICATE KEY UPDATE " + ", ".join(sets)
+    return sql + (" AS `new`" if row_alias else "") + " ON DUPLICATE KEY UPDATE " + ", ".join(sets)
+
+
+def occurrence_key(columns: Sequence[Column]) -> list[Column]:
+    """The columns that tell one occurrence of an event from another, in a table without a unique key
+    on event_id: event_id and resource_version when the table has it, else every column written (two
+    rows alike in all of them carry the same information)."""
+    by_name = {c.name.lower(): c for c in columns}
+    if "event_id" in by_name and "resource_version" in by_name:
+        return [by_name["event_id"], by_name["resource_version"]]
+    return list(columns)
+
+
+def row_alias_supported(version: str) -> bool:
+    """MySQL 8.0.20+ (``SELECT VERSION()``); MariaDB reports ``10.11.6-MariaDB...``."""
+    if "mariadb" in version.lower():
+        return False
+    try:
+        numbers = tuple(int(part) for part in version.split("-", 1)[0].split(".")[:3])
+    except ValueError:
+        return False
+    return numbers >= (8, 0, 20)
 
 
 def table_columns(cur: Any, table: str) -> dict[str, Column]:
     """The columns of ``table`` in the current database, by lower-case name (empty: no such table)."""
     cur.execute(
-        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, CHARACTER_SET_NAME "
+        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, CHARACTER_OCTET_LENGTH, CHARACTER_SET_NAME, "
+        "DATETIME_PRECISION "
         "FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s",
         (table,),
     )
@@ -133,8 +171,9 @@ def table_columns(cur: Any, table: str) -> dict[str, Column]:
             int(chars) if chars is not None else None,
             int(octets) if octets is not None else None,
             str(charset).lower() if charset else None,
+            int(fsp or 0),
         )
-        for name, dtype, chars, octets, charset in cur.fetchall()
+        for name, dtype, chars, octets, charset, fsp in cur.fetchall()
     }
 
 

@@ -239,7 +239,7 @@ def test_typed_actions_es6_and_kube_eventer_format(start_es):
                                 "_id": "00000000-0000-4000-8000-000000000004-1004-1"}}
     expected = (
         '{"Count":1,"Metadata":{"name":"app-4.17a0b0c0d0e0f000","namespace":"default",'
-        '"uid":"00000000-0000-4000-8000-000000000004","resourceVersion":"1004","creationTimestamp":null},'
+        '"uid":"00000000-0000-4000-8000-000000000004","resourceVersion":"1004","creationTimestamp":"2026-04-14T09:30:04Z"},'
         '"InvolvedObject":{"kind":"Pod","namespace":"default","name":"app-4",'
         '"uid":"11111111-0000-4000-8000-000000000004","apiVersion":"v1"},'
         '"Source":{"component":"kubelet","host":"node-1"},'

@@ -17,7 +17,8 @@ from eventrouter import Event, PermanentError, RetryableError, SinkConfigError, 
 from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
-from sinks.influxdb import InfluxDBSink, _classify, line, nanoseconds, point
+from sinks._kube_eventer import event_json, kafka_message
+from sinks.influxdb import InfluxDBSink, _classify, field_string, nanoseconds, point, tag_set, tag_value
 from tests.helpers import make_event, real_objects
 from tests.servers.fake_influx2 import FakeInflux2
 from tests.servers.influxdb import ADMIN, ADMIN_PASSWORD, InfluxDB
@@ -49,9 +50,9 @@ def nasty_event(n: int = 1) -> Event:
         base,
         uid=f"uid {n},x=y",
         message='He said "hi", a=b\nnext line \\ back\\slash 节点 🔥 tab\tend',
-        source_host="node 1,rack=a",
+        source_host="node 1,rack=a\\",
         source_component="kube let",
-        reason="Back Off,=",
+        reason="Back Off,=\nsecond line",
         involved_object=replace(base.involved_object, name=f"web app,{n}=x", uid=f"pod uid {n}"),
     )
 
@@ -107,7 +108,14 @@ def test_flags(text: str, expected: dict) -> None:
             assert sink.opts[key].reveal() == value
         else:
             assert sink.opts[key] == value, key
-    assert sink.opts["batch_size"] == 1000
+    assert sink.opts["batch_size"] == 10_000
+
+
+def test_kube_eventer_defaults_user_and_password_root() -> None:
+    sink = build_sink("influxdb:http://h:8086")
+    assert sink.opts["user"] == "root" and sink._password() == "root"
+    assert sink._http().auth is not None
+    sink.close()
 
 
 BAD_FLAGS = [
@@ -146,15 +154,14 @@ def test_redacted_round_trip(caplog: pytest.LogCaptureFixture) -> None:
 
 # ---- line protocol ----------------------------------------------------------------------------------
 def test_line_protocol_escaping() -> None:
-    text = line(
-        "log/events, x",
-        {"b": "v 1,=", "a": "", "c": "tail\\", "k ey": "x\ny"},
-        {"value": 'say "hi"\\\nok'},
-        1_700_000_000_123_456_000,
-    )
-    assert text == (
-        'log/events\\,\\ x,b=v\\ 1\\,\\=,c=tail\\ ,k\\ ey=x\\ny value="say \\"hi\\"\\\\\nok" 1700000000123456000'
-    )
+    assert tag_value("v 1,=") == "v\\ 1\\,\\="
+    # no newline escape exists in line protocol: a newline in a tag becomes a space
+    assert tag_value("x\ny\r\nz") == "x\\ y\\ \\ z"
+    # 1.x reads a backslash before the separator as an escape: a zero-width space keeps it a backslash
+    assert tag_value("tail\\") == "tail\\\u200b"
+    assert tag_value("mid\\dle") == "mid\\dle"
+    assert tag_set({"b": "2", "a": "1", "c": ""}) == ",a=1,b=2"
+    assert field_string('say "hi"\\\nok') == '"say \\"hi\\"\\\\\nok"'
 
 
 def test_nanoseconds() -> None:
@@ -165,10 +172,10 @@ def test_default_and_withfields_points() -> None:
     ev = make_event(3, cluster="")
     sink = build_sink("influxdb:http://h:8086?db=k8s")
     ts = nanoseconds(ev.last_timestamp)
-    value = json.dumps(ev.to_dict(), indent=1, ensure_ascii=False).replace("\\", "\\\\").replace('"', '\\"')
+    value = json.loads(kafka_message(ev))["EventValue"]  # kube-eventer's json.MarshalIndent(event, "", " ")
     assert point(ev, with_fields=False, cluster_name="default") == (
         f"log/events,cluster_name=default,hostname=node-1,pod_id={ev.involved_object.uid},pod_name=app-3,"
-        f'uid={ev.uid} value="{value}" {ts}'
+        f"uid={ev.uid} value={field_string(value)} {ts}"
     )
     assert point(ev, with_fields=True, cluster_name="c1") == (
         f"events,cluster_name=c1,component=kubelet,hostname=node-1,kind=Pod,namespace_name=default,"
@@ -228,12 +235,12 @@ def test_v1_creates_database_and_points_read_back_exactly(influx: InfluxDB) -> N
         "uid": nasty.uid,
         "pod_id": nasty.involved_object.uid,
         "pod_name": nasty.involved_object.name,
-        "hostname": "node 1,rack=a",
+        "hostname": "node 1,rack=a\\\u200b",
         "cluster_name": "prod cluster",
     }
-    assert points[0]["value"] == json.dumps(nasty.to_dict(), indent=1, ensure_ascii=False)
+    assert points[0]["value"] == event_json(nasty) == json.loads(kafka_message(nasty))["EventValue"]
     assert json.loads(points[0]["value"])["message"] == nasty.message
-    assert points[1]["uid"] == plain.uid and json.loads(points[1]["value"]) == plain.to_dict()
+    assert points[1]["uid"] == plain.uid and points[1]["value"] == event_json(plain)
 
 
 def test_v1_withfields_layout(influx: InfluxDB) -> None:
@@ -250,9 +257,9 @@ def test_v1_withfields_layout(influx: InfluxDB) -> None:
             "type": "Warning",
             "kind": "Pod",
             "component": "kube let",
-            "reason": "Back Off,=",
+            "reason": "Back Off,= second line",
             "namespace_name": "default",
-            "hostname": "node 1,rack=a",
+            "hostname": "node 1,rack=a\\\u200b",
             "cluster_name": "from-cli",
             "message": ev.message,
         }
@@ -312,7 +319,7 @@ def test_v1_dropped_database_is_created_again(influx: InfluxDB) -> None:
 
 
 def test_v1_real_events_end_to_end_through_the_cli(influx: InfluxDB, tmp_path: Path) -> None:
-    objs = real_objects()[:300]
+    objs = real_objects()
     source = tmp_path / "events.jsonl"
     source.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in objs))
     status = cli_main(
@@ -328,13 +335,57 @@ def test_v1_real_events_end_to_end_through_the_cli(influx: InfluxDB, tmp_path: P
     events = [Event.from_object(o) for o in objs]
     points = influx.points("log/events", "real")
     # one point per occurrence (uid, last time); a repeat at the same time overwrites its point
-    assert len(points) == len({(e.uid, e.last_timestamp) for e in events})
-    assert {p["cluster_name"] for p in points} == {"kind"}
     latest = {(e.uid, nanoseconds(e.last_timestamp)): e for e in events}
-    for p in points[:50]:
+    assert len(points) == len(latest)
+    assert {p["cluster_name"] for p in points} == {"kind"}
+    for p in points:
         ts = datetime.fromisoformat(p["time"].replace("Z", "+00:00"))
         ev = latest[(p["uid"], nanoseconds(ts))]
-        assert json.loads(p["value"]) == ev.raw
+        # byte for byte kube-eventer's value: its Kafka EventValue, json.MarshalIndent of the v1.Event
+        assert p["value"] == json.loads(kafka_message(ev))["EventValue"], p["uid"]
+
+
+def test_v1_new_database_uses_kube_eventers_retention_policy_default(influx: InfluxDB) -> None:
+    sink = build_sink(v1_flag(influx, "rp_new"))
+    sink.send([make_event(1)])
+    sink.close()
+    policies = influx.query('SHOW RETENTION POLICIES ON "rp_new"')["series"][0]
+    rows = [dict(zip(policies["columns"], v, strict=True)) for v in policies["values"]]
+    assert [(r["name"], r["default"]) for r in rows] == [("default", True)]
+    counted = influx.query('SELECT count("value") FROM "rp_new"."default"."log/events"')["series"][0]
+    assert counted["values"][0][1] == 1
+    # an existing database keeps its own default policy (here autogen), where the points go
+    influx.query('CREATE DATABASE "rp_old"')
+    sink = build_sink(v1_flag(influx, "rp_old"))
+    sink.send([make_event(2)])
+    sink.close()
+    counted = influx.query('SELECT count("value") FROM "rp_old"."autogen"."log/events"')["series"][0]
+    assert counted["values"][0][1] == 1
+
+
+def test_v1_kube_eventers_flags_without_user_and_pw_log_in_as_root(influx: InfluxDB) -> None:
+    bare = f"influxdb:{influx.url}?db=rootdb"  # kube-eventer's defaults: user=root, pw=root
+    sink = build_sink(bare)
+    with pytest.raises(PermanentError, match=r"HTTP 401.*default to kube-eventer's root/root"):
+        sink.send([make_event(1)])
+    sink.close()
+    influx.query("CREATE USER root WITH PASSWORD 'root' WITH ALL PRIVILEGES")
+    try:
+        sink = build_sink(bare)
+        sink.send([make_event(1)])
+        sink.close()
+    finally:
+        influx.query("DROP USER root")
+    assert [p["pod_name"] for p in influx.points("log/events", "rootdb")] == ["app-1"]
+
+
+def test_v1_large_batch_in_concurrent_gzipped_writes_lands_once(influx: InfluxDB) -> None:
+    sink = build_sink(v1_flag(influx, "chunks", "&points_per_write=700&concurrency=3&gzip=true"))
+    events = [make_event(n, uid=f"uid-{n}") for n in range(5000)]
+    sink.send(events)
+    sink.send(events[:1500])  # a retried batch rewrites its points
+    sink.close()
+    assert sorted(p["uid"] for p in influx.points("log/events", "chunks")) == sorted(e.uid for e in events)
 
 
 def test_v1_server_restart_mid_stream_loses_nothing(influx: InfluxDB) -> None:
@@ -364,7 +415,7 @@ def test_v1_server_restart_mid_stream_loses_nothing(influx: InfluxDB) -> None:
 
 
 def test_v1_events_k8s_io_v1_objects(influx: InfluxDB) -> None:
-    events = [Event.from_object(o) for o in real_objects("events-k8s-io-v1")[:50]]
+    events = [Event.from_object(o) for o in real_objects("events-k8s-io-v1")]
     sink = build_sink(v1_flag(influx, "events_v1", "&withfields=true"))
     sink.send(events)
     sink.close()
@@ -372,6 +423,15 @@ def test_v1_events_k8s_io_v1_objects(influx: InfluxDB) -> None:
     assert len(points) == len({(e.uid, e.last_timestamp) for e in events})
     messages = {(e.uid, e.message) for e in events}
     assert all((p["uid"], p["message"]) in messages for p in points)
+    sink = build_sink(v1_flag(influx, "events_v1_value"))
+    sink.send(events)
+    sink.close()
+    latest = {(e.uid, nanoseconds(e.last_timestamp)): e for e in events}
+    points = influx.points("log/events", "events_v1_value")
+    assert len(points) == len(latest)
+    for p in points:
+        ev = latest[(p["uid"], nanoseconds(datetime.fromisoformat(p["time"].replace("Z", "+00:00"))))]
+        assert p["value"] == json.loads(kafka_message(ev))["EventValue"]
 
 
 # ---- InfluxDB 2.x/3.x -------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.event import Event
 from eventrouter.router import Router, SinkRunner
+from sinks._kube_eventer import go_json
+from sinks._kube_eventer import kafka_message as kube_eventer_message
 from sinks.kafka import KafkaSink, _classify
-from sinks.kafka._kube_eventer import go_json, kube_eventer_message
 from tests.helpers import make_event, real_events, real_objects
 from tests.servers.tansu import Tansu, free_port
 

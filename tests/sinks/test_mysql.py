@@ -19,6 +19,7 @@ from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
 from sinks.mysql import MySQLSink, _classify
 from sinks.mysql._dsn import parse_dsn
+from sinks.mysql._schema import Column, row_alias_supported, upsert_sql
 from tests.helpers import make_event, real_objects
 from tests.servers.mariadb import DATABASE, PASSWORD, USER, MariaDB
 
@@ -339,40 +340,121 @@ def test_unicode_and_a_64_kb_message(server: MariaDB) -> None:
     assert rows[1]["message"] == big
 
 
+# kube-eventer's common/mysql/shema.sql and the table of its docs/en/mysql-sink.md: no unique key, times as text
+SHEMA_SQL = """CREATE TABLE `{table}` (
+  `id` bigint(20) NOT NULL AUTO_INCREMENT,
+  `namespace` varchar(255) DEFAULT '', `kind` varchar(255) DEFAULT '', `name` varchar(255) DEFAULT '',
+  `type` varchar(255) DEFAULT '', `reason` varchar(255) DEFAULT '', `message` varchar(255) DEFAULT '',
+  `event_id` varchar(255) DEFAULT '', `first_occurrence_time` varchar(255) DEFAULT '',
+  `last_occurrence_time` varchar(255) DEFAULT '', `update_time` timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  PRIMARY KEY (`id`)) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
+DOCS_TABLE = """create table {table} (
+    id bigint(20) not null auto_increment primary key, name varchar(64) not null default '',
+    namespace varchar(64) not null default '', event_id varchar(64) not null default '',
+    type varchar(64) not null default '', reason varchar(64) not null default '', message text not null,
+    kind varchar(64) not null default '', first_occurrence_time varchar(64) not null default '',
+    last_occurrence_time varchar(64) not null default '') ENGINE = InnoDB default CHARSET = utf8"""
+KE_COLUMNS = ("name, namespace, event_id, type, reason, message, kind, first_occurrence_time, "
+              "last_occurrence_time")
+
+
 def test_existing_kube_eventer_table_is_used_as_it_is(server: MariaDB, caplog: pytest.LogCaptureFixture) -> None:
-    # kube-eventer's common/mysql/shema.sql: no unique key, times as text
-    server.execute("""CREATE TABLE ke_event (
-        id bigint(20) NOT NULL AUTO_INCREMENT,
-        name varchar(255) NOT NULL DEFAULT '', namespace varchar(255) NOT NULL DEFAULT '',
-        event_id varchar(255) NOT NULL DEFAULT '', type varchar(255) NOT NULL DEFAULT '',
-        reason varchar(255) NOT NULL DEFAULT '', message varchar(255) NOT NULL DEFAULT '',
-        kind varchar(255) NOT NULL DEFAULT '', first_occurrence_time varchar(255) NOT NULL DEFAULT '',
-        last_occurrence_time varchar(255) NOT NULL DEFAULT '',
-        update_time timestamp NOT NULL DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
-        PRIMARY KEY (id)) ENGINE=InnoDB DEFAULT CHARSET=utf8""")  # the docs' 3-byte utf8
+    server.execute(DOCS_TABLE.format(table="ke_event"))  # the docs' 3-byte utf8
     sink = build_sink(flag(server, "ke_event"))
     ev = make_event(7, message="disk full 🔥 " + "x" * 300)
+    later = replace(ev, count=2, last_timestamp=ev.last_timestamp + timedelta(seconds=30))
     with caplog.at_level(logging.WARNING):
         sink.send([ev])
-        sink.send([replace(ev, count=2)])
+        sink.send([later])
+        sink.send([ev, later])  # a retried batch, or a replay: already there, no row added
     sink.close()
     assert "no unique key on event_id" in caplog.text
-    rows = server.query(
-        "SELECT name, namespace, event_id, type, reason, message, kind, first_occurrence_time, "
-        "last_occurrence_time FROM ke_event ORDER BY id"
-    )
+    rows = server.query(f"SELECT {KE_COLUMNS} FROM ke_event ORDER BY id")
     expected = dict(
         name="app-7",
         namespace="default",
         event_id=ev.uid,
         type="Warning",
         reason="BackOff",
-        message=("disk full \ufffd " + "x" * 300)[:255],
+        message="disk full \ufffd " + "x" * 300,
         kind="Pod",
         first_occurrence_time="2026-04-14 09:30:07 +0000 UTC",
         last_occurrence_time="2026-04-14 09:30:07 +0000 UTC",
     )
-    assert rows == [expected, expected]  # like kube-eventer: a repeat is another row in this table
+    # like kube-eventer: a repeat is another row in this table
+    assert rows == [expected, {**expected, "last_occurrence_time": "2026-04-14 09:30:37 +0000 UTC"}]
+
+
+@pytest.mark.parametrize("ddl", [SHEMA_SQL, DOCS_TABLE], ids=["shema.sql", "docs"])
+def test_two_replays_of_the_real_corpus_into_kube_eventers_table_give_one_set_of_rows(
+    server: MariaDB, tmp_path: Path, ddl: str
+) -> None:
+    table = "replay_shema" if ddl is SHEMA_SQL else "replay_docs"
+    server.execute(ddl.format(table=table))
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in real_objects()))
+    snapshots = []
+    for run in range(2):  # no checkpoint kept: the second run replays everything, as after a lost checkpoint
+        args = [f"--source=file:{source}", f"--sink={flag(server, table)}", "--healthz-port=0",
+                f"--checkpoint=file:{tmp_path / f'checkpoint-{run}'}"]
+        assert cli_main(args) == 0
+        snapshots.append(sorted(tuple(r.values()) for r in server.query(f"SELECT {KE_COLUMNS} FROM {table}")))
+    assert snapshots[0] == snapshots[1]
+    rows = snapshots[0]
+    assert len(rows) == len(set(rows))  # no occurrence twice
+    assert {r[2] for r in rows} == {o["metadata"]["uid"] for o in real_objects()}
+    # every occurrence with its own last time has its row
+    events = [Event.from_object(o) for o in real_objects()]
+    assert len(rows) >= len({(e.uid, e.last_timestamp.replace(microsecond=0)) for e in events})
+
+
+def test_batch_whose_commit_answer_was_lost_adds_no_row_when_retried(server: MariaDB) -> None:
+    server.execute(SHEMA_SQL.format(table="lost_commit"))
+    sink = build_sink(flag(server, "lost_commit", "&batch_size=50&flush_interval=20ms&retry_backoff_max=100ms"))
+    sink.open()
+    conn = sink._conn
+    real_commit = conn.commit
+    lost = []
+
+    def commit_then_lose_the_answer() -> None:
+        real_commit()  # the server has committed...
+        if not lost:
+            lost.append(1)
+            import pymysql
+
+            raise pymysql.err.OperationalError(2013, "Lost connection to MySQL server during query")
+
+    conn.commit = commit_then_lose_the_answer
+    runner = SinkRunner.build(sink)
+    router = Router([runner])
+    router.start()
+    events = [make_event(n) for n in range(120)]
+    for ev in events:
+        router.dispatch(ev)
+    assert router.stop(30)
+    assert lost and runner.stats.retried > 0 and runner.stats.failed == 0
+    rows = server.query("SELECT event_id, COUNT(*) AS n FROM lost_commit GROUP BY event_id")
+    assert sorted(r["event_id"] for r in rows) == sorted(e.uid for e in events)
+    assert {r["n"] for r in rows} == {1}
+
+
+UPSERT_COLUMNS = [Column(n, t, None, None, None, 6 if t == "datetime" else 0) for n, t in [
+    ("event_id", "varchar"), ("count", "int"), ("message", "mediumtext"), ("last_occurrence_time", "datetime")]]
+
+
+def test_upsert_uses_the_row_alias_on_mysql_8_0_20_and_values_on_mariadb() -> None:
+    assert row_alias_supported("8.0.20") and row_alias_supported("8.4.3") and row_alias_supported("9.1.0-commercial")
+    assert not row_alias_supported("8.0.19") and not row_alias_supported("5.7.44-log")
+    assert not row_alias_supported("10.11.6-MariaDB-0+deb12u1") and not row_alias_supported("11.4.2-MariaDB")
+    alias = upsert_sql("t", UPSERT_COLUMNS, row_alias=True)
+    assert "VALUES(`" not in alias and ") AS `new` ON DUPLICATE KEY UPDATE" in alias
+    assert "`count` = GREATEST(`t`.`count`, `new`.`count`)" in alias
+    values = upsert_sql("t", UPSERT_COLUMNS, row_alias=False)
+    assert " AS `new`" not in values and "`count` = GREATEST(`t`.`count`, VALUES(`count`))" in values
+    # PyMySQL still folds executemany into one multi-row INSERT with the alias
+    from pymysql.cursors import RE_INSERT_VALUES
+
+    assert RE_INSERT_VALUES.match(alias)
 
 
 def test_check_reports_wrong_password_and_missing_database(server: MariaDB, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,11 +1,18 @@
-"""kube-eventer's Kafka message, byte for byte, for consumers written against kube-eventer.
+"""kube-eventer's encodings of an Event, byte for byte: the one home for them, shared by the sinks.
 
-kube-eventer (``sinks/kafka/driver.go``) sends Go's ``json.Marshal`` of
-``{EventValue, EventTimestamp, EventTags}``, where ``EventValue`` is the *string*
-``json.MarshalIndent(v1.Event, "", " ")``. The object it marshals was decoded from protobuf into
-k8s.io/api v0.17 structs, which decides what appears: Go's field order, no ``kind``/``apiVersion``,
-``metav1.Time`` in whole UTC seconds, ``null`` for a zero time, maps sorted, unknown fields gone,
-``omitempty`` rules per field. This module rebuilds that from the event's original JSON object.
+kube-eventer marshals the ``*v1.Event`` it decoded from protobuf into k8s.io/api v0.17 structs with Go's
+encoding/json, which decides what appears: Go's field order, no ``kind``/``apiVersion``, ``metav1.Time``
+in whole UTC seconds, ``null`` for a zero time, maps sorted, unknown fields gone, ``omitempty`` rules per
+field, ``<>&`` escaped. This module rebuilds that from the event's original JSON object:
+
+- :func:`event_json`: ``json.MarshalIndent(event, "", " ")``, the Kafka ``EventValue`` and the InfluxDB
+  ``value`` field;
+- :func:`kafka_message`: the Kafka message ``{EventValue, EventTimestamp, EventTags}``;
+- :func:`es_document`: the Elasticsearch ``EsSinkPoint`` document.
+
+Go's three time texts used by kube-eventer's sinks each have one function here: :func:`metav1_time_json`
+(a Kubernetes time inside the Event JSON), :func:`go_time_json` (a Go ``time.Time`` marshalled to JSON,
+RFC 3339 with nanoseconds) and :func:`go_time_string` (Go's ``time.String()``, MySQL's varchar columns).
 """
 
 from __future__ import annotations
@@ -14,14 +21,56 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from eventrouter import Event, format_time
 
 
-def kube_eventer_message(event: Event) -> bytes:
-    """kube-eventer's message (sinks/kafka/driver.go): json.Marshal of
-    ``{EventValue: json.MarshalIndent(v1.Event, "", " "), EventTimestamp, EventTags}``."""
-    obj = as_core_v1(event.raw) if isinstance(event.raw, dict) else from_event(event)
-    value = go_json(go_struct(obj, _EVENT), indent=" ")
+def core_v1(event: Event) -> dict[str, Any]:
+    """The core/v1 object kube-eventer would have received for this event."""
+    return as_core_v1(event.raw) if isinstance(event.raw, dict) else from_event(event)
+
+
+def event_json(event: Event) -> str:
+    """``json.MarshalIndent(v1.Event, "", " ")``: kube-eventer's Kafka ``EventValue`` and InfluxDB ``value``."""
+    return go_marshal(go_struct(core_v1(event), _EVENT), indent=True)
+
+
+def kafka_message(event: Event) -> bytes:
+    """kube-eventer's Kafka message (sinks/kafka/driver.go): json.Marshal of
+    ``{EventValue: event_json(event), EventTimestamp, EventTags}``."""
+    obj = core_v1(event)
+    value = go_marshal(go_struct(obj, _EVENT), indent=True)
+    tags = _tags(obj)
+    point = {"EventValue": value, "EventTimestamp": go_time_json(last_event_time(obj, event)),
+             "EventTags": dict(sorted(tags.items()))}
+    return go_marshal(point).encode()
+
+
+def es_document(event: Event, cluster_name: str) -> dict[str, Any]:
+    """kube-eventer's ``EsSinkPoint`` (sinks/elasticsearch/driver.go): Go field names and order, the
+    embedded structs as k8s JSON, FirstOccurrenceTimestamp a plain ``time.Time`` (zero: year 1)."""
+    obj = core_v1(event)
+    tags = {"cluster_name": cluster_name, **_tags(obj)}
+    first = parse_time(obj.get("firstTimestamp"))
+    return {
+        "Count": obj.get("count") if isinstance(obj.get("count"), int) else 0,
+        "Metadata": go_struct(obj.get("metadata"), _OBJECT_META),
+        "InvolvedObject": go_struct(obj.get("involvedObject"), _OBJECT_REFERENCE),
+        "Source": go_struct(obj.get("source"), _EVENT_SOURCE),
+        "FirstOccurrenceTimestamp": go_time_json(first.replace(microsecond=0)) if first else GO_ZERO_TIME,
+        "LastOccurrenceTimestamp": go_time_json(last_event_time(obj, event)),
+        "Message": text(obj.get("message")),
+        "Reason": text(obj.get("reason")),
+        "Type": text(obj.get("type")),
+        "EventTags": dict(sorted(tags.items())),  # Go sorts map keys
+    }
+
+
+GO_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def _tags(obj: dict[str, Any]) -> dict[str, str]:
     involved = obj.get("involvedObject") or {}
     tags = {
         "eventID": text((obj.get("metadata") or {}).get("uid")),
@@ -29,11 +78,14 @@ def kube_eventer_message(event: Event) -> bytes:
     }
     if involved.get("kind") == "Pod":
         tags.update(pod_id=text(involved.get("uid")), pod_name=text(involved.get("name")))
-    # kube-eventer's util.GetLastEventTimestamp; metav1.Time crosses protobuf in whole seconds
+    return tags
+
+
+def last_event_time(obj: dict[str, Any], event: Event) -> datetime:
+    """kube-eventer's util.GetLastEventTimestamp: lastTimestamp (whole seconds: metav1.Time crosses
+    protobuf so), else eventTime, else -- where kube-eventer takes time.Now() -- the event's own last time."""
     last = parse_time(obj.get("lastTimestamp"))
-    stamp = (last and last.replace(microsecond=0)) or parse_time(obj.get("eventTime")) or event.last_timestamp
-    point = {"EventValue": value, "EventTimestamp": rfc3339nano(stamp), "EventTags": dict(sorted(tags.items()))}
-    return go_json(point).encode()
+    return (last and last.replace(microsecond=0)) or parse_time(obj.get("eventTime")) or event.last_timestamp
 
 
 def from_event(event: Event) -> dict[str, Any]:
@@ -48,8 +100,10 @@ def from_event(event: Event) -> dict[str, Any]:
         "reason": event.reason,
         "message": event.message,
         "source": {"component": event.source_component, "host": event.source_host},
-        "firstTimestamp": format_time(event.first_timestamp),
-        "lastTimestamp": format_time(event.last_timestamp),
+        "firstTimestamp": format_time(event.first_timestamp.replace(microsecond=0)),
+        # metav1.Time holds whole seconds; a finer time is a MicroTime, as Kubernetes would send it
+        "lastTimestamp": format_time(event.last_timestamp) if not event.last_timestamp.microsecond else None,
+        "eventTime": format_time(event.last_timestamp) if event.last_timestamp.microsecond else None,
         "count": event.count,
         "type": event.type,
         "action": event.action,
@@ -97,8 +151,9 @@ _OBJECT_META = (("name", "s"), ("generateName", "s"), ("namespace", "s"), ("self
                 ("deletionGracePeriodSeconds", "p"), ("labels", "m"), ("annotations", "m"),
                 ("ownerReferences", ("[]", _OWNER_REFERENCE)), ("finalizers", "list"), ("clusterName", "s"),
                 ("managedFields", ("[]", _MANAGED_FIELDS)))
+_EVENT_SOURCE = (("component", "s"), ("host", "s"))
 _EVENT = (("metadata", _OBJECT_META), ("involvedObject", _OBJECT_REFERENCE), ("reason", "s"), ("message", "s"),
-          ("source", (("component", "s"), ("host", "s"))), ("firstTimestamp", "t"), ("lastTimestamp", "t"),
+          ("source", _EVENT_SOURCE), ("firstTimestamp", "t"), ("lastTimestamp", "t"),
           ("count", "i"), ("type", "s"), ("eventTime", "mt"),
           ("series", ("*", (("count", "i"), ("lastObservedTime", "mt"), ("state", "s")))), ("action", "s"),
           ("related", ("*", _OBJECT_REFERENCE)), ("reportingComponent", "S"), ("reportingInstance", "S"))
@@ -126,9 +181,9 @@ def go_struct(obj: Any, layout: tuple[Any, ...]) -> dict[str, Any]:
             if value is not None:
                 out[name] = value
         elif kind in ("t", "mt"):
-            out[name] = go_time(value, micro=kind == "mt")
+            out[name] = metav1_time_json(value, micro=kind == "mt")
         elif kind == "tp" and value is not None:
-            out[name] = go_time(value, micro=False)
+            out[name] = metav1_time_json(value, micro=False)
     return out
 
 
@@ -153,16 +208,17 @@ def parse_time(value: Any) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
-def go_time(value: Any, micro: bool) -> str | None:
-    """metav1.Time: RFC 3339 seconds in UTC; MicroTime: six fraction digits; zero: null."""
+def metav1_time_json(value: Any, micro: bool) -> str | None:
+    """A Kubernetes time inside the Event JSON: metav1.Time is RFC 3339 seconds in UTC; MicroTime six
+    fraction digits; zero: null."""
     parsed = parse_time(value)
     if parsed is None:
         return None
     return parsed.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
-def rfc3339nano(value: datetime) -> str:
-    """Go's time.RFC3339Nano in UTC: the fraction without trailing zeros."""
+def go_time_json(value: datetime) -> str:
+    """A Go ``time.Time`` marshalled to JSON in UTC (time.RFC3339Nano): the fraction without trailing zeros."""
     text = format_time(value)
     if "." in text:
         head, frac = text[:-1].split(".")
@@ -175,6 +231,12 @@ _GO_ESCAPE = re.compile(r'[\x00-\x1f"\\<>&\u2028\u2029\ud800-\udfff]')
 _GO_SHORT = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
 
 
+def go_time_string(value: datetime) -> str:
+    """Go's ``time.String()`` of a UTC time, the text kube-eventer wrote into MySQL's varchar time columns
+    (kube-eventer used the pod's local zone; eventrouter writes UTC)."""
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+
+
 def go_escape(match: re.Match[str]) -> str:
     char = match.group()
     if char in _GO_SHORT:
@@ -182,6 +244,28 @@ def go_escape(match: re.Match[str]) -> str:
     if "\ud800" <= char <= "\udfff":
         return "\\ufffd"  # Go decodes a lone surrogate to U+FFFD
     return f"\\u{ord(char):04x}"
+
+
+_INDENT_2 = re.compile(r"\n( +)")
+_HALF_INDENT = {n: "\n" + " " * (n // 2) for n in range(0, 256, 2)}
+_HTML_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                            "\u2029": "\\u2029"})
+_NEEDS_HTML_SAFE = re.compile("[<>&\u2028\u2029]")
+
+
+def go_marshal(value: Any, indent: bool = False) -> str:
+    """:func:`go_json` (``indent``: one space), the fast way: orjson writes the same JSON except for
+    Go's HTML-safe escapes and its indent of two, both fixed after; it refuses lone surrogates, which
+    :func:`go_json` writes as Go does. Values are what :func:`go_struct` makes (no floats)."""
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+    except TypeError:
+        return go_json(value, " " if indent else None)
+    if indent:
+        text = _INDENT_2.sub(lambda m: _HALF_INDENT.get(len(m.group(1))) or "\n" + " " * (len(m.group(1)) // 2), text)
+    if _NEEDS_HTML_SAFE.search(text):
+        text = text.translate(_HTML_SAFE)
+    return text
 
 
 def go_json(value: Any, indent: str | None = None, depth: int = 0) -> str:
