@@ -9,9 +9,9 @@ from eventrouter.simulator import Simulator
 
 @pytest.fixture
 def sim() -> Iterator[Simulator]:
-    """An empty simulated cluster on 127.0.0.1 with frequent bookmarks; tests add the events they need."""
+    """An empty simulated cluster on 127.0.0.1 that behaves as a real API server (no bookmarks on Event
+    watches, nothing sent on a quiet watch); tests add the events they need and turn faults on."""
     s = Simulator([]).start()
-    s.faults.bookmark_interval = 0.2
     yield s
     s.stop()
 

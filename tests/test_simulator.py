@@ -114,7 +114,8 @@ def test_watch_from_a_compacted_version_sends_error_410(sim: Simulator, client: 
     lines = watch_lines(client, "/api/v1/events", resourceVersion=old)
     assert lines == [{"type": "ERROR", "object": {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": f"too old resource version: {old} ({sim.resource_version})", "reason": "Expired", "code": 410}}]
+        # Events are watched from etcd (no watch cache): etcd's compaction message, as kube-apiserver sends it
+        "message": "The resourceVersion for the provided watch is too old.", "reason": "Expired", "code": 410}}]
 
 
 def test_watch_without_resource_version_starts_with_synthetic_added(sim: Simulator, client: httpx.Client) -> None:
@@ -211,7 +212,9 @@ def test_make_demo_shows_events_and_stops_by_itself() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert len(lines) >= 1217
-    assert "Pod/message-container-creating-failed-mount/crashpod-f9b59484-7828f Scheduled" in lines[0]
+    # listed in etcd's key order (namespace/name), as a real API server lists
+    assert "Pod/message-container-creating-failed-mount/crashpod-f9b59484-7828f Scheduled" in done.stdout
+    assert "Pod/ci/busybox Pulling" in lines[0]
     assert "received SIGINT: stopping the watch" in done.stderr
 
 
@@ -232,3 +235,129 @@ def test_simulate_bad_input_is_one_clear_line_and_exit_2(tmp_path: Path, capsys,
         code = exit_.code
     err = capsys.readouterr().err
     assert code == 2 and message.replace("EVENTS", str(events)) in err and "Traceback" not in err
+
+
+# ---- real kube-apiserver v1.36 behaviour, the simulator's defaults --------------------------------
+
+
+@pytest.fixture
+def real():
+    """A simulator at its defaults (no bookmarks), with a few Events."""
+    s = Simulator([]).start()
+    for n in range(5):
+        s.add_event(namespace=f"ns-{n % 2}")
+    yield s
+    s.stop()
+
+
+def test_a_quiet_event_watch_sends_nothing_not_even_bookmarks(real: Simulator) -> None:
+    with httpx.Client(base_url=real.url, headers=AUTH, timeout=10) as c:
+        started = time.monotonic()
+        lines = watch_lines(c, "/api/v1/events", resourceVersion=real.resource_version,
+                            allowWatchBookmarks="true", timeoutSeconds=1)
+        assert lines == [] and time.monotonic() - started >= 1  # an empty stream, ended by the timeout
+        real.faults.bookmark_interval = 0.2  # bookmarks only when a test asks for them
+        lines = watch_lines(c, "/api/v1/events", resourceVersion=real.resource_version,
+                            allowWatchBookmarks="true", timeoutSeconds=1)
+        assert lines and {line["type"] for line in lines} == {"BOOKMARK"}
+
+
+def test_compaction_every_five_minutes_makes_older_versions_410() -> None:
+    with Simulator([]) as sim, httpx.Client(base_url=sim.url, headers=AUTH, timeout=10) as c:
+        old = sim.resource_version
+        sim.advance(299, rate=1)  # 299 events in under five minutes: nothing compacted yet
+        assert sim.store.compactions == 0
+        assert [line["type"] for line in watch_lines(c, "/api/v1/events", resourceVersion=old, timeoutSeconds=1)
+                ] == ["ADDED"] * 299
+        mark = sim.resource_version
+        sim.advance(2)  # the first tick compacts to the revision seen at start-up (the previous tick)
+        assert sim.store.compactions == 1
+        sim.advance(300)  # the second tick compacts to the revision seen at the first: `old` is gone
+        assert sim.store.compactions == 2 and sim.store.floor == int(mark)
+        watch = watch_lines(c, "/api/v1/events", resourceVersion=old, timeoutSeconds=1)
+        assert watch == [{"type": "ERROR", "object": {
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": "The resourceVersion for the provided watch is too old.", "reason": "Expired", "code": 410}}]
+        listed = c.get("/api/v1/events", params={"resourceVersion": old, "limit": 10})
+        assert listed.status_code == 410 and listed.json()["reason"] == "Expired"
+        assert c.get("/api/v1/events", params={"resourceVersion": mark, "limit": 10}).status_code == 200
+
+
+def test_events_expire_one_hour_after_their_last_write() -> None:
+    with Simulator([], compaction_interval=0) as sim, httpx.Client(base_url=sim.url, headers=AUTH, timeout=10) as c:
+        quiet = sim.add_event()["metadata"]["uid"]
+        busy = sim.add_event()["metadata"]["uid"]
+        sim.advance(1800)
+        sim.repeat(busy)  # a write restarts the TTL
+        rv = sim.resource_version
+        sim.advance(1801)
+        assert sim.uids() == [busy]
+        lines = watch_lines(c, "/api/v1/events", resourceVersion=rv, timeoutSeconds=1)
+        assert [(line["type"], line["object"]["metadata"]["uid"]) for line in lines] == [("DELETED", quiet)]
+
+
+def test_an_hour_of_30_events_a_second_runs_in_seconds() -> None:
+    with Simulator([], clock_offset=-3600) as sim:  # the past hour, ending now
+        started = time.monotonic()
+        made = sim.advance(3600, rate=30, repeat_share=0.25)
+        assert made == 108_000 and time.monotonic() - started < 120  # a generous bound: not a benchmark
+        with sim.store.cond:  # real time goes on expiring the oldest
+            objs = list(sim.store.events.values())
+        stamps = sorted(Event.from_object(o).last_timestamp.timestamp() for o in objs)
+        now = time.time()
+        assert abs(stamps[0] - (now - 3600)) < 60 and abs(stamps[-1] - now) < 60  # spread over the past hour
+        assert 70_000 < len(sim.uids()) < 81_000  # 3/4 are new Events; those of the first seconds expired
+        assert sim.store.compactions == 12
+
+
+def test_an_expired_continue_token_gets_410_with_a_fresh_token(real: Simulator) -> None:
+    with httpx.Client(base_url=real.url, headers=AUTH, timeout=10) as c:
+        first = c.get("/api/v1/events", params={"limit": 2}).json()
+        listed = [o["metadata"]["name"] for o in first["items"]]
+        late = real.add_event(namespace="ns-9")  # after the cut in key order
+        early = real.add_event(namespace="ns-0")  # may sort before or after the cut
+        real.compact()
+        expired = c.get("/api/v1/events", params={"limit": 2, "continue": first["metadata"]["continue"]})
+        body = expired.json()
+        assert expired.status_code == 410 and body["reason"] == "Expired" and body["code"] == 410
+        assert body["message"].startswith("The provided continue parameter is too old to display a consistent "
+                                          "list result")
+        fresh = body["metadata"]["continue"]
+        names: list[str] = []
+        token, rvs = fresh, set()
+        while token:
+            page = c.get("/api/v1/events", params={"limit": 2, "continue": token}).json()
+            names += [o["metadata"]["name"] for o in page["items"]]
+            rvs.add(page["metadata"]["resourceVersion"])
+            token = page["metadata"].get("continue")
+        assert rvs == {real.resource_version}  # the rest of the list, at the newest revision
+        assert not set(names) & set(listed)  # it continues after the cut, it does not start over
+        assert late["metadata"]["name"] in names
+        keys = [f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in first["items"]]
+        early_key = f"ns-0/{early['metadata']['name']}"
+        assert (early["metadata"]["name"] in names) == (early_key > keys[-1])
+
+
+def test_terminate_closes_the_listener_at_once_and_keeps_open_watches(real: Simulator) -> None:
+    rv = real.resource_version
+    got: list[dict] = []
+    with httpx.Client(base_url=real.url, headers=AUTH, timeout=10) as c, \
+            c.stream("GET", "/api/v1/events", params={"watch": "1", "resourceVersion": rv}) as resp:
+        assert resp.status_code == 200
+        real.terminate(grace=1.5)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{real.url}/version", headers=AUTH)
+        real.add_event()
+        started = time.monotonic()
+        got = [orjson.loads(line) for line in resp.iter_lines() if line]
+        assert 1.0 < time.monotonic() - started < 5  # the open watch streamed on until the grace ended
+    assert [line["type"] for line in got] == ["ADDED"]
+
+
+def test_a_forbidden_answer_names_the_service_account_verb_and_resource() -> None:
+    with Simulator([], service_account="kube-system:kube-eventer") as sim:
+        sim.faults.forbid = ["/configmaps"]
+        resp = httpx.get(f"{sim.url}/api/v1/namespaces/kube-system/configmaps/eventrouter-checkpoint", headers=AUTH)
+        assert resp.status_code == 403 and resp.json()["message"] == (
+            'configmaps "eventrouter-checkpoint" is forbidden: User "system:serviceaccount:kube-system:kube-eventer" '
+            'cannot get resource "configmaps" in API group "" in the namespace "kube-system"')

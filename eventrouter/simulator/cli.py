@@ -10,6 +10,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 
 from eventrouter.simulator.sim import BUILTIN, Simulator
@@ -38,6 +39,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tls", action="store_true", help="serve HTTPS with a throw-away CA (in the kubeconfig)")
     p.add_argument("--opaque-rvs", action="store_true", help="resourceVersions that are not numbers (rv-<hex>)")
     p.add_argument("--request-log", default=None, help="append 'verb METHOD path status' per request to this file")
+    real = p.add_argument_group("real API server behaviour (defaults as kube-apiserver v1.36)")
+    real.add_argument("--compaction-interval", type=float, default=300.0,
+                      help="seconds between etcd compactions (0: never); older resourceVersions get 410")
+    real.add_argument("--event-ttl", type=float, default=3600.0,
+                      help="seconds an Event lives after its last write (0: forever)")
+    real.add_argument("--bookmark-interval", type=float, default=0.0,
+                      help="seconds between BOOKMARKs on an idle watch; 0 (default): none, as a real API server "
+                           "sends for Events")
+    real.add_argument("--shutdown-grace", type=float, default=60.0,
+                      help="on SIGTERM: the listener closes at once, open watches stream up to this many seconds")
     faults = p.add_argument_group("faults (each applies once, to the next watch)")
     faults.add_argument("--gone-after", type=int, default=None, help="send ERROR 410 after K events")
     faults.add_argument("--drop-after", type=int, default=None, help="drop the connection mid-line after K events")
@@ -47,7 +58,6 @@ def parser() -> argparse.ArgumentParser:
     faults.add_argument("--retry-after", type=int, default=None, help="Retry-After seconds sent with those errors")
     faults.add_argument("--forbid", action="append", default=[],
                         help="answer 403 for paths containing this (e.g. /leases), as missing RBAC; repeatable")
-    faults.add_argument("--bookmark-interval", type=float, default=1.0, help="seconds between idle BOOKMARKs")
     return p
 
 
@@ -56,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         sim = Simulator(args.events, port=args.port, token=args.token or None, multiply=args.multiply,
                         fresh_times=args.fresh_times, rate=args.rate, request_log_path=args.request_log,
-                        tls=args.tls, opaque_rvs=args.opaque_rvs)
+                        tls=args.tls, opaque_rvs=args.opaque_rvs, compaction_interval=args.compaction_interval,
+                        event_ttl=args.event_ttl)
     except OSError as exc:
         print(f"eventrouter simulate: error: cannot read --events {args.events}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -78,11 +89,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"simulator: {len(sim.store.events)} events at {sim.url} (resourceVersion {sim.resource_version})"
           + (f"; kubeconfig {args.kubeconfig_out}" if args.kubeconfig_out else ""), file=sys.stderr, flush=True)
     done = threading.Event()
+
+    def terminate(*_: object) -> None:  # as kube-apiserver: refuse new connections, let open watches run on
+        sim.terminate(args.shutdown_grace)
+        done.set()
+
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: done.set())
+        signal.signal(signal.SIGINT, lambda *_: done.set())
+        signal.signal(signal.SIGTERM, terminate)
     try:
         done.wait()
+        while sim.watches_end_at is not None and not sim.stopping and sim.open_watches:
+            time.sleep(0.1)
     finally:
         sim.stop()
     return 0

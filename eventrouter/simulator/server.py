@@ -17,6 +17,7 @@ Faults are injected through :class:`Faults` (one-shot counters, safe to set whil
 from __future__ import annotations
 
 import base64
+import bisect
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from eventrouter.simulator.store import Conflict, Expired, NotFound, to_events_v1
+from eventrouter.simulator.store import Conflict, Expired, NotFound, list_key, to_events_v1
 
 if TYPE_CHECKING:
     from eventrouter.simulator.sim import Simulator
@@ -46,7 +47,9 @@ class Faults:
     http_gone: int = 0  # the next N watch requests get HTTP 410
     errors: list[int] = field(default_factory=list)  # statuses for the next requests (429, 500, ...)
     retry_after: int | None = None  # Retry-After seconds sent with 429/5xx
-    bookmark_interval: float = 1.0  # seconds of idle watch between BOOKMARKs (0: never)
+    # seconds of idle watch between BOOKMARKs; 0 (the default): never, as kube-apiserver for Events, which
+    # are watched from etcd without a watch cache and get no bookmarks even with allowWatchBookmarks=true
+    bookmark_interval: float = 0.0
     forbid: list[str] = field(default_factory=list)  # 403 for paths containing any of these (missing RBAC)
 
     def take_error(self) -> int | None:
@@ -130,7 +133,7 @@ class Handler(BaseHTTPRequestHandler):
             return 401
         path = "/" + "/".join(parts)
         if any(part in path for part in sim.faults.forbid):
-            self._fail(403, f'forbidden: User "system:serviceaccount:simulator" cannot access {path}')
+            self._fail(403, _forbidden(sim.service_account, self._request[2], parts))
             return 403
         error = sim.faults.take_error()
         if error is not None:
@@ -147,7 +150,13 @@ class Handler(BaseHTTPRequestHandler):
                 return 405
             api, namespace = events
             if query.get("watch") in ("1", "true", "True"):
-                return self._watch(sim, api, namespace, query)
+                with sim.lock:
+                    sim.open_watches += 1
+                try:
+                    return self._watch(sim, api, namespace, query)
+                finally:
+                    with sim.lock:
+                        sim.open_watches -= 1
             return self._list(sim, api, namespace, query)
         obj = _object_path(parts)
         if obj is not None:
@@ -157,30 +166,46 @@ class Handler(BaseHTTPRequestHandler):
 
     # ---- list ---------------------------------------------------------------------------------
     def _list(self, sim: Simulator, api: str, namespace: str | None, query: dict[str, str]) -> int:
+        """A list page in etcd's key order. The continue token is the real one's shape (base64 JSON of the
+        revision and the key to start after); once compaction passed its revision, 410 Expired with a
+        fresh token that continues from the same key at the newest revision (an inconsistent list)."""
+        store = sim.store
         limit = int(query.get("limit") or 0)
         token = query.get("continue")
+        after = ""
         if token:
             try:
                 state = orjson.loads(base64.urlsafe_b64decode(token))
-                rv, start, key = int(state["rv"]), int(state["start"]), state["key"]
+                rv, after = int(state["rv"]), str(state["start"])
             except (ValueError, KeyError, TypeError):
-                self._fail(400, "invalid continue token")
+                self._fail(400, "continue key is not valid: invalid continue token")
                 return 400
-            items = sim.snapshots.get(key)
-            if items is None or rv < sim.store.floor:
-                self._fail(410, "The provided continue parameter is too old to display a consistent list result. "
-                                "You can start a new list without the continue parameter.")
+            items = None if rv == -1 else sim.snapshot_at(rv, namespace)
+            if rv != -1 and (items is None or rv < store.floor):
+                fresh = _continue_token(-1, after)
+                body = status_body(410, "Expired", EXPIRED_CONTINUE)
+                body["metadata"] = {"continue": fresh}
+                self._send_json(410, body)
                 return 410
+            if items is None:
+                rv, items = sim.take_snapshot(namespace)
         else:
-            rv, items = sim.store.snapshot(namespace)
-            start, key = 0, None
+            asked = query.get("resourceVersion") or ""
+            if asked not in ("", "0"):
+                try:
+                    too_old = store.rv_int(asked) < store.floor
+                except ValueError:
+                    self._fail(400, f"invalid resource version {asked!r}")
+                    return 400
+                if too_old:
+                    self._fail(410, "The resourceVersion for the provided list is too old.")
+                    return 410
+            rv, items = sim.take_snapshot(namespace)
+        start = bisect.bisect_left(items, after, key=list_key) if after else 0
         end = len(items) if not limit else min(len(items), start + limit)
-        meta: dict[str, Any] = {"resourceVersion": sim.store.rv_text(rv)}
+        meta: dict[str, Any] = {"resourceVersion": store.rv_text(rv)}
         if end < len(items):
-            if key is None:
-                key = sim.keep_snapshot(items)
-            meta["continue"] = base64.urlsafe_b64encode(
-                orjson.dumps({"rv": rv, "start": end, "key": key})).decode()
+            meta["continue"] = _continue_token(rv, list_key(items[end - 1]) + "\x00")
             meta["remainingItemCount"] = len(items) - end
         page = items[start:end]
         if api == "v1":
@@ -238,10 +263,9 @@ class Handler(BaseHTTPRequestHandler):
                             store.cond.wait(0.1)
                             changes = store.changes_after(position, namespace)
                         newest = store.rv if not changes else changes[-1].rv
-                    except Expired:
+                    except Expired:  # Events are watched from etcd (no watch cache): etcd's message
                         self._chunk(orjson.dumps({"type": "ERROR", "object": status_body(
-                            410, "Expired", f"too old resource version: {store.rv_text(position)} "
-                                            f"({store.rv_text(store.floor)})")}) + b"\n")
+                            410, "Expired", "The resourceVersion for the provided watch is too old.")}) + b"\n")
                         return 200
                 now = time.monotonic()
                 # a fault set now applies to the next K events of one open watch (this one, if first)
@@ -340,6 +364,17 @@ class Handler(BaseHTTPRequestHandler):
         self._route("PUT")
 
 
+EXPIRED_CONTINUE = (
+    "The provided continue parameter is too old to display a consistent list result. You can start a new list "
+    "without the continue parameter, or use the continue token in this response to retrieve the remainder of the "
+    "results. Continuing with the provided token results in an inconsistent list - objects that were created, "
+    "modified, or deleted between the time the first chunk was returned and now may show up in the list.")
+
+
+def _continue_token(rv: int, start: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start})).decode()
+
+
 def _events_path(parts: list[str]) -> tuple[str, str | None] | None:
     """('v1' | 'events.k8s.io/v1', namespace or None) for an Events path."""
     if parts[:2] == ["api", "v1"]:
@@ -362,6 +397,19 @@ def _object_path(parts: list[str]) -> tuple[str, str, str | None] | None:
     if parts[:3] == ["api", "v1", "namespaces"] and len(parts) >= 5 and parts[4] == "configmaps" and len(parts) <= 6:
         return "ConfigMap", parts[3], parts[5] if len(parts) == 6 else None
     return None
+
+
+def _forbidden(service_account: str, verb: str, parts: list[str]) -> str:
+    """kube-apiserver's RBAC refusal, word for word in its shape."""
+    group = parts[1] if parts[:1] == ["apis"] else ""
+    namespace = parts[parts.index("namespaces") + 1] if "namespaces" in parts[:-1] else ""
+    rest = parts[parts.index("namespaces") + 2:] if namespace else parts[(3 if group else 2):]
+    resource = rest[0] if rest else ""
+    name = rest[1] if len(rest) > 1 else ""
+    who = f"system:serviceaccount:{service_account}"
+    where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+    subject = f'{resource} "{name}" is forbidden' if name else f"{resource} is forbidden"
+    return f'{subject}: User "{who}" cannot {verb} resource "{resource}" in API group "{group}"{where}'
 
 
 def _verb(method: str, parts: list[str], query: dict[str, str]) -> str:

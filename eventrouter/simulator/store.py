@@ -3,12 +3,19 @@
 resourceVersions are one monotonic integer counter shared by every object (as etcd's revision);
 they leave the simulator as strings. The watch history keeps every change after the compaction
 floor; a watch or continue token from below the floor gets 410 Expired, as on a real API server.
+
+As on a real kube-apiserver (v1.36, measured): etcd is compacted every ``compaction_interval``
+(5 minutes) to the revision seen at the previous compaction, so between 5 and 10 minutes of history
+stay watchable; an Event lives ``event_ttl`` (1 hour) after its last write, then it is deleted
+(a DELETED). Time is the store's clock: real time plus ``offset``, which :meth:`Store.advance_clock`
+moves forward so a test can run "an hour of events" in seconds (see ``Simulator.advance``).
 """
 
 from __future__ import annotations
 
 import bisect
 import threading
+import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -26,9 +33,16 @@ def _clone(obj: dict[str, Any]) -> dict[str, Any]:
     return copy
 
 
-def now_text(micro: bool = False) -> str:
-    now = datetime.now(UTC)
+def now_text(micro: bool = False, now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
     return now.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if micro else now.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def list_key(obj: dict[str, Any]) -> str:
+    """Where etcd keeps an Event (``/registry/events/NAMESPACE/NAME`` without the prefix): lists come in
+    this order, and a continue token says where in it the next page starts."""
+    meta = obj.get("metadata") or {}
+    return f"{meta.get('namespace') or ''}/{meta.get('name') or ''}"
 
 
 def to_events_v1(obj: dict[str, Any]) -> dict[str, Any]:
@@ -89,8 +103,52 @@ class Store:
     history: list[Change] = field(default_factory=list)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
     cond: threading.Condition = field(default_factory=threading.Condition)
-    history_limit: int = 1_000_000  # older changes are compacted away, as etcd does after ~5 minutes
+    history_limit: int = 1_000_000  # a memory bound only: compaction (below) is what forgets history
     opaque: bool = False  # resourceVersions as 'rv-<hex>': a client comparing them as numbers breaks
+    compaction_interval: float = 300.0  # seconds (kube-apiserver --etcd-compaction-interval); 0: never
+    event_ttl: float = 3600.0  # seconds an Event lives after its last write (kube-apiserver --event-ttl); 0: forever
+    offset: float = 0.0  # the store's clock runs this many seconds ahead of real time
+    written: dict[str, float] = field(default_factory=dict)  # uid -> clock time of its last write, oldest first
+    compactions: int = 0
+    _next_compaction: float = 0.0
+    _compaction_mark: int = 0  # the revision seen at the previous compaction tick: the next floor
+
+    def __post_init__(self) -> None:
+        self._next_compaction = self.now() + self.compaction_interval
+        self._compaction_mark = self.rv
+
+    # ---- the clock, TTL expiry and periodic compaction ---------------------------------------
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def now_dt(self) -> datetime:
+        return datetime.fromtimestamp(self.now(), UTC)
+
+    def maintain(self) -> None:
+        """Expire Events past their TTL and run the compaction ticks that are due (caller may hold ``cond``)."""
+        with self.cond:
+            now = self.now()
+            if self.event_ttl:
+                written = self.written
+                cutoff = now - self.event_ttl
+                while written:
+                    uid, at = next(iter(written.items()))
+                    if at > cutoff:
+                        break
+                    self.expire(uid)
+            if self.compaction_interval:
+                while now >= self._next_compaction:
+                    # as kube-apiserver's compactor: compact to the revision seen at the previous tick
+                    self.compact(self._compaction_mark)
+                    self.compactions += 1
+                    self._compaction_mark = self.rv
+                    self._next_compaction += self.compaction_interval
+
+    def advance_clock(self, seconds: float) -> None:
+        """Move the clock forward (virtual time), expiring and compacting what falls due on the way."""
+        with self.cond:
+            self.offset += seconds
+            self.maintain()
 
     def rv_text(self, rv: int) -> str:
         return f"rv-{rv:x}" if self.opaque else str(rv)
@@ -110,6 +168,12 @@ class Store:
         namespace = obj["metadata"].get("namespace") or ""
         self.history_rvs.append(self.rv)
         self.history.append(Change(self.rv, kind, namespace, obj))
+        uid = obj["metadata"].get("uid")
+        if kind == "DELETED":
+            self.written.pop(uid, None)
+        elif uid:
+            self.written.pop(uid, None)  # re-insert: the dict stays ordered by last write (the TTL restarts)
+            self.written[uid] = self.now()
         if len(self.history) > self.history_limit:
             drop = len(self.history) // 10
             self.floor = max(self.floor, self.history_rvs[drop - 1])
@@ -124,8 +188,8 @@ class Store:
         meta.setdefault("uid", str(uuid.uuid4()))
         meta.setdefault("namespace", "default")
         meta.setdefault("name", f"event.{uuid.uuid4().hex[:16]}")
-        meta.setdefault("creationTimestamp", now_text())
         with self.cond:
+            meta.setdefault("creationTimestamp", now_text(now=self.now_dt()))
             kind = "MODIFIED" if meta["uid"] in self.events else "ADDED"
             self.events[meta["uid"]] = obj
             self._record(kind, obj)
@@ -146,10 +210,11 @@ class Store:
                 raise NotFound(uid)
             obj = _clone(self.events[uid])
             obj["count"] = int(obj.get("count") or 1) + 1
+            now = self.now_dt()
             if obj.get("series"):
                 obj["series"]["count"] = int(obj["series"].get("count") or 1) + 1
-                obj["series"]["lastObservedTime"] = now_text(micro=True)
-            obj["lastTimestamp"] = now_text()
+                obj["series"]["lastObservedTime"] = now_text(micro=True, now=now)
+            obj["lastTimestamp"] = now_text(now=now)
             if message is not None:
                 obj["message"] = message
             self.events[uid] = obj
@@ -183,9 +248,12 @@ class Store:
             del self.history[:cut]
 
     def snapshot(self, namespace: str | None) -> tuple[int, list[dict[str, Any]]]:
+        """The current Events (of one namespace) in etcd's key order, and the revision they are at."""
         with self.cond:
             items = [o for o in self.events.values() if namespace is None or o["metadata"]["namespace"] == namespace]
-            return self.rv, items
+            rv = self.rv
+        items.sort(key=list_key)
+        return rv, items
 
     def changes_after(self, rv: int, namespace: str | None, limit: int = 5000) -> list[Change]:
         """History entries newer than ``rv`` (caller holds ``cond``). Raises Expired below the floor."""

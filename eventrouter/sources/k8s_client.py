@@ -45,7 +45,7 @@ class ApiClient:
         self._token_file = token_file
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
-        self._current: httpx.Response | None = None
+        self._streams: set[httpx.Response] = set()  # open watch streams (one per namespace), for abort()
         self.config = load()
         self.host = (host or self.config.host or "").rstrip("/")
         if not self.host:
@@ -112,26 +112,25 @@ class ApiClient:
                 self.reload()
                 continue
             with self._lock:
-                self._current = resp
+                self._streams.add(resp)
             try:
                 yield resp
             finally:
                 with self._lock:
-                    self._current = None
+                    self._streams.discard(resp)
                 resp.close()
             return
 
     def abort(self) -> None:
-        """Wake a thread blocked reading the current stream (shut the socket down)."""
+        """Wake every thread blocked reading an open stream (one watch per namespace): shut the sockets down."""
         with self._lock:
-            resp = self._current
-        if resp is None:
-            return
-        stream = resp.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            streams = list(self._streams)
+        for resp in streams:
+            stream = resp.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         self.client.close()
