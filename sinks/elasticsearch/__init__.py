@@ -72,6 +72,27 @@ from ._nodes import Nodes, split_userinfo
 
 log = logging.getLogger("eventrouter.sinks.elasticsearch")
 
+# what a server answers (HTTP 400) to the bulk format of another major version
+TYPE_REFUSED = "unknown parameter [_type]"  # Elasticsearch 8+
+TYPE_MISSING = "type is missing"  # Elasticsearch 5 and 6
+# stand-ins for an unknown version, one per template form
+GUESSES: dict[str, Version] = {"8": ("elasticsearch", 8, 0), "7.0": ("elasticsearch", 7, 0),
+                               "6": ("elasticsearch", 6, 0), "5": ("elasticsearch", 5, 0)}
+_TEMPLATE_FORM_REFUSED = ("no handler found", "Root mapping definition has unsupported parameters",
+                          "mapper_parsing_exception", "is missing", "unknown key", "cannot be nested under a type")
+
+
+def _format_refused(response: httpx.Response) -> bool:
+    """A template answer that says this form is not the server's (not a privilege or load problem)."""
+    if response.status_code in (404, 405):
+        return True
+    return response.status_code == 400 and any(marker in response.text for marker in _TEMPLATE_FORM_REFUSED)
+
+
+def _mapping_roots(body: dict[str, Any]) -> list[Any]:
+    return [body.get("mappings"), (body.get("template") or {}).get("mappings") if isinstance(body.get("template"),
+                                                                                            dict) else None]
+
 
 class ElasticsearchSink(Sink):
     """Elasticsearch / OpenSearch: _bulk writes, idempotent ids.  elasticsearch:http://es:9200?index=heapster"""
@@ -135,9 +156,17 @@ class ElasticsearchSink(Sink):
             if opts["ver"] is not None and opts["ver"] < 7:
                 raise SinkConfigError(self.name, "data streams need Elasticsearch 7.9 or later", "data_stream")
         self._op = "create" if self._data_stream else "index"
-        self._version: Version | None = None
+        self._version: Version | None = None  # None: not read yet, or GET / did not say (see _version_read)
+        self._version_read = False
+        self._with_type = False  # the bulk format in use: a mapping type in each action (5 and 6) or none
+        self._format_switches = 0
         if opts["ver"] is not None:
             self._version = ("elasticsearch", opts["ver"], 0)
+            self._version_read = True
+            self._with_type = typed(self._version)
+        # kube-eventer added the alias <index>-events to every index it wrote; with its index options
+        # (a plain prefix) the index template gives each new index that alias
+        self._alias = "" if self._data_stream or "{" in opts["index"] else f"{opts['index']}-events"
         self._template_done = not opts["template"]
         self._client: httpx.Client | None = None
 
@@ -225,63 +254,81 @@ class ElasticsearchSink(Sink):
             raise
 
     # ---- set-up: version and template --------------------------------------------------------
-    def _detect_version(self) -> Version:
+    def _detect_version(self) -> Version | None:
         response = self._request("GET", "/", timeout=float(self.opts["startupHealthcheckTimeout"]))
         if response.status_code == 401 or response.status_code == 429 or response.status_code >= 500:
             self._raise(response, "GET /")  # bad credentials, or try again later
         version = parse_banner(response.content)
         if version is None:
-            # e.g. 403: an API key without the monitor privilege may write but not read the banner
-            log.warning("GET / answered HTTP %d without a version; assuming Elasticsearch 5 as kube-eventer does "
-                        "(set ver= to choose)", response.status_code)
-            return ("elasticsearch", 5, 0)
+            # e.g. 403: an API key without the monitor privilege may write but not read the banner.
+            # Never guess a format modern servers refuse: start typeless, switch if the server asks.
+            log.warning("GET / answered HTTP %d without a version (an API key without the monitor privilege?); "
+                        "writing the typeless format of Elasticsearch 7+ and OpenSearch, switching to mapping "
+                        "types if the server asks for them (ver= sets the version)", response.status_code)
+            return None
         dist, major, minor = version
         if dist == "elasticsearch" and major < 5:
             raise PermanentError(f"Elasticsearch {major}.{minor} is not supported (5 to 9 are)")
         return version
 
-    def _ensure_version(self) -> Version:
-        if self._version is None:
-            self._version = self._detect_version()
-            log.info("connected to %s %d.%d", *self._version)
-        return self._version
+    def _ensure_version(self) -> None:
+        if not self._version_read:
+            self._set_version(self._detect_version())
 
-    @property
-    def _typed(self) -> bool:
-        """Elasticsearch 5 and 6 need a mapping type; 7+ and OpenSearch take none."""
-        return typed(self._ensure_version())
+    def _set_version(self, version: Version | None) -> None:
+        self._version, self._version_read = version, True
+        if version is not None:
+            self._with_type = typed(version)
+            log.info("connected to %s %d.%d", *version)
 
     @property
     def _doc_type(self) -> str:
         return "events" if self._format == "kube-eventer" else "_doc"
 
     def template_request(self) -> tuple[str, dict[str, Any]]:
-        """The PUT path and body of the index template, for this server version."""
-        return template_request(self._ensure_version(), self._format, self._data_stream, self._index,
-                                self._doc_type)
+        """The PUT path and body of the index template, for this server version (unknown: the newest form)."""
+        return self._template_requests()[0]
+
+    def _template_requests(self) -> list[tuple[str, dict[str, Any]]]:
+        """The index template in each form the server may take, the most likely first: one when the
+        version is known; else composable (7.8+, OpenSearch), legacy typeless (7.0-7.7), typed (6, 5)."""
+        self._ensure_version()
+        versions = [self._version] if self._version else [GUESSES[name] for name in ("8", "7.0", "6", "5")]
+        return [template_request(v, self._format, self._data_stream, self._index, self._doc_type, self._alias)
+                for v in versions if v is not None]
 
     def _ensure_template(self, strict: bool) -> None:
         if self._template_done:
             return
-        path, body = self.template_request()
-        response = self._request("PUT", path, content=orjson.dumps(body),
-                                 headers={"Content-Type": "application/json"})
-        if 200 <= response.status_code < 300:
+        candidates = self._template_requests()
+        for number, (path, body) in enumerate(candidates, 1):
+            response = self._request("PUT", path, content=orjson.dumps(body),
+                                     headers={"Content-Type": "application/json"})
+            if 200 <= response.status_code < 300:
+                self._template_done = True
+                if self._version is None and number > 1:
+                    log.info("the server took the index template as %s", path)
+                    if any(isinstance(m, dict) and self._doc_type in m for m in _mapping_roots(body)):
+                        self._with_type = True  # it wants mapping types: Elasticsearch 5 or 6
+                return
+            if number < len(candidates) and _format_refused(response):
+                continue  # this server version does not take this form: try the next
+            if response.status_code == 429 or response.status_code >= 500 or strict:
+                self._raise(response, f"PUT {path}")
+            # 4xx (e.g. no manage_index_templates privilege): write anyway, with the server's dynamic mappings
             self._template_done = True
+            log.warning("could not install the index template (%s): HTTP %d %s; continuing without it "
+                        "(template=false hides this)%s", path, response.status_code,
+                        redact_text(response.text[:300], self._secrets),
+                        f"; no index gets the alias {self._alias}" if self._alias else "")
             return
-        if response.status_code == 429 or response.status_code >= 500 or strict:
-            self._raise(response, f"PUT {path}")
-        # 4xx (e.g. no manage_index_templates privilege): write anyway, with the server's dynamic mappings
-        self._template_done = True
-        log.warning("could not install the index template (%s): HTTP %d %s; continuing without it (template=false "
-                    "hides this)", path, response.status_code, redact_text(response.text[:300], self._secrets))
 
     # ---- Sink API ----------------------------------------------------------------------------
     def open(self) -> None:
-        if self.opts["healthCheck"] or self._version is None:
+        if self.opts["healthCheck"] or not self._version_read:
             version = self._detect_version()
-            if self._version is None:
-                self._version = version
+            if not self._version_read:
+                self._set_version(version)
         self._ensure_template(strict=True)
 
     def send(self, batch: Sequence[Event]) -> None:
@@ -306,7 +353,8 @@ class ElasticsearchSink(Sink):
     # ---- bulk --------------------------------------------------------------------------------
     def bulk_body(self, batch: Sequence[Event]) -> bytes:
         """The NDJSON body: an action line and a source line per event, ending with a newline."""
-        with_type = self._typed
+        self._ensure_version()
+        with_type = self._with_type
         lines = []
         for event in batch:
             action: dict[str, Any] = {"_index": self.index_for(event)}
@@ -322,6 +370,8 @@ class ElasticsearchSink(Sink):
         params = {"pipeline": self.opts["pipeline"]} if self.opts["pipeline"] else None
         response = self._request("POST", "/_bulk", content=self.bulk_body(events), params=params,
                                  headers={"Content-Type": "application/x-ndjson"})
+        if response.status_code == 400 and self._switch_format(response.text):
+            return self._write(events)  # the same events in the format the server asked for
         outcome = Outcome()
         try:
             items = classify(response.status_code, response.content, response.headers)
@@ -348,6 +398,23 @@ class ElasticsearchSink(Sink):
                 if not outcome.samples:
                     outcome.samples.append(redact_text(item_error(item), self._secrets))
         return outcome
+
+    def _switch_format(self, answer: str) -> bool:
+        """Whether the server refused the bulk for the sink's own format (a mapping type where it takes
+        none, or none where it needs one) and the sink switched; refusing both formats is permanent."""
+        refused = TYPE_REFUSED if self._with_type else TYPE_MISSING
+        if refused not in answer:
+            return False
+        if self._format_switches >= 2:
+            raise PermanentError("Elasticsearch refuses both bulk formats (with and without a mapping type): "
+                                 + redact_text(answer[:300], self._secrets))
+        self._format_switches += 1
+        self._with_type = not self._with_type
+        log.warning("Elasticsearch refused the bulk format %s a mapping type (%s); sending it %s one from now "
+                    "on%s", "with" if not self._with_type else "without", refused,
+                    "with" if self._with_type else "without",
+                    " (ver= names a version this server is not)" if self.opts["ver"] is not None else "")
+        return True
 
     def _write_part(self, events: list[Event]) -> Outcome:
         """A half of a split batch: a request-level failure applies to this half only."""

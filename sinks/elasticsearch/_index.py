@@ -69,22 +69,25 @@ def typed(version: Version) -> bool:
 
 
 def template_request(version: Version, fmt: str, data_stream: str, index: str,
-                     doc_type: str) -> tuple[str, dict[str, Any]]:
-    """The PUT path and body of the index template, for this server version."""
+                     doc_type: str, alias: str = "") -> tuple[str, dict[str, Any]]:
+    """The PUT path and body of the index template, for this server version; ``alias``: every new
+    index gets it (kube-eventer's ``<index>-events``)."""
     dist, major, minor = version
     name, pattern = template_target(data_stream, index)
     props = mappings(fmt, bool(data_stream))
+    aliases: dict[str, Any] = {"aliases": {alias: {}}} if alias and not data_stream else {}
     composable = dist == "opensearch" or (major, minor) >= (7, 8)
     if data_stream or composable:
-        body: dict[str, Any] = {"index_patterns": [pattern], "priority": 200, "template": {"mappings": props}}
+        body: dict[str, Any] = {"index_patterns": [pattern], "priority": 200,
+                                "template": {"mappings": props, **aliases}}
         if data_stream:
             body["data_stream"] = {}
         return f"/_index_template/{name}", body
     if typed(version):
         props = {doc_type: props}
     if major <= 5 and dist == "elasticsearch":
-        return f"/_template/{name}", {"template": pattern, "order": 1, "mappings": props}
-    return f"/_template/{name}", {"index_patterns": [pattern], "order": 1, "mappings": props}
+        return f"/_template/{name}", {"template": pattern, "order": 1, "mappings": props, **aliases}
+    return f"/_template/{name}", {"index_patterns": [pattern], "order": 1, "mappings": props, **aliases}
 
 
 def parse_banner(body: bytes) -> Version | None:

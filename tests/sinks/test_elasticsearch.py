@@ -319,14 +319,67 @@ def test_explicit_ver_skips_detection_and_template_false_skips_put(es):
     assert [r.path for r in es.requests] == ["/_bulk", "/"]
 
 
-def test_banner_forbidden_falls_back_to_kube_eventer_default_5(start_es, caplog):
+@pytest.mark.parametrize("version", ["8.13.4", "9.0.1"])
+@pytest.mark.parametrize("fmt", ["json", "kube-eventer"])
+def test_banner_forbidden_on_es8_and_9_writes_typeless_and_loses_nothing(start_es, caplog, version, fmt):
+    server = start_es(version)
+    server.banner_status = 403  # an API key without the monitor privilege
+    sink = build(f"elasticsearch:{server.url}?format={fmt}")
+    sink.open()
+    events = real_events(60)
+    sink.send(events)
+    assert "GET / answered HTTP 403 without a version" in caplog.text
+    assert [r.path for r in server.requests[:2]] == ["/", "/_index_template/heapster"]
+    body = server.templates["/_index_template/heapster"]
+    assert body["template"]["aliases"] == {"heapster-events": {}}  # kube-eventer's alias on every new index
+    actions = lines(server.bulk_requests()[0].body)[::2]
+    assert all("_type" not in a["index"] for a in actions)
+    assert len(server.bulk_requests()) == 1
+    assert sorted(server.writes.values()) == [1] * len({doc_id(e) for e in events})
+
+
+@pytest.mark.parametrize(("version", "template_path"), [("6.8.23", "/_template/heapster"),
+                                                          ("5.6.16", "/_template/heapster")])
+def test_banner_forbidden_on_es5_and_6_learns_the_type_from_the_template(start_es, version, template_path):
+    server = start_es(version)
+    server.banner_status = 403
+    sink = build(f"elasticsearch:{server.url}?format=kube-eventer")
+    sink.send([make_event(1), make_event(2)])
+    assert list(server.templates) == [template_path]
+    assert server.templates[template_path]["mappings"]["events"]["properties"]["Count"] == {"type": "long"}
+    assert server.templates[template_path]["aliases"] == {"heapster-events": {}}
+    assert [a["index"]["_type"] for a in lines(server.bulk_requests()[0].body)[::2]] == ["events", "events"]
+    assert len(server.all_docs()) == 2
+
+
+def test_banner_forbidden_on_es6_without_template_switches_when_the_bulk_asks_for_a_type(start_es, caplog):
     server = start_es("6.8.23")
     server.banner_status = 403
     sink = build(f"elasticsearch:{server.url}?template=false")
     sink.send([make_event(1)])
-    assert sink._version == ("elasticsearch", 5, 0)
-    assert lines(server.bulk_requests()[0].body)[0]["index"]["_type"] == "_doc"
-    assert "assuming Elasticsearch 5" in caplog.text
+    first, second = server.bulk_requests()
+    assert "_type" not in lines(first.body)[0]["index"]  # refused: "type is missing"
+    assert lines(second.body)[0]["index"]["_type"] == "_doc"
+    assert "refused the bulk format without a mapping type" in caplog.text
+    assert len(server.all_docs()) == 1
+    sink.send([make_event(2)])  # from then on in the server's format at once
+    assert len(server.bulk_requests()) == 3 and len(server.all_docs()) == 2
+
+
+def test_wrong_ver_is_corrected_by_the_server_answer_not_dropped(start_es, caplog):
+    server = start_es("8.13.4")
+    sink = build(f"elasticsearch:{server.url}?ver=5&template=false&healthCheck=false")
+    sink.send([make_event(1)])
+    assert "_type" in lines(server.bulk_requests()[0].body)[0]["index"]
+    assert "_type" not in lines(server.bulk_requests()[1].body)[0]["index"]
+    assert "unknown parameter [_type]" in caplog.text and "ver= names a version" in caplog.text
+    assert len(server.all_docs()) == 1
+
+
+def test_no_alias_for_patterns_and_data_streams(es):
+    build(f"elasticsearch:{es.url}?index=k8s-{{YYYY.MM}}").open()
+    build(f"elasticsearch:{es.url}?data_stream=logs-k8s-default").open()
+    assert all("aliases" not in body.get("template", {}) for body in es.templates.values())
 
 
 def test_old_elasticsearch_is_refused(start_es):
