@@ -2,7 +2,8 @@
 
 Talks plain HTTP (httpx) to Elasticsearch 5 to 9 and OpenSearch 1 to 3, so one sink covers every
 server the official clients split between them (elasticsearch-py 8/9 refuses OpenSearch and other
-majors). The version comes from ``ver=`` or from the ``GET /`` banner: ``ver`` 5/6 put a mapping
+majors). The version comes from ``ver=`` or from the ``GET /`` banner (unknown, e.g. 403: typeless, then the
+format the server asks for): ``ver`` 5/6 put a mapping
 type in each action (``events`` for ``format=kube-eventer``, ``_doc`` otherwise); 7 and later none.
 
 Credentials: basic auth with ``esUserName`` + ``esUserSecret`` (or ``http://user:pass@host`` in a
