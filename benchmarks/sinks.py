@@ -181,6 +181,25 @@ def loki_target() -> Iterator[Target]:
         server.stop()
 
 
+@contextmanager
+def firehose_target() -> Iterator[Target]:
+    from tests.servers.moto_firehose import create_stream, stored_lines
+    from tests.servers.moto_s3 import ENV, REGION, MotoS3
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's server logs every request
+
+    def flag(run: str) -> str:
+        create_stream(server, run, f"{run}-dest")
+        return (f"firehose:{run}?region={REGION}&endpoint_url={server.endpoint}"
+                f"&access_key_id={ENV['AWS_ACCESS_KEY_ID']}&secret_access_key={ENV['AWS_SECRET_ACCESS_KEY']}")
+
+    server = MotoS3().start()
+    try:
+        yield Target(flag, lambda run: len(stored_lines(server, f"{run}-dest")))
+    finally:
+        server.stop()
+
+
 # sink -> (server, the runs: extra flag options; "" = the sink's defaults)
 SINKS: dict[str, tuple[Callable[[], Any], list[str]]] = {
     "kafka": (kafka_target, ["", "batch_size=5000"]),
@@ -189,6 +208,7 @@ SINKS: dict[str, tuple[Callable[[], Any], list[str]]] = {
     "s3": (s3_target, ["", "batch_size=5000"]),
     "otlp": (otlp_target, ["", "encoding=json"]),
     "loki": (loki_target, ["", "encoding=json"]),
+    "firehose": (firehose_target, [""]),
     "webhook": (webhook_target, ["", "batch=true", "batch=true&batch_size=1000"]),
     # the same sink against a keep-alive receiver in its own process: the sink's own cost per request
     "webhook-keepalive": (webhook_keepalive_target, ["", "batch=true"]),

@@ -25,6 +25,7 @@ from eventrouter.errors import (
 from eventrouter.event import Event, InvolvedObject, format_time
 from eventrouter.http import HTTP_OPTIONS, TLS_OPTIONS, http_client, raise_for_status, transport_error
 from eventrouter.options import URL, Duration, HostPort, Option, Options, Secret
+from eventrouter.records import json_line
 from eventrouter.sink import Sink
 from eventrouter.sinkurl import SinkURL, redact_text
 from eventrouter.templates import EventTemplate, parse_tz, template_source
@@ -64,6 +65,7 @@ __all__ = [
     "chat_endpoint",
     "format_time",
     "http_client",
+    "json_line",
     "json_size",
     "parse_tz",
     "raise_for_status",

@@ -23,6 +23,7 @@ EXAMPLES = {
     "s3": "s3:s3://bucket/prefix?region=us-east-1&access_key_id=AK&secret_access_key=sk-SECRET-9&store_dir=/tmp/x",
     "otlp": "otlp:https://otlp.example.com/otlp?header=Authorization=Bearer%20tok-SECRET-10&encoding=json",
     "loki": "loki:https://logs.example.net?username=123&password=pw-SECRET-11&tenant=t&static_label=job=er",
+    "firehose": "firehose:k8s-events?region=us-east-1&access_key_id=AK&secret_access_key=sk-SECRET-12",
 }
 
 ENTRIES = registry.discover()

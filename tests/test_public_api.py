@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PUBLIC = {
     # the Sink API
     "Sink", "Option", "Options", "Secret", "Duration", "HostPort", "URL", "SinkURL", "Event", "InvolvedObject",
-    "format_time",
+    "format_time", "json_line",
     "ConfigError", "SinkConfigError", "SinkError", "RetryableError", "PermanentError", "PartialError",
     # shared option groups and helpers a sink may use
     "HTTP_OPTIONS", "TLS_OPTIONS", "http_client", "raise_for_status", "transport_error", "redact_text",

@@ -44,8 +44,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-import orjson
-
 from eventrouter import (
     URL,
     Duration,
@@ -59,6 +57,7 @@ from eventrouter import (
     SinkConfigError,
     SinkError,
     SinkURL,
+    json_line,
     redact_text,
 )
 
@@ -201,7 +200,7 @@ class S3Sink(Sink):
         groups: dict[str, list[tuple[bytes, Event]]] = {}
         size = 0
         for event in batch:
-            line = orjson.dumps(event.to_dict()) + b"\n"
+            line = json_line(event)  # the firehose sink writes the same records
             size += len(line)
             groups.setdefault(group_of(self._template, event.last_timestamp), []).append((line, event))
         if self._spool.used and self._spool.used + size > self.store_dir_limit:
