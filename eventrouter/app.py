@@ -8,9 +8,10 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eventrouter.config import build_sink
+from eventrouter.enrich import EnrichSettings, attach_enricher
 from eventrouter.errors import ConfigError, SinkError
 from eventrouter.options import Secret
 from eventrouter.router import Router, SinkRunner
@@ -31,6 +32,7 @@ class RunConfig:
     healthz_window: float = 600.0
     shutdown_timeout: float = 30.0
     data_dir: str | None = None  # None: DEFAULT_DATA_DIR (read at run time, so tests can point it elsewhere)
+    enrich: EnrichSettings = field(default_factory=EnrichSettings)
 
 
 DEFAULT_DATA_DIR = ".eventrouter"
@@ -47,6 +49,7 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
         log.warning("no --sink given: events are read and counted, but go nowhere")
     labels = _labels([s.name for s in sinks])
     router = Router(SinkRunner.build(sink, label=label) for sink, label in zip(sinks, labels, strict=True))
+    enricher = attach_enricher(router, source, config.enrich)
     server = None
     if config.healthz_port:
         from eventrouter.metrics import serve
@@ -92,6 +95,8 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
     source_thread.join(config.shutdown_timeout)
     drained = router.stop(max(0.0, deadline - time.monotonic()))
     source.finish(router)
+    if enricher is not None:
+        enricher.close()
     if server is not None:
         server.shutdown()
     _log_totals(router, drained, time.monotonic() - started)

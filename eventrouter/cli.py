@@ -94,6 +94,31 @@ def _verbosity(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number above 0")
+    return int(text)
+
+
+def _enrich_features(text: str) -> frozenset[str]:
+    from eventrouter.enrich import parse_features
+
+    try:
+        return parse_features(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).partition(": ")[2]) from None
+
+
 def _bool(text: str) -> bool:
     if text in ("1", "t", "T", "true", "TRUE", "True"):
         return True
@@ -136,6 +161,20 @@ def run_parser() -> argparse.ArgumentParser:
                    help="kube-eventer flag, accepted (event counts are always exported, by type only)")
     p.add_argument("--frequency", type=_duration, default=30.0,
                    help="kube-eventer flag, accepted; events are sent as they arrive")
+    enrich = p.add_argument_group("enrichment: labels, annotations and owner of the involved object "
+                                  "(docs/enrichment.md)")
+    enrich.add_argument("--enrich", type=_enrich_features, default=frozenset(),
+                        help="labels,annotations,owner (or all); off by default, turned on for what a sink's "
+                        "labels=/owner_kinds= filter needs")
+    enrich.add_argument("--enrich-annotations", default="", help="annotation keys to keep, comma-separated globs "
+                        "(e.g. team.example.com/*); none by default")
+    enrich.add_argument("--enrich-qps", type=_positive, default=20.0, help="API requests per second (default 20)")
+    enrich.add_argument("--enrich-burst", type=_positive_int, default=40, help="API request burst (default 40)")
+    enrich.add_argument("--enrich-timeout", type=_duration, default=0.25,
+                        help="longest wait of an event for its object's first lookup (default 250ms)")
+    enrich.add_argument("--enrich-cache-size", type=_positive_int, default=20000, help="objects cached (default 20000)")
+    enrich.add_argument("--enrich-cache-ttl", type=_duration, default=600.0,
+                        help="age after which an object is looked up again (default 10m)")
     p.add_argument("-v", "--v", dest="verbosity", type=_verbosity, default=0, help="log verbosity (4 and more: debug)")
     p.add_argument("--version", action="version", version=f"eventrouter {__version__}")
     # klog and Go runtime flags kube-eventer manifests pass; accepted and ignored
@@ -165,7 +204,19 @@ def run_config(parsed: argparse.Namespace) -> RunConfig:
         leader_elect_renew_deadline=parsed.leader_elect_renew_deadline,
         leader_elect_retry_period=parsed.leader_elect_retry_period,
     )
+    from eventrouter.enrich import EnrichSettings
+
+    enrich = EnrichSettings(
+        features=parsed.enrich,
+        annotations=tuple(p.strip() for p in parsed.enrich_annotations.split(",") if p.strip()),
+        qps=parsed.enrich_qps,
+        burst=parsed.enrich_burst,
+        timeout=parsed.enrich_timeout,
+        cache_size=parsed.enrich_cache_size,
+        cache_ttl=parsed.enrich_cache_ttl,
+    )
     return RunConfig(
+        enrich=enrich,
         source=parsed.source,
         sinks=parsed.sink,
         context=context,

@@ -19,13 +19,33 @@ Times are timezone-aware UTC datetimes; :meth:`Event.to_dict` writes them as ISO
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EMPTY: dict[str, Any] = {}
+
+
+class FrozenDict(dict[str, str]):
+    """A read-only dict (labels, annotations): shared by many events, so no sink may change it. A dict
+    subclass rather than a mapping proxy, so orjson, Jinja2 and pickle take it as they take a dict."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("event labels and annotations are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+    __ior__ = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+
+# the labels/annotations of an event that was not enriched (read-only, shared)
+NO_LABELS: Mapping[str, str] = FrozenDict()
 
 
 class _Fields(NamedTuple):
@@ -71,6 +91,22 @@ class InvolvedObject:
 
 
 @dataclass(frozen=True, slots=True)
+class Owner:
+    """The top workload that owns the involved object (Pod -> ReplicaSet -> Deployment, ...)."""
+
+    kind: str
+    namespace: str
+    name: str
+    api_version: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "namespace": self.namespace, "name": self.name, "api_version": self.api_version}
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}" if self.namespace else f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     uid: str
     resource_version: str
@@ -90,6 +126,12 @@ class Event:
     action: str = ""
     cluster: str = ""
     raw: Any = None
+    # enrichment (--enrich): the involved object's labels, selected annotations and top owner; empty
+    # unless enabled. Set once by the source before dispatch (see eventrouter/enrich.py).
+    # (read-only mappings, left out of == and hash: they describe the object, not the occurrence)
+    labels: Mapping[str, str] = field(default_factory=lambda: NO_LABELS, compare=False)
+    annotations: Mapping[str, str] = field(default_factory=lambda: NO_LABELS, compare=False)
+    owner: Owner | None = None
 
     @classmethod
     def from_object(cls, obj: Any, cluster: str = "") -> Event:
@@ -147,6 +189,8 @@ class Event:
         event.action = get("action") or ""
         event.cluster = cluster
         event.raw = obj
+        event.labels = event.annotations = NO_LABELS
+        event.owner = None
         return _freeze(event, cls)
 
     @property
@@ -179,6 +223,12 @@ class Event:
             "reporting_instance": self.reporting_instance,
             "action": self.action,
         }
+        if self.labels:
+            data["labels"] = dict(self.labels)
+        if self.annotations:
+            data["annotations"] = dict(self.annotations)
+        if self.owner is not None:
+            data["owner"] = self.owner.to_dict()
         if raw:
             data["raw"] = self.raw
         return data

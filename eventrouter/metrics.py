@@ -58,6 +58,8 @@ class RouterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._source_metrics()
+        if self.router.enricher is not None:
+            yield from self.router.enricher.metrics()
         yield from self._sink_metrics()
 
     # ---- the source: what was read, watch health, checkpoint, leadership -------------------------

@@ -407,14 +407,16 @@ class Router:
 
     def __init__(self, runners: Iterable[SinkRunner]) -> None:
         self.runners = list(runners)
+        # a step every event takes before it is numbered (the enricher: eventrouter/enrich.py)
+        self.prepare: Callable[[Event], Event] | None = None
+        self.enricher: Any = None  # the Enricher behind prepare, for /metrics
         self._offers: tuple[Callable[[int, Event], None], ...] = tuple(r.offer for r in self.runners)
         self.seq = 0
         # With several filtered sinks, the filters' verdicts are remembered per route key (most events
         # share a type, object kind, namespace and reason with many others): one dict lookup per event
         # instead of one filter per sink. Only for the stock EventFilter, whose inputs the key covers.
         filtered = [r for r in self.runners if not r._passes_all]
-        cacheable = all(type(r.filter) is EventFilter and set(EventFilter.__slots__) == ROUTE_KEY_FILTERS
-                        for r in self.runners)
+        cacheable = all(type(r.filter) is EventFilter and r.filter.route_keyed for r in self.runners)
         self._routes: dict[tuple[Any, ...], _Route] | None = (
             {} if len(self.runners) > 1 and filtered and cacheable else None)
         # count only matters up to the largest min_count: count >= m <=> min(count, cap) >= m for m <= cap
@@ -431,6 +433,8 @@ class Router:
         have it already; each sink then checks its own position and skips it if so. Watch events are
         checked the same way while their time is within what the restored positions cover (a restart
         resumes the watch from the position of the slowest sink)."""
+        if self.prepare is not None:
+            event = self.prepare(event)
         self.seq = seq = self.seq + 1
         if relisted or (self._check_until is not None and event.last_timestamp <= self._check_until):
             for runner in self.runners:

@@ -47,6 +47,12 @@ def core_options(default_level: str | None, delivery: Mapping[str, Any]) -> tupl
         Option("exclude_kinds", list, default=[], help="drop events of these involved-object kinds"),
         Option("exclude_reasons", list, default=[], help="drop reasons matching these regexes"),
         Option("min_count", int, default=0, min=0, help="only events seen at least this many times"),
+        Option("labels", list, default=[], split_commas=False,
+               help="label selector on the involved object (team=a, team in (a,b), !temp); needs --enrich"),
+        Option("exclude_labels", list, default=[], split_commas=False,
+               help="drop events whose involved object matches this label selector; needs --enrich"),
+        Option("owner_kinds", list, default=[], help="only events whose top owner is of these kinds; needs --enrich"),
+        Option("message", list, default=[], help="only messages matching these regexes"),
         Option("queue_size", int, default=delivery.get("queue_size", 10000), min=1, help="events held for this sink"),
         Option("batch_size", int, default=delivery.get("batch_size", 1), min=1, help="events per send"),
         Option(

@@ -308,11 +308,12 @@ def test_a_waiting_worker_wakes_for_a_full_batch_and_for_stop_without_its_flush_
 
 def test_the_route_key_covers_every_filter_option():
     """Router.dispatch remembers filter verdicts per (type, namespace, kind, reason, count): a new filter
-    option that reads another field must extend that key (and ROUTE_KEY_FILTERS)."""
-    from eventrouter.filters import EventFilter
+    option that reads another field must extend that key (and ROUTE_KEY_FILTERS), or be listed in
+    filters.UNKEYED (a sink using it turns the remembered routes off)."""
+    from eventrouter.filters import UNKEYED, EventFilter
     from eventrouter.router import ROUTE_KEY_FILTERS
 
-    assert set(EventFilter.__slots__) == ROUTE_KEY_FILTERS
+    assert set(EventFilter.__slots__) == ROUTE_KEY_FILTERS | set(UNKEYED)
 
 
 def test_remembered_routes_give_each_sink_exactly_what_its_filter_accepts():

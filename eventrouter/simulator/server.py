@@ -158,6 +158,11 @@ class Handler(BaseHTTPRequestHandler):
                     with sim.lock:
                         sim.open_watches -= 1
             return self._list(sim, api, namespace, query)
+        if method == "GET":  # Pods, Deployments, ... metadata (for --enrich): simulator/workloads.py
+            served = sim.workloads.answer(parts, self.headers.get("Accept") or "")
+            if served is not None:
+                self._send_json(*served)
+                return served[0]
         obj = _object_path(parts)
         if obj is not None:
             return self._object(sim, method, *obj)

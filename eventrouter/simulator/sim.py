@@ -33,6 +33,7 @@ import orjson
 
 from eventrouter.simulator.server import Faults, Handler, Request, _Server
 from eventrouter.simulator.store import Store, restamp
+from eventrouter.simulator.workloads import Workloads
 
 BUILTIN = "builtin"
 
@@ -96,9 +97,11 @@ class Simulator:
         self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._pool: list[dict[str, Any]] = []
+        self.workloads = Workloads()  # Pod/ReplicaSet/Deployment/... metadata, for --enrich
         if events is not None:
             objs = load_events(events) if isinstance(events, str) else list(events)
             self._pool = objs
+            self.workloads.infer(objs)
             self.store.add_events(restamp(objs, max(1, multiply), fresh_times or multiply > 1))
 
     # ---- lifecycle --------------------------------------------------------------------------

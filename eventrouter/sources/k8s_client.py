@@ -86,14 +86,14 @@ class ApiClient:
             log.warning("reloading Kubernetes credentials failed: %s", type(exc).__name__)
 
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
-                timeout: float | None = None) -> httpx.Response:
+                timeout: float | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
         """One request; a 401 reloads the credentials and retries once. Transport errors propagate."""
         for attempt in (1, 2):
+            sent = self._auth() if headers is None else {**headers, **self._auth()}
             if timeout is None:
-                resp = self.client.request(method, path, params=params, json=json, headers=self._auth())
+                resp = self.client.request(method, path, params=params, json=json, headers=sent)
             else:
-                resp = self.client.request(method, path, params=params, json=json, headers=self._auth(),
-                                           timeout=timeout)
+                resp = self.client.request(method, path, params=params, json=json, headers=sent, timeout=timeout)
             if resp.status_code != 401 or attempt == 2:
                 return resp
             resp.close()
