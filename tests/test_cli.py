@@ -438,6 +438,9 @@ def _bad_values():
         cli._checkpoint: ["bogus:x", "configmap:", "configmap:ns/", "file:", "none:x"],
         cli._dns_name: ["Bad_Name", "", "a/b", "-x"],
         cli._verbosity: ["x", "-1", "1.5"],
+        cli._positive: ["0", "-2", "fast", ""],
+        cli._positive_int: ["0", "-1", "1.5", "many"],
+        cli._enrich_features: ["owners", "labels,bogus", "pods"],
     }
 
 
