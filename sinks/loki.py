@@ -4,7 +4,7 @@ Talks to Loki's distributor (or a gateway in front of it, or Grafana Cloud Logs)
 /loki/api/v1/push`` with a snappy-compressed protobuf ``PushRequest`` (default; ``pip install
 'eventrouter[loki]'`` for ``protobuf`` and ``cramjam``) or the JSON form (``encoding=json``).
 
-Streams: each event goes to the stream named by a small, bounded set of labels (``labels=``, by default
+Streams: each event goes to the stream named by a small, bounded set of labels (``stream_labels=``, by default
 cluster, namespace, kind, type and reason) plus fixed ``static_label=NAME=VALUE`` pairs. Labels that are
 unique per object (uid, name, message, ...) are refused: each value would create a new stream, which is
 what makes a Loki slow and expensive. Those fields are in the log line, a JSON object of the normalized
@@ -19,7 +19,7 @@ URL forms (kube-eventer has no Loki sink)::
 
     --sink=loki:http://loki:3100                                POST http://loki:3100/loki/api/v1/push
     --sink=loki:https://logs-prod-eu-west-0.grafana.net?username=123456&password=$GRAFANA_CLOUD_TOKEN
-    --sink=loki:http://loki-gateway/loki/api/v1/push?tenant=team-a&labels=namespace,reason&encoding=json
+    --sink=loki:http://loki-gateway/loki/api/v1/push?tenant=team-a&stream_labels=namespace,reason&encoding=json
 
 Example::
 
@@ -80,7 +80,7 @@ Streams = dict[tuple[tuple[str, str], ...], list[tuple[int, str, Event]]]
 
 def _check_labels(values: list[str]) -> str | None:
     allowed = ", ".join(LABELS)
-    for value in filter(None, values):  # labels= (empty) leaves only the static labels
+    for value in filter(None, values):  # stream_labels= (empty) leaves only the static labels
         if value in HIGH_CARDINALITY:
             return (f"{value!r} has a value per object, so each event would make a new Loki stream; it is in the "
                     f"log line (query it with | json). Labels allowed: {allowed}")
@@ -103,7 +103,7 @@ class LokiSink(Sink):
     name = "loki"
     extra = "loki"
     options: ClassVar = (
-        Option("labels", list, default=DEFAULT_LABELS, validate=_check_labels,
+        Option("stream_labels", list, default=DEFAULT_LABELS, validate=_check_labels,
                help=f"stream labels, from {', '.join(LABELS)} (empty values are left out)"),
         Option("static_label", list, default=[], split_commas=False, validate=_check_static_labels,
                help="a fixed stream label NAME=VALUE, e.g. job=eventrouter; repeat for more"),
@@ -124,15 +124,15 @@ class LokiSink(Sink):
         if url.scheme not in ("http", "https") or not url.hostname:
             raise SinkConfigError(self.name, "needs Loki's URL as http:// or https://, for example loki:http://loki:3100")
         self.target = _push_url(url)
-        self.label_names: list[str] = list(dict.fromkeys(filter(None, opts["labels"])))
+        self.label_names: list[str] = list(dict.fromkeys(filter(None, opts["stream_labels"])))
         self.static_labels = dict(v.partition("=")[::2] for v in opts["static_label"])
         clash = set(self.static_labels) & set(self.label_names)
         if clash:
-            raise SinkConfigError(self.name, f"{sorted(clash)[0]!r} is both in labels and a static_label",
+            raise SinkConfigError(self.name, f"{sorted(clash)[0]!r} is both in stream_labels and a static_label",
                                   "static_label")
         if not self.label_names and not self.static_labels:
-            raise SinkConfigError(self.name, "Loki needs at least one stream label: give labels or static_label",
-                                  "labels")
+            raise SinkConfigError(self.name, "Loki needs at least one stream label: give stream_labels or static_label",
+                                  "stream_labels")
         if opts["encoding"] == "protobuf":
             self.require("cramjam")
             self.require("google.protobuf")

@@ -43,12 +43,13 @@ def ns(when: datetime) -> int:
     [
         ("loki:http://loki:3100", "http://loki:3100/loki/api/v1/push",
          ["cluster", "namespace", "kind", "type", "reason"], {"Content-Type": "application/x-protobuf"}),
-        ("loki:http://gw/loki/api/v1/push?tenant=team-a&labels=namespace,reason&encoding=json",
+        ("loki:http://gw/loki/api/v1/push?tenant=team-a&stream_labels=namespace,reason&encoding=json",
          "http://gw/loki/api/v1/push", ["namespace", "reason"],
          {"Content-Type": "application/json", "X-Scope-OrgID": "team-a"}),
-        ("loki:https://logs.example.net/?bearer_token=tok&labels=type", "https://logs.example.net/loki/api/v1/push",
+        ("loki:https://logs.example.net/?bearer_token=tok&stream_labels=type", "https://logs.example.net/loki/api/v1/push",
          ["type"], {"Authorization": "Bearer tok"}),
-        ("loki:http://loki:3100?labels=&static_label=job=eventrouter", "http://loki:3100/loki/api/v1/push", [], {}),
+        ("loki:http://loki:3100?stream_labels=&static_label=job=eventrouter", "http://loki:3100/loki/api/v1/push",
+         [], {}),
     ],
 )
 def test_flags(flag: str, target: str, labels: list[str], headers: dict[str, str]) -> None:
@@ -61,15 +62,16 @@ def test_flags(flag: str, target: str, labels: list[str], headers: dict[str, str
     ("flag", "message"),
     [
         ("loki:", "needs Loki's URL"),
-        ("loki:http://loki:3100?labels=namespace,uid", "option 'labels': 'uid' has a value per object"),
-        ("loki:http://loki:3100?labels=name", "'name' has a value per object, so each event would make a new Loki "
-                                             "stream"),
-        ("loki:http://loki:3100?labels=pod", "'pod' has a value per object"),
-        ("loki:http://loki:3100?labels=team", "'team' is not a label this sink makes; use some of cluster, namespace"),
+        ("loki:http://loki:3100?stream_labels=namespace,uid", "option 'stream_labels': 'uid' has a value per object"),
+        ("loki:http://loki:3100?stream_labels=name",
+         "'name' has a value per object, so each event would make a new Loki stream"),
+        ("loki:http://loki:3100?stream_labels=pod", "'pod' has a value per object"),
+        ("loki:http://loki:3100?stream_labels=team",
+         "'team' is not a label this sink makes; use some of cluster, namespace"),
         ("loki:http://loki:3100?static_label=job", "option 'static_label': expected static_label=NAME=VALUE"),
         ("loki:http://loki:3100?static_label=my-job=x", "option 'static_label'"),
-        ("loki:http://loki:3100?static_label=reason=x", "'reason' is both in labels and a static_label"),
-        ("loki:http://loki:3100?labels=", "at least one stream label"),
+        ("loki:http://loki:3100?static_label=reason=x", "'reason' is both in stream_labels and a static_label"),
+        ("loki:http://loki:3100?stream_labels=", "at least one stream label"),
         ("loki:http://loki:3100?password=p", "password= needs username="),
         ("loki:http://loki:3100?username=u&bearer_token=t", "either bearer_token or username/password"),
         ("loki:http://loki:3100?encoding=snappy", "option 'encoding'"),
@@ -83,7 +85,8 @@ def test_bad_flags(flag: str, message: str) -> None:
 
 def test_a_high_cardinality_label_exits_2_with_one_line(tmp_path: Path) -> None:
     exe = str(Path(sys.executable).parent / "eventrouter")
-    proc = subprocess.run([exe, f"--source=file:{DATA / 'core-v1.jsonl'}", "--sink=loki:http://127.0.0.1:1?labels=uid",
+    proc = subprocess.run([exe, f"--source=file:{DATA / 'core-v1.jsonl'}",
+                           "--sink=loki:http://127.0.0.1:1?stream_labels=uid",
                            "--healthz-port=0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "labels" in line]
@@ -106,7 +109,7 @@ def streams_of(sink: LokiSink, *events):  # type: ignore[no-untyped-def]
 
 
 def test_classification() -> None:
-    sink = build("loki:http://loki:3100?labels=namespace")
+    sink = build("loki:http://loki:3100?stream_labels=namespace")
     e1, e2 = make_event(1), make_event(2)
     streams = streams_of(sink, e1, e2)
     assert sink.classify(httpx.Response(204), streams) is None
@@ -132,7 +135,7 @@ def too_far_behind(events, labels: str, total: int, out_of: int) -> str:  # type
 
 
 def test_too_far_behind_rejects_only_the_entries_loki_named() -> None:
-    sink = build("loki:http://loki:3100?labels=namespace")
+    sink = build("loki:http://loki:3100?stream_labels=namespace")
     old = make_event(1, last_timestamp=datetime(2026, 4, 14, 8, 0, 0, 250000, tzinfo=UTC))
     new = make_event(2)
     other = make_event(3, involved_object=replace(make_event(3).involved_object, namespace="web"))
@@ -144,7 +147,7 @@ def test_too_far_behind_rejects_only_the_entries_loki_named() -> None:
 
 
 def test_loki_2_out_of_order_lines_are_understood() -> None:
-    sink = build("loki:http://loki:3100?labels=namespace")
+    sink = build("loki:http://loki:3100?stream_labels=namespace")
     a, b = make_event(1), make_event(2)
     body = (f"entry with timestamp {go_time(ns(a.last_timestamp))} ignored, reason: 'entry out of order' for stream: "
             '{namespace="default"},\ntotal ignored: 1 out of 2')
@@ -154,7 +157,7 @@ def test_loki_2_out_of_order_lines_are_understood() -> None:
 
 
 def test_too_old_rejects_every_entry_before_the_bound() -> None:
-    sink = build("loki:http://loki:3100?labels=namespace")
+    sink = build("loki:http://loki:3100?stream_labels=namespace")
     old = make_event(1, last_timestamp=datetime(2026, 4, 1, tzinfo=UTC))
     older = make_event(2, last_timestamp=datetime(2026, 3, 1, tzinfo=UTC),
                        involved_object=replace(make_event(2).involved_object, namespace="web"))
@@ -167,7 +170,7 @@ def test_too_old_rejects_every_entry_before_the_bound() -> None:
 
 
 def test_an_answer_that_does_not_name_every_ignored_entry_fails_the_batch() -> None:
-    sink = build("loki:http://loki:3100?labels=namespace")
+    sink = build("loki:http://loki:3100?stream_labels=namespace")
     a, b, c = make_event(1), make_event(2), make_event(3)
     body = too_far_behind([a], '{namespace="default"}', 2, 3)  # 2 ignored, 1 listed: which other is unknown
     with pytest.raises(PermanentError, match="Loki refused entries for their time"):
@@ -175,7 +178,7 @@ def test_an_answer_that_does_not_name_every_ignored_entry_fails_the_batch() -> N
 
 
 def test_time_rejection_of_every_entry_is_permanent() -> None:
-    sink = build("loki:http://loki:3100?labels=namespace")
+    sink = build("loki:http://loki:3100?stream_labels=namespace")
     a = make_event(1)
     with pytest.raises(PermanentError):
         sink.classify(httpx.Response(400, text=too_far_behind([a], '{namespace="default"}', 1, 1)),
@@ -214,11 +217,11 @@ def test_real_events_arrive_in_bounded_streams_sorted_by_time(loki: FakeLoki, en
 def test_message_lines_and_basic_auth() -> None:
     server = FakeLoki(auth=basic("123", "glc-token")).start()
     try:
-        sink = build(f"loki:{server.url}?username=123&password=glc-token&line_format=message&labels=reason")
+        sink = build(f"loki:{server.url}?username=123&password=glc-token&line_format=message&stream_labels=reason")
         sink.send([make_event(1), make_event(2, reason="Pulled", type="Normal", message="pulled")])
         assert [(e.labels, e.line) for e in server.entries] == [
             ({"reason": "BackOff"}, make_event(1).message), ({"reason": "Pulled"}, "pulled")]
-        wrong = build(f"loki:{server.url}?username=123&password=wrong&labels=reason")
+        wrong = build(f"loki:{server.url}?username=123&password=wrong&stream_labels=reason")
         with pytest.raises(PermanentError, match="HTTP 401"):
             wrong.send([make_event(3)])
     finally:
@@ -247,7 +250,7 @@ def test_rate_limited_then_delivered_once(loki: FakeLoki) -> None:
 
 
 def test_entries_too_far_behind_are_rejected_and_the_rest_stored(loki: FakeLoki) -> None:
-    sink = build(f"loki:{loki.url}?labels=namespace")
+    sink = build(f"loki:{loki.url}?stream_labels=namespace")
     now = datetime.now(UTC).replace(microsecond=0)
     sink.send([make_event(1, last_timestamp=now)])
     late = make_event(2, last_timestamp=now - timedelta(hours=2))  # older than newest - max_chunk_age/2
@@ -261,7 +264,7 @@ def test_entries_too_far_behind_are_rejected_and_the_rest_stored(loki: FakeLoki)
 def test_too_old_entries_are_rejected_and_the_rest_stored() -> None:
     server = FakeLoki(max_age=7 * 86400).start()
     try:
-        sink = build(f"loki:{server.url}?labels=namespace,kind")
+        sink = build(f"loki:{server.url}?stream_labels=namespace,kind")
         now = datetime.now(UTC)
         ancient = make_event(1, last_timestamp=now - timedelta(days=30))
         fresh = make_event(2, last_timestamp=now)
@@ -276,7 +279,7 @@ def test_too_old_entries_are_rejected_and_the_rest_stored() -> None:
 def test_a_truncated_listing_fails_the_whole_batch() -> None:
     server = FakeLoki(max_listed=1).start()
     try:
-        sink = build(f"loki:{server.url}?labels=namespace")
+        sink = build(f"loki:{server.url}?stream_labels=namespace")
         now = datetime.now(UTC).replace(microsecond=0)
         sink.send([make_event(1, last_timestamp=now)])
         late = [make_event(n, last_timestamp=now - timedelta(hours=3, seconds=n)) for n in (2, 3)]
