@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 from eventrouter import registry
 from eventrouter.config import build_sink
@@ -12,6 +14,7 @@ from eventrouter.errors import ConfigError, SinkError
 from eventrouter.event import sample_event
 from eventrouter.options import MASK, Duration, Secret
 from eventrouter.sink import CORE_OPTION_NAMES
+from eventrouter.sinkurl import redact_text
 
 
 def sinks_command(argv: Sequence[str]) -> int:
@@ -90,13 +93,15 @@ def check_command(argv: Sequence[str]) -> int:
             if isinstance(value, Secret) or option.secret:
                 shown: object = MASK if value else ""
             elif isinstance(value, list):
-                shown = value  # a value of label= or header= may hold a comma: show the list as it is
+                # a value of label= or header= may hold a comma: show the list as it is, credentials masked
+                shown = [redact_text(str(v), ()) for v in value]
             else:
-                shown = "" if value is None else flag_value(value)
+                shown = "" if value is None else redact_text(flag_value(value), ())
             print(f"    {option.name} = {shown}")
         try:
-            sink.open()
-            print("    open: ok")
+            with _Contacts() as contacts:
+                sink.open()
+            print(f"    open: ok ({contacts.describe(sink.name, args.send_test)})")
             if args.send_test:
                 event = sample_event()
                 if args.cluster_name:
@@ -123,7 +128,66 @@ def check_command(argv: Sequence[str]) -> int:
     return status
 
 
-def _redact(sink, exc: BaseException) -> str:  # type: ignore[no-untyped-def]
-    from eventrouter.sinkurl import redact_text
+class _Contacts:
+    """What a sink's ``open()`` connected to, observed rather than declared: Python sockets through the
+    ``socket.connect`` audit event (httpx, PyMySQL, botocore), and sockets a C library opened
+    (librdkafka) as new socket descriptors in /proc/self/fd. ``check`` says "not contacted" truthfully
+    for a sink whose open() only validates (dingtalk, webhook, log)."""
 
+    _active: ClassVar[_Contacts | None] = None
+    _hooked: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.addresses: list[str] = []
+        self._sockets_before: set[str] = set()
+        self.new_sockets = 0
+
+    def __enter__(self) -> _Contacts:
+        if not _Contacts._hooked:
+            sys.addaudithook(_Contacts._audit)  # cannot be removed: it does nothing while no check runs
+            _Contacts._hooked = True
+        _Contacts._active = self
+        self._sockets_before = _socket_fds()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _Contacts._active = None
+        self.new_sockets = len(_socket_fds() - self._sockets_before)
+
+    @staticmethod
+    def _audit(event: str, args: tuple[Any, ...]) -> None:
+        active = _Contacts._active
+        if active is not None and event == "socket.connect":
+            address = args[1]
+            if isinstance(address, tuple) and len(address) >= 2:
+                text = f"[{address[0]}]:{address[1]}" if ":" in str(address[0]) else f"{address[0]}:{address[1]}"
+                if text not in active.addresses:
+                    active.addresses.append(text)
+
+    def describe(self, name: str, send_test: bool) -> str:
+        if self.addresses:
+            return "connected to " + ", ".join(self.addresses)
+        if self.new_sockets:
+            return "connected"
+        then = "the test event below contacts it" if send_test else "--send-test delivers a test event"
+        return f"not contacted: opening {name} makes no connection; {then}"
+
+
+def _socket_fds() -> set[str]:
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return set()
+    found = set()
+    for fd in names:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:"):
+            found.add(target)
+    return found
+
+
+def _redact(sink, exc: BaseException) -> str:  # type: ignore[no-untyped-def]
     return redact_text(str(exc), [v for v in sink.opts.values() if isinstance(v, Secret)])

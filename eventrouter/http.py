@@ -11,6 +11,7 @@ import httpx
 
 from eventrouter.errors import PermanentError, RetryableError, SinkConfigError
 from eventrouter.options import Duration, Option
+from eventrouter.sinkurl import is_sensitive_name, redact_text
 
 TLS_OPTIONS: tuple[Option, ...] = (
     Option("ca_file", str, help="PEM file of the CA that signed the server certificate"),
@@ -67,10 +68,41 @@ def raise_for_status(response: httpx.Response, what: str = "server") -> None:
     if 200 <= status < 300:
         return
     body = response.text[:300].strip() if response.content else ""
+    if body:
+        # a receiver may echo the request (its Authorization header) in the error body
+        body = redact_text(body, request_credentials(response))
     detail = f"{what} answered HTTP {status}" + (f": {body}" if body else "")
     if status in RETRYABLE_STATUS or status >= 500:
         raise RetryableError(detail, retry_after_seconds(response.headers.get("Retry-After")))
     raise PermanentError(detail)
+
+
+def request_credentials(response: httpx.Response) -> list[str]:
+    """The credentials the request carried in its headers (Authorization, X-Api-Key, Cookie, ...), in
+    every form a receiver may echo them: whole, without the scheme, and decoded from Basic's base64."""
+    import base64
+    import binascii
+
+    try:
+        headers = response.request.headers
+    except RuntimeError:  # a Response built without a request (tests)
+        return []
+    found: list[str] = []
+    for name, value in headers.items():
+        if not is_sensitive_name(name) or not value:
+            continue
+        found.append(value)
+        scheme, _, credential = value.partition(" ")
+        if credential:
+            found.append(credential)
+            if scheme.lower() == "basic":
+                try:
+                    user_password = base64.b64decode(credential).decode("utf-8", "replace")
+                except (binascii.Error, ValueError):
+                    continue
+                found.append(user_password)
+                found.append(user_password.partition(":")[2])
+    return found
 
 
 def transport_error(exc: httpx.HTTPError, what: str = "server") -> RetryableError:

@@ -148,7 +148,8 @@ class SinkURL:
         return "&".join(kept)
 
     def redacted(self, secret_keys: Collection[str] = ()) -> str:
-        """The flag as given, with secret query values and any URL password shown as ``***``."""
+        """The flag as given, with secret query values, credential-named parameters and header values
+        (``token=``, ``header=Authorization=...``) and any URL password shown as ``***``."""
         head = self.rest.partition("?")[0]
         if self.userinfo and ":" in self.userinfo:
             user = self.userinfo.split(":", 1)[0]
@@ -156,21 +157,81 @@ class SinkURL:
         parts = []
         for part in self.raw_query.split("&") if self.raw_query else []:
             key = unquote_plus(part.partition("=")[0])
-            parts.append(f"{part.partition('=')[0]}={MASK}" if key in secret_keys else part)
+            # a value that is itself a credential pair (header=Authorization=Bearer%20x, X-Api-Key=...)
+            # is masked even when the sink did not declare the option secret
+            parts.append(f"{part.partition('=')[0]}={MASK}" if key in secret_keys else _mask_sensitive_pairs(part))
         text = f"{self.name}:{head}"
         if "?" in self.rest:
             text += "?" + "&".join(parts)
         return text
 
 
+# names of headers and parameters whose values are credentials, wherever they appear
+_SENSITIVE_NAME = re.compile(r"auth|token|secret|passw|pwd|cookie|credential|api[-_]?key|private", re.IGNORECASE)
+_SENSITIVE_TAIL = re.compile(r"(?:^|[-_.])(?:key|sign|signature|sig)$", re.IGNORECASE)
+# NAME followed by ':' or '=' (optionally quoted, as in JSON or an echoed header); its value is found after it
+_NAME_SEP = re.compile(r"""(["']?)([A-Za-z][\w.-]*)\1\s*[:=]\s*""")
+_VALUE = re.compile(r"""(["']?)(?:(?:Basic|Bearer|Token|Digest|Negotiate|Bot)(?:\s+|%20|\+))?([^\s"',;&}\]\[]+)""")
+_SCHEME_CREDENTIAL = re.compile(r"\b(Basic|Bearer|Digest|Negotiate)(\s+|%20|\+)([A-Za-z0-9+/=._~-]{4,})")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/_-]{8,}={0,2}")
+
+
+def is_sensitive_name(name: str) -> bool:
+    """A header or parameter name whose value is a credential: Authorization, X-Api-Key, Cookie,
+    access_token, esUserSecret, ...; not key_format or keywords."""
+    return bool(_SENSITIVE_NAME.search(name) or _SENSITIVE_TAIL.search(name) or re.search(r"[a-z0-9]Key$", name))
+
+
 def redact_text(text: str, secrets: Iterable[Secret | str | None]) -> str:
-    """Replace every occurrence of each secret (and its URL-quoted form) in ``text`` with ``***``."""
+    """``text`` (an error, a response body, a flag) with credentials replaced by ``***``.
+
+    Masked: every given secret, URL-quoted or not, and any base64 run that decodes to text holding one
+    (Basic credentials are base64 of ``user:password``); the value of any header or parameter whose name
+    is a credential's (``Authorization: ...``, ``"X-Api-Key": "..."``, ``token=...``); and any
+    ``Basic``/``Bearer`` credential. A receiver that echoes the request's Authorization header in its
+    error body leaks nothing through the log.
+    """
     from urllib.parse import quote, quote_plus
 
+    values = []
     for secret in secrets:
         value = secret.reveal() if isinstance(secret, Secret) else secret
         if not value or len(value) < 3:
             continue
+        values.append(value)
         for form in {value, quote(value, safe=""), quote_plus(value)}:
             text = text.replace(form, MASK)
-    return text
+    if values:
+        text = _BASE64_RUN.sub(lambda m: MASK if _decodes_to_secret(m.group(0), values) else m.group(0), text)
+    text = _mask_sensitive_pairs(text)
+    return _SCHEME_CREDENTIAL.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+
+
+def _decodes_to_secret(run: str, values: list[str]) -> bool:
+    import base64
+    import binascii
+
+    padded = run.rstrip("=") + "=" * (-len(run.rstrip("=")) % 4)
+    for decode in (base64.b64decode, base64.urlsafe_b64decode):
+        try:
+            decoded = decode(padded).decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            continue
+        if any(v in decoded for v in values):
+            return True
+    return False
+
+
+def _mask_sensitive_pairs(text: str) -> str:
+    out, pos = [], 0
+    for match in _NAME_SEP.finditer(text):
+        if match.start() < pos or not is_sensitive_name(match.group(2)):
+            continue
+        value = _VALUE.match(text, match.end())
+        if value is None or value.group(2).startswith(MASK):
+            continue
+        out.append(text[pos : value.start(2)])
+        out.append(MASK)
+        pos = value.end(2)
+    out.append(text[pos:])
+    return "".join(out)

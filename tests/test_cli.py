@@ -508,3 +508,105 @@ def test_help_lists_the_sub_commands(capsys):
     assert "eventrouter COMMAND" in out
     for command in ("sinks", "check", "simulate", "athena-ddl"):
         assert f"\n  {command} " in out, command
+
+
+class _EchoingReceiver:
+    """Answers 401 with the request's headers in a JSON body, as many receivers (and proxies) do."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+                pass
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = orjson.dumps({"error": "unauthorized", "request": {"headers": dict(self.headers.items())}})
+                self.send_response(401)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_check_masks_credential_headers_and_says_what_was_not_contacted(capsys):
+    code, out, _ = run_cli(capsys, "check", "--sink=webhook:http://127.0.0.1:1/x?header=Authorization=Bearer%20super"
+                           "secret123&header=X-Api-Key=key-SECRET-9&header=Cookie=sid%3DSECRET&header=X-Trace=keep-me",
+                           "--sink=dingtalk:?access_token=tok-SECRET-1")
+    assert code == 0
+    assert "supersecret123" not in out and "SECRET" not in out
+    assert "webhook:http://127.0.0.1:1/x?header=Authorization=***&header=X-Api-Key=***&header=Cookie=***" \
+           "&header=X-Trace=keep-me" in out
+    assert "    header = ['Authorization=Bearer ***', 'X-Api-Key=***', 'Cookie=***', 'X-Trace=keep-me']" in out
+    assert "    open: ok (not contacted: opening webhook makes no connection; --send-test delivers a test event)" in out
+    assert "    open: ok (not contacted: opening dingtalk makes no connection; --send-test delivers a test event)" \
+        in out
+
+
+@pytest.mark.parametrize("auth", ["username=admin&password=pw-SECRET-42", "bearer_token=tok-SECRET-42",
+                                  "header=Authorization=Basic%20YWRtaW46cHctU0VDUkVULTQy"])
+def test_an_echoed_authorization_header_reaches_neither_check_nor_the_log(capsys, caplog, tmp_path, auth):
+    import base64
+
+    path = tmp_path / "two.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(o) + b"\n" for o in real_objects()[:2]))
+    receiver = _EchoingReceiver()
+    try:
+        flag = f"--sink=webhook:{receiver.url}?{auth}&max_retries=0"
+        code, out, _ = run_cli(capsys, "check", flag, "--send-test")
+        run_code, _, err = run_cli(capsys, f"--source=file:{path}", flag, "--healthz-port=0")
+    finally:
+        receiver.stop()
+    assert code == 1 and "failed: PermanentError: webhook receiver answered HTTP 401" in out
+    assert run_code == 0
+    logged = caplog.text + err
+    assert "HTTP 401" in logged  # the failure is logged ...
+    for leaked in ("SECRET", base64.b64encode(b"admin:pw-SECRET-42").decode(), "YWRtaW46cHctU0VDUkVULTQy"):
+        assert leaked not in out and leaked not in logged  # ... without the credentials, in any form
+    assert '"Authorization":"***"' in out, out
+
+
+@pytest.mark.parametrize(
+    ("text", "secrets", "expected"),
+    [
+        ('{"Authorization":"Basic YWRtaW46aHVudGVyMjI="}', ["hunter22"], '{"Authorization":"Basic ***"}'),
+        ("echo YWRtaW46aHVudGVyMjI=", ["hunter22"], "echo ***"),  # base64 of user:password, no header name
+        ("X-Api-Key: abc123, x-auth-token=t0k; Cookie: sid=1", [], "X-Api-Key: ***, x-auth-token=***; Cookie: ***"),
+        ("Authorization: Bearer abc.def", [], "Authorization: Bearer ***"),
+        ("proxy said: Bearer abc.def-123", [], "proxy said: Bearer ***"),
+        ("key_format=%Y keywords: a eventstopic=t", [], "key_format=%Y keywords: a eventstopic=t"),
+    ],
+)
+def test_redact_text_masks_credentials_in_error_bodies(text, secrets, expected):
+    from eventrouter.sinkurl import redact_text
+
+    assert redact_text(text, secrets) == expected
+
+
+def test_check_says_which_server_open_contacted(capsys):
+    """Observed, not declared: Python sockets (httpx) by address, a C library's (librdkafka) as 'connected'."""
+    from tests.servers.fake_elasticsearch import FakeElasticsearch
+    from tests.servers.tansu import Tansu
+
+    es = FakeElasticsearch().start()
+    es_port = es.url.rsplit(":", 1)[1]
+    broker = Tansu().start()
+    try:
+        code, out, _ = run_cli(capsys, "check", f"--sink=elasticsearch:{es.url}",
+                               f"--sink=kafka:?brokers={broker.bootstrap}")
+    finally:
+        es.stop()
+        broker.stop()
+    assert code == 0, out
+    opens = [line for line in out.splitlines() if "open:" in line]
+    assert opens == [f"    open: ok (connected to 127.0.0.1:{es_port})", "    open: ok (connected)"]

@@ -194,3 +194,21 @@ def test_repr_never_shows_query_values_or_url_passwords():
 def test_repr_hides_a_mysql_dsn_password():
     url = SinkURL.parse("mysql:?root:pw-SECRET@tcp(h:3306)/db?charset=utf8&table=t")
     assert "SECRET" not in repr(url)
+
+
+def test_an_error_body_that_echoes_the_request_credentials_is_masked_by_raise_for_status():
+    import base64
+
+    import httpx
+
+    from eventrouter import PermanentError, raise_for_status
+
+    basic = base64.b64encode(b"admin:pw-SECRET-7").decode()
+    for header, echoed in [(f"Basic {basic}", f"got Basic {basic} for admin:pw-SECRET-7"),
+                           ("tok-SECRET-8", "bad key tok-SECRET-8")]:
+        request = httpx.Request("POST", "http://127.0.0.1:1/x", headers={"X-Api-Key": header})
+        response = httpx.Response(403, text=echoed, request=request)
+        with pytest.raises(PermanentError) as err:
+            raise_for_status(response, "receiver")
+        assert "SECRET" not in str(err.value) and basic not in str(err.value)
+        assert str(err.value).startswith("receiver answered HTTP 403: ")
