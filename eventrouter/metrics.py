@@ -2,8 +2,9 @@
 
 - ``/metrics``: Prometheus text format. Nothing is counted on the hot path for it: the collector
   reads the router's and the source's plain int counters when Prometheus scrapes. Labels are
-  bounded: ``sink`` (one per ``--sink`` flag), ``type`` (watch event type), ``reason`` (a fixed
-  set). No namespace, object or reason-of-event labels (their cardinality is unbounded).
+  bounded: ``sink`` (one per ``--sink`` flag), ``type`` (the watch event type ADDED, MODIFIED,
+  DELETED, BOOKMARK, ERROR or ``other``; or the Event's type Normal, Warning or ``other``),
+  ``reason`` (a fixed set). No namespace, object or reason-of-event labels (their cardinality is unbounded).
 - ``/healthz`` (liveness): 500 when a sink worker died, or when the leader's watch has made no
   progress (no event, no bookmark) for longer than ``--healthz-window``; 200 ``ok`` otherwise.
 - ``/readyz`` (readiness): 200 once the first list succeeded, or at once on a standby replica
@@ -49,6 +50,18 @@ _SOURCE_COUNTERS = {
 }
 
 
+WATCH_TYPES = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
+
+
+def bounded_watch_types(received: dict[str, int]) -> dict[str, int]:
+    """The received counts with any type a server invents summed as ``other``: the label stays bounded."""
+    counts: dict[str, int] = {}
+    for watch_type, value in list(received.items()):
+        label = watch_type if watch_type in WATCH_TYPES else "other"
+        counts[label] = counts.get(label, 0) + value
+    return counts
+
+
 class RouterCollector(Collector):
     """Reads the router's and the source's plain counters at scrape time (nothing on the hot path)."""
 
@@ -69,11 +82,21 @@ class RouterCollector(Collector):
         info.add_metric([__version__], 1)
         yield info
         received = CounterMetricFamily(
-            "eventrouter_events_received", "Events read from the source, by watch event type", labels=["type"]
+            "eventrouter_events_received",
+            "Events read from the source, by watch event type (ADDED, MODIFIED, DELETED, BOOKMARK, ERROR, other)",
+            labels=["type"],
         )
-        for watch_type, value in sorted(dict(state.received).items()):
+        for watch_type, value in sorted(bounded_watch_types(state.received).items()):
             received.add_metric([watch_type], value)
         yield received
+        routed = CounterMetricFamily(
+            "eventrouter_events_routed",
+            "Events passed to the sinks' filters, by the Event's type (Normal, Warning, other)",
+            labels=["type"],
+        )
+        for event_type, value in dict(self.router.event_types).items():
+            routed.add_metric([event_type], value)
+        yield routed
         for field, (name, help_text) in _SOURCE_COUNTERS.items():
             yield CounterMetricFamily(name, help_text, value=getattr(state, field))
         yield GaugeMetricFamily(

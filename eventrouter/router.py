@@ -412,6 +412,8 @@ class Router:
         self.enricher: Any = None  # the Enricher behind prepare, for /metrics
         self._offers: tuple[Callable[[int, Event], None], ...] = tuple(r.offer for r in self.runners)
         self.seq = 0
+        # events dispatched, by the Event's type (eventrouter_events_routed_total; "other" bounds the label)
+        self.event_types: dict[str, int] = {"Normal": 0, "Warning": 0, "other": 0}
         # With several filtered sinks, the filters' verdicts are remembered per route key (most events
         # share a type, object kind, namespace and reason with many others): one dict lookup per event
         # instead of one filter per sink. Only for the stock EventFilter, whose inputs the key covers.
@@ -436,6 +438,8 @@ class Router:
         if self.prepare is not None:
             event = self.prepare(event)
         self.seq = seq = self.seq + 1
+        types, kind = self.event_types, event.type
+        types[kind if kind in types else "other"] += 1
         if relisted or (self._check_until is not None and event.last_timestamp <= self._check_until):
             for runner in self.runners:
                 runner.offer_relisted(seq, event)

@@ -161,6 +161,10 @@ def test_metrics_of_a_running_router(running: tuple[str, threading.Event], caplo
     wait_for(settled, "every event to be settled by the first two sinks")
     m = metric()
     assert m['eventrouter_events_received_total{type="ADDED"}'] == total
+    # by the Event's type (kube-eventer's eventer_events_{normal,warning}_total): 2 recorded events have none
+    assert m['eventrouter_events_routed_total{type="Warning"}'] == by_type["Warning"]
+    assert m['eventrouter_events_routed_total{type="Normal"}'] == by_type["Normal"]
+    assert m['eventrouter_events_routed_total{type="other"}'] == total - by_type["Warning"] - by_type["Normal"] == 2
     assert m["eventrouter_events_malformed_total"] == 0
     # level=Warning: Warnings sent, Normals filtered; nothing failed or dropped
     assert m['eventrouter_sink_events_sent_total{sink="faulty"}'] == by_type["Warning"]
@@ -229,6 +233,8 @@ def test_source_metrics_watch_checkpoint_and_leader() -> None:
     state.count("ADDED")
     state.count("MODIFIED")
     state.count("MODIFIED")
+    state.count("WHATEVER")  # a server's invention: counted, under a bounded label
+    state.count("Whatever-Else")
     state.leader = False
     for base in _serve(Router([]), state):
         m = samples(get(base + "/metrics")[1])
@@ -237,6 +243,8 @@ def test_source_metrics_watch_checkpoint_and_leader() -> None:
         m = samples(get(base + "/metrics")[1])
     assert m['eventrouter_events_received_total{type="ADDED"}'] == 1
     assert m['eventrouter_events_received_total{type="MODIFIED"}'] == 2
+    assert m['eventrouter_events_received_total{type="other"}'] == 2
+    assert not [k for k in m if "WHATEVER" in k or "Whatever" in k]
     assert m["eventrouter_watch_restarts_total"] == 3
     assert m["eventrouter_watch_relists_total"] == 2
     assert m["eventrouter_events_duplicates_suppressed_total"] == 7
