@@ -25,6 +25,7 @@ from eventrouter.errors import (
 from eventrouter.event import Event, InvolvedObject, format_time
 from eventrouter.http import HTTP_OPTIONS, TLS_OPTIONS, http_client, raise_for_status, transport_error
 from eventrouter.options import URL, Duration, HostPort, Option, Options, Secret
+from eventrouter.rates import ChatRates, Rate, parse_rates, use_rates
 from eventrouter.records import json_line
 from eventrouter.sink import Sink
 from eventrouter.sinkurl import SinkURL, redact_text
@@ -39,6 +40,7 @@ __all__ = [
     "URL",
     "ChatFlow",
     "ChatLayout",
+    "ChatRates",
     "ChatSink",
     "ConfigError",
     "Digest",
@@ -53,6 +55,7 @@ __all__ = [
     "Options",
     "PartialError",
     "PermanentError",
+    "Rate",
     "RateLimitedError",
     "RetryableError",
     "Secret",
@@ -67,10 +70,12 @@ __all__ = [
     "http_client",
     "json_line",
     "json_size",
+    "parse_rates",
     "parse_tz",
     "raise_for_status",
     "redact_text",
     "template_source",
     "transport_error",
     "truncate_bytes",
+    "use_rates",
 ]

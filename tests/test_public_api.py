@@ -18,6 +18,7 @@ PUBLIC = {
     "EventTemplate", "template_source", "parse_tz",
     "CHAT_OPTIONS", "ChatFlow", "ChatLayout", "Digest", "Notice", "RateLimitedError", "json_size", "truncate_bytes",
     "ChatSink", "ErrorCodes", "api_base", "chat_endpoint",
+    "ChatRates", "Rate", "parse_rates", "use_rates",
     "__version__",
 }
 

@@ -24,9 +24,14 @@ URL forms::
 The query options listed in ``WebhookSink.options`` (and the core's filter/delivery options) are
 taken out of the URL that is called; any other query parameter (``?access_token=...``) is kept.
 
+With ``chat=true`` the webhook is a chat sink (``_chat.py``): repeats of the same object+reason are held back
+and reminded once per ``repeat_interval``, at most ``rate=`` messages are posted (``100/min,5/s`` for
+Feishu/Lark), the overflow is folded into digests, and ``level`` defaults to Warning.
+
 Example::
 
     --sink=webhook:https://alerts.example.com/k8s?level=Warning&header=Authorization=Bearer%20$TOKEN
+    --sink=webhook:https://chat.example.com/hooks/$HOOK?chat=true&rate=30/min,1/s&template_file=/etc/er/chat.j2
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 from urllib.parse import unquote, unquote_plus
 
@@ -43,12 +49,16 @@ import orjson
 
 from eventrouter import (
     HTTP_OPTIONS,
+    Digest,
+    Duration,
     Event,
     EventTemplate,
+    Notice,
     Option,
     Options,
     PartialError,
     PermanentError,
+    RateLimitedError,
     RetryableError,
     Secret,
     Sink,
@@ -56,6 +66,7 @@ from eventrouter import (
     SinkError,
     SinkURL,
     http_client,
+    parse_rates,
     parse_tz,
     raise_for_status,
     redact_text,
@@ -64,6 +75,7 @@ from eventrouter import (
 )
 
 from ._body import SAMPLE, default_batch_body, event_body, join_bodies
+from ._chat import DEFAULT_RATE, DEFAULT_REPEAT_INTERVAL, WebhookChat
 from ._configmap import read_configmap
 from ._mask import MASK, SENSITIVE, mask_header, mask_path, path_secrets
 from ._reply import SuccessField
@@ -97,6 +109,14 @@ class WebhookSink(Sink):
         Option("username", str, help="basic auth user"),
         Option("password", str, secret=True, help="basic auth password"),
         Option("bearer_token", str, secret=True, help="sent as 'Authorization: Bearer TOKEN'"),
+        Option("chat", bool, default=False,
+               help="post as a chat sink: repeats held back and reminded, rate= honoured, the overflow in digests "
+                    "(level then defaults to Warning)"),
+        Option("rate", str, help=f"with chat=true: messages allowed, N/min, N/s or both (100/min,5/s); "
+                                 f"default {DEFAULT_RATE}"),
+        Option("repeat_interval", Duration, min=0,
+               help="with chat=true: repeats of the same object+reason give one reminder per interval "
+                    "(default 30m; 0: every occurrence)"),
         Option("success_field", str,
                help="NAME[:VALUE]: a 2xx answer is delivered only if its JSON body has NAME equal to VALUE "
                     "(code:0 for Feishu/Lark, errcode:0, ok:true)"),
@@ -117,9 +137,17 @@ class WebhookSink(Sink):
         if opts["batch"] and "batch_size" not in opts.given:
             # batching is why one asks for batch=true: a bigger default than one event per request
             return Options({**opts, "batch_size": BATCH_SIZE_WHEN_BATCHING}, opts.given)
+        if opts["chat"]:
+            # a chat receiver: Warning events by default, as every chat sink; the flow folds per batch
+            defaults: dict[str, Any] = {}
+            if "level" not in opts.given:
+                defaults["level"] = ["Warning"]
+            if "batch_size" not in opts.given:
+                defaults["batch_size"] = BATCH_SIZE_WHEN_BATCHING
+            return Options({**opts, **defaults}, opts.given)
         return opts
 
-    def __init__(self, url: SinkURL, opts: Options) -> None:
+    def __init__(self, url: SinkURL, opts: Options, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(url, opts)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise SinkConfigError(self.name, "needs an http:// or https:// URL with a host, "
@@ -150,8 +178,25 @@ class WebhookSink(Sink):
             self._loaded = True
         elif not opts["custom_body_configmap"]:
             self._loaded = True
+        self.chat = self._build_chat(clock)
         # built now so that unreadable TLS files fail at start-up; no connection is made yet
         self._client: httpx.Client | None = http_client(self.name, opts)
+
+    def _build_chat(self, clock: Callable[[], float]) -> WebhookChat | None:
+        opts = self.opts
+        if not opts["chat"]:
+            for key in ("rate", "repeat_interval"):
+                if opts[key] is not None:
+                    raise SinkConfigError(self.name, f"{key} applies to chat receivers: add chat=true", key)
+            return None
+        if opts["batch"]:
+            raise SinkConfigError(self.name, "chat=true posts one message at a time: leave out batch=true", "batch")
+        try:
+            rates = parse_rates(opts["rate"] or DEFAULT_RATE)
+        except ValueError as exc:
+            raise SinkConfigError(self.name, str(exc), "rate") from None
+        interval = opts["repeat_interval"]
+        return WebhookChat(rates, DEFAULT_REPEAT_INTERVAL if interval is None else float(interval), opts["tz"], clock)
 
     def _build_headers(self) -> dict[str, str]:
         headers = {"Content-Type": self.opts["content_type"], "User-Agent": "eventrouter"}
@@ -273,10 +318,24 @@ class WebhookSink(Sink):
             except SinkConfigError as exc:
                 # run does not call open(): keep the events and retry until the ConfigMap can be read
                 raise RetryableError(str(exc)) from None
-        if self.opts["batch"]:
+        if self.chat is not None:
+            self.chat.flow.send(batch, self._post_event)
+        elif self.opts["batch"]:
             self._send_batch(batch)
         else:
             self._send_each(batch)
+
+    def tick(self) -> None:
+        if self.chat is not None and self._loaded:
+            self.chat.flow.tick(self._post_event, self._post_digest)
+
+    def _post_event(self, event: Event, notice: Notice) -> None:
+        assert self.chat is not None
+        self._request(self.chat.event_body(self._template, event, notice))
+
+    def _post_digest(self, digest: Digest) -> None:
+        assert self.chat is not None
+        self._request(self.chat.digest_body(self._template, digest))
 
     def _send_batch(self, batch: Sequence[Event]) -> None:
         """One request for the batch; an event the template cannot render is left out and counted as failed."""
@@ -336,14 +395,20 @@ class WebhookSink(Sink):
 
     def _classify(self, response: httpx.Response) -> None:
         """2xx: delivered (with success_field: only if the JSON body says so). 408, 425, 429 (Retry-After
-        honoured) and 5xx: RetryableError. Other: PermanentError."""
+        honoured) and 5xx: RetryableError (429 and a rate-limit code in the body: RateLimitedError). Other:
+        PermanentError."""
         try:
             raise_for_status(response, "webhook receiver")
             if self.success is not None:
                 self.success.check(response.status_code, response.content)
         except RetryableError as exc:
             self._log_body(response)
-            raise RetryableError(self._redact(str(exc)), exc.retry_after) from None
+            limited = isinstance(exc, RateLimitedError) or response.status_code == 429
+            if limited and self.chat is not None:  # the chat flow pauses its window too
+                raise RateLimitedError(self._redact(str(exc)), exc.retry_after or 60.0) from None
+            # without chat, a rate-limit code in a 200 answer is retried with the router's backoff
+            wait = None if isinstance(exc, RateLimitedError) and response.status_code != 429 else exc.retry_after
+            raise RetryableError(self._redact(str(exc)), wait) from None
         except PermanentError as exc:
             self._log_body(response)
             raise PermanentError(self._redact(str(exc))) from None
@@ -356,6 +421,8 @@ class WebhookSink(Sink):
         return redact_text(text, self._secrets)
 
     def close(self) -> None:
+        if self.chat is not None and self._loaded:
+            self.chat.flow.close(self._post_event, self._post_digest)
         client, self._client = self._client, None
         if client is not None:
             client.close()

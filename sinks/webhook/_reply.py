@@ -3,8 +3,8 @@
 Feishu/Lark bots answer ``{"code": 19021, "msg": "sign match fail ..."}``, DingTalk-style APIs
 ``{"errcode": 310000, "errmsg": ...}``, some Slack APIs ``{"ok": false, "error": "invalid_auth"}``. With
 ``success_field`` set, a 2xx answer is delivered only when its JSON object has NAME equal to VALUE; else it
-is a PermanentError carrying the body's message, or a RetryableError when the code or message says the
-receiver is rate limiting.
+is a PermanentError carrying the body's message, or a RateLimitedError (retried after a minute) when the
+code or message says the receiver is rate limiting.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from eventrouter import PermanentError, RetryableError
+from eventrouter import PermanentError, RateLimitedError
 
 # codes that mean "too many messages, try later": Feishu/Lark, DingTalk, WeCom
 RATE_LIMIT_CODES = frozenset({"11232", "130101", "410100", "45009"})
@@ -62,7 +62,7 @@ class SuccessField:
         return False
 
     def check(self, status: int, body: bytes, what: str = "webhook receiver") -> None:
-        """Return when the answer says success; raise PermanentError or RetryableError otherwise."""
+        """Return when the answer says success; raise PermanentError or RateLimitedError otherwise."""
         shown = body[:MESSAGE_LIMIT].decode(errors="replace").strip()
         try:
             data = orjson.loads(body)
@@ -84,7 +84,7 @@ class SuccessField:
         if message:
             detail += f": {message}"
         if value in RATE_LIMIT_CODES or _RATE_LIMIT_TEXT.search(message):
-            raise RetryableError(detail + " (rate limited)")
+            raise RateLimitedError(detail + " (rate limited)")
         raise PermanentError(detail)
 
 
