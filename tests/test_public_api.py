@@ -56,3 +56,12 @@ def test_the_core_never_imports_a_concrete_sink():
     for path in sorted((ROOT / "eventrouter").rglob("*.py")):
         for module, _ in _imports(path):
             assert module != "sinks" and not module.startswith("sinks."), f"{path} imports {module}"
+
+
+def test_the_testing_helpers_are_exact():
+    """eventrouter.testing is public too (docs/plugins.md, Stability): its list changes only on purpose."""
+    import eventrouter.testing
+
+    assert sorted(eventrouter.testing.__all__) == ["FakeCluster", "run_eventrouter", "sample_event", "wait_until"]
+    for name in eventrouter.testing.__all__:
+        assert hasattr(eventrouter.testing, name), name

@@ -3,7 +3,7 @@
 1. a table of flags and the options or the error each gives;
 2. the classification of failures (delivered / retry / give up);
 3. sends into a temporary file;
-4. the real ``eventrouter`` command against the Kubernetes API simulator, stopped with SIGTERM.
+4. the real ``eventrouter`` command against a fake cluster (``eventrouter.testing``), stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,18 +11,13 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from eventrouter_sink_jsonfile import JsonFileSink, _classify
 
 from eventrouter import Event, InvolvedObject, PermanentError, RetryableError, SinkConfigError, SinkURL
-from eventrouter.simulator import Simulator
+from eventrouter.testing import FakeCluster, run_eventrouter, wait_until
 
 
 def build(flag: str) -> JsonFileSink:
@@ -115,37 +110,14 @@ def test_a_missing_directory_is_permanent(tmp_path: Path) -> None:
         sink.send([event()])
 
 
-def test_end_to_end_against_the_simulator(tmp_path: Path) -> None:
+def test_end_to_end_against_a_fake_cluster(tmp_path: Path) -> None:
     """The real command, a fake cluster: 3 Warnings and 2 Normals; level=Warning writes the 3."""
-    sim = Simulator([]).start()
-    try:
+    target = tmp_path / "warnings.jsonl"
+    with FakeCluster() as cluster:
         for n in range(5):
-            sim.add_event(type="Warning" if n % 2 == 0 else "Normal", reason="BackOff" if n % 2 == 0 else "Pulled")
-        kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
-        target = tmp_path / "warnings.jsonl"
-        exe = shutil.which("eventrouter", path=os.path.dirname(sys.executable)) or "eventrouter"
-        proc = subprocess.Popen(
-            [
-                exe,
-                f"--source=kubernetes:?inClusterConfig=false&auth={kubeconfig}",
-                f"--sink=jsonfile:{target}?level=Warning",
-                f"--checkpoint=file:{tmp_path / 'checkpoint.json'}",
-                "--healthz-port=0",
-            ],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while not (target.exists() and len(target.read_text().splitlines()) >= 3):
-                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-                assert time.monotonic() < deadline, "no events written"
-                time.sleep(0.05)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=30)
-        assert proc.returncode == 0, stderr
-        lines = [json.loads(line) for line in target.read_text().splitlines()]
-        assert [line["type"] for line in lines] == ["Warning"] * 3
-    finally:
-        sim.stop()
+            cluster.add_event(type="Warning" if n % 2 == 0 else "Normal", reason="BackOff" if n % 2 == 0 else "Pulled")
+        with run_eventrouter(cluster, f"--sink=jsonfile:{target}?level=Warning", workdir=tmp_path / "run"):
+            wait_until(lambda: target.exists() and len(target.read_text().splitlines()) >= 3, what="3 lines written")
+    # leaving run_eventrouter stopped it with SIGTERM and checked it exited with status 0
+    lines = [json.loads(line) for line in target.read_text().splitlines()]
+    assert [line["type"] for line in lines] == ["Warning"] * 3
