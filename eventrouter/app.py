@@ -48,7 +48,12 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
     if not sinks:
         log.warning("no --sink given: events are read and counted, but go nowhere")
     labels = _labels([s.name for s in sinks])
-    router = Router(SinkRunner.build(sink, label=label) for sink, label in zip(sinks, labels, strict=True))
+    data_dir = config.data_dir or DEFAULT_DATA_DIR
+    try:
+        router = Router(SinkRunner.build(sink, label=label, data_dir=data_dir)
+                        for sink, label in zip(sinks, labels, strict=True))
+    except OSError as exc:
+        raise ConfigError(f"--data-dir={data_dir}: cannot open the disk buffers: {exc}") from None
     enricher = attach_enricher(router, source, config.enrich)
     server = None
     if config.healthz_port:
@@ -60,7 +65,6 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
         except OSError as exc:
             raise ConfigError(f"--healthz-ip/--healthz-port: cannot listen on {config.healthz_ip}:"
                               f"{config.healthz_port}: {exc.strerror or exc}") from None
-    data_dir = config.data_dir or DEFAULT_DATA_DIR
     try:
         for sink, label in zip(sinks, labels, strict=True):
             log.info("sink %s: %s", label, sink.describe())
@@ -172,8 +176,10 @@ def _log_totals(router: Router, drained: bool, seconds: float) -> None:
     for runner in router.runners:
         s = runner.stats
         log.info(
-            "sink %s: sent %d, filtered %d, failed %d, dropped %d (overflow) %d (shutdown)",
+            "sink %s: sent %d, filtered %d, failed %d, dropped %d (overflow) %d (shutdown)%s",
             runner.label, s.sent, s.filtered, s.failed, s.dropped_overflow, s.dropped_shutdown,
+            f", {s.buffered_at_exit} kept in the disk buffer for the next start" if s.buffered_at_exit else "",
         )
     if not drained:
-        log.warning("shutdown deadline reached after %.1fs; undelivered events will be sent after a restart", seconds)
+        log.warning("shutdown deadline reached after %.1fs; undelivered events are sent after a restart (from the "
+                    "disk buffer, or read again from the source)", seconds)

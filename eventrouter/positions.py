@@ -84,6 +84,13 @@ class SinkPosition:
                     self.hole = t
             self.changes += 1
 
+    def dropped_time(self, earliest: float) -> None:
+        """Events dropped by the overflow policy, the earliest of them at ``earliest``."""
+        with self._lock:
+            if self.hole is None or earliest < self.hole:
+                self.hole = earliest
+            self.changes += 1
+
     def holds(self, event: Event) -> bool:
         floor = self.floor
         if floor is not None and event.last_timestamp.timestamp() < floor:

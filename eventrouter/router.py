@@ -1,19 +1,24 @@
-"""Fan-out: each sink gets its own filter, bounded queue and worker thread.
+"""Fan-out: each sink gets its own filter, memory window, disk buffer, worker thread and position.
 
 The source calls :meth:`Router.dispatch` for every event (on its own thread). Dispatch numbers the
-event, and each :class:`SinkRunner` either filters it out or appends it to its queue; nothing in
-dispatch waits for a sink, so a stalled sink never slows the watch or another sink.
+event, and each :class:`SinkRunner` either filters it out or queues it: in memory up to ``queue_size``,
+past that in the sink's disk buffer (:mod:`eventrouter.buffer`), so a stalled sink never slows the
+watch or another sink, and its backlog survives bursts and restarts without costing RAM. Only a full
+disk buffer applies the ``overflow`` policy, counted and logged.
 
 A worker takes batches (``batch_size``, ``flush_interval``), calls ``Sink.send`` and settles the
-batch: delivered, failed (``PermanentError``, or retries exhausted) or dropped by the overflow
-policy. Everything a sink has settled is below its *watermark*; the checkpoint may pass an event
-only when every sink's watermark has (see :meth:`Router.settled_seq`). Events left undelivered at
-shutdown are not settled, so they are sent again after a restart.
+batch: delivered, or failed (``PermanentError``, or retries exhausted). What each sink settled is its
+position (:mod:`eventrouter.positions`): :meth:`Router.positions` goes into the checkpoint, and after
+:meth:`Router.restore_positions` a relisted event a sink already holds (settled, queued or buffered) is
+skipped for that sink only. :meth:`Router.settled_seq` is what every sink has settled;
+:meth:`Router.accepted_seq` what every sink holds durably (settled, or fsynced in its disk buffer): the
+source resumes its watch from there. See docs/delivery.md for what a crash can still repeat.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -24,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from eventrouter.buffer import DiskBuffer, ReadBatch, encode_event, parse_size
 from eventrouter.errors import PartialError, PermanentError, RetryableError
 from eventrouter.event import Event
 from eventrouter.filters import EventFilter
@@ -54,6 +60,7 @@ class SinkStats:
     dropped_overflow: int = 0
     dropped_shutdown: int = 0
     relist_skipped: int = 0  # relisted events this sink already had (settled, queued or buffered)
+    buffered_at_exit: int = 0  # undelivered at the shutdown deadline, kept in the disk buffer for the next start
     batch_seconds: list[float] = field(default_factory=list)
     # per LATENCY_BUCKETS bound, then one overflow slot (not cumulative); updated once per batch
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -66,14 +73,16 @@ class Delivery:
     batch_size: int = 1
     flush_interval: float = 1.0
     max_retries: int = -1
-    retry_backoff_max: float = 60.0
+    retry_backoff_max: float = 5.0
     overflow: str = "drop_oldest"
+    buffer_max_bytes: int = 0  # 0: no disk buffer (the overflow policy applies at queue_size)
 
 
 class SinkRunner:
     """One sink: its filter, bounded queue, worker thread and counters."""
 
-    def __init__(self, sink: Sink, event_filter: EventFilter, delivery: Delivery, *, label: str = "") -> None:
+    def __init__(self, sink: Sink, event_filter: EventFilter, delivery: Delivery, *, label: str = "",
+                 buffer: DiskBuffer | None = None) -> None:
         self.sink = sink
         self.filter = event_filter
         self.delivery = delivery
@@ -91,6 +100,12 @@ class SinkRunner:
         self._worker_waiting = False
         self._inflight_first: int | None = None
         self._inflight: Sequence[Event] = ()  # the batch being delivered (events of it not yet settled)
+        self._inflight_read: ReadBatch | None = None  # the batch came from the disk buffer
+        # Past queue_size, events go to the disk buffer, and keep going there (behind the backlog) until the
+        # worker has read it all: the order stays FIFO. Set by the source thread, cleared by the worker, both
+        # under the lock; the source's lock-free fast path only reads it.
+        self.buffer = buffer
+        self._spilling = buffer is not None and buffer.pending > 0
         self.position = SinkPosition()
         # keys of the events held but not settled, taken when a re-list starts (see holds)
         self._held_keys: set[bytes] | None = None
@@ -101,14 +116,17 @@ class SinkRunner:
         self._errors = ThrottledLog(logging.getLogger(f"eventrouter.sinks.{sink.name}"), 30.0)
         self._secrets = [v for v in sink.opts.values() if isinstance(v, Secret)] if hasattr(sink, "opts") else []
         self.died: BaseException | None = None
-        self._abandoned = 0  # events of the batch given up at the shutdown deadline
+        self._abandoned: Sequence[Event] = ()  # the batch given up at the shutdown deadline
         self._passes_all = event_filter.passes_everything
         self._batch_size = delivery.batch_size
         self._queue_size = delivery.queue_size
 
     @classmethod
-    def build(cls, sink: Sink, *, label: str = "") -> SinkRunner:
+    def build(cls, sink: Sink, *, label: str = "", data_dir: str | None = None) -> SinkRunner:
+        """The runner of a configured sink; with ``data_dir``, its disk buffer is ``data_dir/buffer/<label>``
+        (opened here: what an earlier run left in it is delivered first)."""
         opts = sink.opts
+        label = label or sink.name
         delivery = Delivery(
             queue_size=opts["queue_size"],
             batch_size=opts["batch_size"],
@@ -116,8 +134,13 @@ class SinkRunner:
             max_retries=opts["max_retries"],
             retry_backoff_max=float(opts["retry_backoff_max"]),
             overflow=opts["overflow"],
+            buffer_max_bytes=parse_size(opts["buffer_max_bytes"]) if data_dir is not None else 0,
         )
-        return cls(sink, EventFilter(sink.name, opts), delivery, label=label)
+        buffer = None
+        if data_dir is not None and delivery.buffer_max_bytes:
+            buffer = DiskBuffer(os.path.join(data_dir, "buffer", label), delivery.buffer_max_bytes)
+            buffer.open()
+        return cls(sink, EventFilter(sink.name, opts), delivery, label=label, buffer=buffer)
 
     # ---- hot path (source thread) -----------------------------------------------------------
     def offer(self, seq: int, event: Event) -> None:
@@ -129,7 +152,7 @@ class SinkRunner:
     def enqueue(self, seq: int, event: Event) -> None:
         """:meth:`offer` for an event known to pass this sink's filter."""
         queue = self._queue
-        if len(queue) >= self._queue_size:
+        if len(queue) >= self._queue_size or self._spilling:
             self._offer_full(seq, event)
             return
         # No lock: the source is the only producer (dispatch is not thread-safe; concurrent watches are
@@ -147,7 +170,10 @@ class SinkRunner:
                 self._wakeup.set()
 
     def _offer_full(self, seq: int, event: Event) -> None:
-        """The queue is full: the overflow policy, under the lock (the worker may be taking a batch)."""
+        """The queue is full (or the disk holds a backlog): to the disk buffer, or the overflow policy."""
+        if self.buffer is not None:
+            self._spill(seq, event)
+            return
         with self._lock:
             queue = self._queue
             if len(queue) >= self._queue_size:
@@ -165,31 +191,95 @@ class SinkRunner:
         if self._worker_waiting:
             self._wakeup.set()
 
+    def _spill(self, seq: int, event: Event) -> None:
+        """Append to the disk buffer, behind what is there. The memory window goes first when spilling starts,
+        so the worker reads everything in order from disk (and the window's memory is freed)."""
+        with self._lock:
+            queue, seqs = self._queue, self._seqs
+            if not self._spilling:
+                if len(queue) < self._queue_size:  # the worker made room meanwhile
+                    seqs.append(seq)
+                    queue.append(event)
+                    self.stats.queued += 1
+                    self._wake()
+                    return
+                self._spilling = True
+                while queue:
+                    self._write(seqs.popleft(), queue.popleft())
+            self._write(seq, event)
+            self.stats.queued += 1
+        self._wake()
+
+    def _write(self, seq: int, event: Event) -> None:
+        buffer = self.buffer
+        assert buffer is not None
+        t, key, payload = _serialized(event)
+        if buffer.append(seq, t, key, payload):
+            return
+        if self.delivery.overflow == "drop_oldest":
+            dropped, oldest = buffer.drop_oldest()
+            if dropped:
+                self.stats.dropped_overflow += dropped
+                if oldest is not None:
+                    self.position.dropped_time(oldest)
+                self._report_overflow()
+                if buffer.append(seq, t, key, payload):
+                    return
+        self.stats.dropped_overflow += 1
+        self.position.dropped((event,))
+        self._report_overflow()
+
+    def _wake(self) -> None:
+        if self._worker_waiting and not self._wakeup.is_set():
+            self._wakeup.set()
+
     def _report_overflow(self) -> None:
         self._errors.log(
             logging.WARNING,
             "overflow",
-            "sink %s: queue full (%d events); %s events dropped so far (overflow=%s)",
+            "sink %s: %s; %s events dropped so far (overflow=%s)",
             self.label,
-            self.delivery.queue_size,
+            f"disk buffer full ({self.delivery.buffer_max_bytes} bytes)" if self.buffer is not None
+            else f"queue full ({self.delivery.queue_size} events)",
             self.stats.dropped_overflow,
             self.delivery.overflow,
         )
 
     # ---- watermark ---------------------------------------------------------------------------
     def oldest_unsettled(self) -> int | None:
-        """The sequence number of the oldest event this sink holds but has not settled."""
+        """The sequence number of the oldest event this sink holds but has not settled (a lower bound for
+        events on disk; 0 for those an earlier run left there)."""
         with self._lock:
             if self._inflight_first is not None:
                 return self._inflight_first
-            return self._seqs[0] if self._seqs else None
+            if self._seqs:
+                return self._seqs[0]
+            return self.buffer.oldest_seq() if self.buffer is not None else None
+
+    def newest_accepted(self) -> int | None:
+        """Every event numbered up to this is settled or durably in the disk buffer; None: all of them."""
+        limits = []
+        with self._lock:
+            if self._inflight_first is not None and self._inflight_read is None:
+                limits.append(self._inflight_first - 1)
+            if self._seqs:
+                limits.append(self._seqs[0] - 1)
+        buffer = self.buffer
+        if buffer is not None:
+            buffer.sync()
+            if buffer.unsynced:
+                limits.append(buffer.synced_seq)
+        return min(limits) if limits else None
 
     def oldest_unsettled_time(self) -> float | None:
-        """The earliest event time among the events this sink holds but has not settled."""
+        """The earliest event time among the events this sink holds but has not settled (a lower bound)."""
         held = [*self._inflight, *list(self._queue)]  # list(deque) copies in one step, under the GIL
-        if not held:
-            return None
-        return min(e.last_timestamp for e in held).timestamp()
+        times = [min(e.last_timestamp for e in held).timestamp()] if held else []
+        if self.buffer is not None:
+            on_disk = self.buffer.min_time()
+            if on_disk is not None:
+                times.append(on_disk)
+        return min(times) if times else None
 
     # ---- re-list (source thread) -------------------------------------------------------------
     def offer_relisted(self, seq: int, event: Event) -> None:
@@ -215,11 +305,28 @@ class SinkRunner:
             # them all (each event the re-list queues is added to it; newer watch events are no re-list's)
             held = self._held_keys = {event_key(e) for e in [*self._inflight, *list(self._queue)]}
             self._held_keys_at = now
-        return event_key(event) in held
+        key = event_key(event)
+        return key in held or (self.buffer is not None and self.buffer.contains(key))
+
+    def discard_buffer(self, why: str) -> None:
+        """Drop what the disk buffer holds (it is not this checkpoint's: another pod delivered since)."""
+        if self.buffer is None:
+            return
+        with self._lock:
+            dropped = self.buffer.discard()
+            self._spilling = False
+        if dropped:
+            log.warning("sink %s: discarded %d buffered events: %s", self.label, dropped, why)
 
     @property
     def depth(self) -> int:
-        return len(self._queue) + (1 if self._inflight_first is not None else 0)
+        """Every event not yet delivered: in memory, in the batch being sent, and on disk."""
+        depth = len(self._queue)
+        if self._inflight_read is None:
+            depth += len(self._inflight)
+        if self.buffer is not None:
+            depth += self.buffer.pending  # the batch being sent from disk included
+        return depth
 
     @property
     def alive(self) -> bool:
@@ -254,6 +361,29 @@ class SinkRunner:
             self._errors.flush()  # the errors held back in the last interval still get their line
 
     def _take_batch(self) -> list[Event]:
+        """The next batch: from memory (the older events), else from the disk buffer, else wait."""
+        while True:
+            batch = self._take_from_memory()
+            if batch is not _FROM_DISK:
+                return batch
+            buffer = self.buffer
+            assert buffer is not None
+            read = buffer.read(self.delivery.batch_size)
+            if read is None:
+                with self._lock:  # everything written was read: new events may go to memory again
+                    if not buffer.unread:
+                        self._spilling = False
+                continue
+            if not read.events:  # only corrupted records: settled as such
+                buffer.commit(read)
+                continue
+            with self._lock:
+                self._inflight_first = read.first_seq
+                self._inflight = read.events
+                self._inflight_read = read
+            return read.events
+
+    def _take_from_memory(self) -> list[Event]:
         size = self.delivery.batch_size
         interval = self.delivery.flush_interval
         deadline: float | None = None
@@ -281,6 +411,9 @@ class SinkRunner:
                         pop_seq()
                     return batch
                 if not queued:
+                    if self._spilling:
+                        self._worker_waiting = False
+                        return _FROM_DISK
                     if self._stopping:
                         return []
                     if deadline is not None:
@@ -329,8 +462,7 @@ class SinkRunner:
             self._log_error("retry", f"send failed, retry {attempt} in {delay:.1f}s", error)
             if self._hard_stop.wait(delay):
                 # shutdown deadline: leave the batch unsettled so a restart sends it again
-                stats.dropped_shutdown += len(events)
-                self._abandoned = len(events)
+                self._abandoned = events
                 return
             stats.retried += len(events)
         # delivered or failed for good: the sink's position passes the whole batch
@@ -343,9 +475,13 @@ class SinkRunner:
         stats.latency_sum += elapsed
         if len(latencies) > 1024:
             del latencies[:512]
+        read = self._inflight_read
+        if read is not None:
+            self.buffer.commit(read)  # type: ignore[union-attr]
         with self._lock:
             self._inflight_first = None
             self._inflight = ()
+            self._inflight_read = None
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None and retry_after >= 0:
@@ -374,30 +510,70 @@ class SinkRunner:
         self._wakeup.set()
 
     def join(self, deadline: float) -> bool:
-        """Wait for the queue to drain until ``deadline`` (monotonic); then abandon what is left."""
+        """Wait for the queue to drain until ``deadline`` (monotonic); then keep what is left in the disk
+        buffer for the next start (without one, it is abandoned: the source sends it again after a restart)."""
         thread = self._thread
         if thread is None:
+            self._close_buffer()
             return True
         thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             self._hard_stop.set()
             self._wakeup.set()
             thread.join(1.0)
+        stuck = thread.is_alive()  # inside Sink.send: that batch's outcome is unknown
         with self._lock:
-            left = len(self._queue)
-        self.stats.dropped_shutdown += left
-        left += self._abandoned
-        if left:
-            log.warning("sink %s: %d events not delivered before the shutdown deadline", self.label, left)
-        return not left and not thread.is_alive()
+            # the batch given up in a retry wait, if it came from memory (one from disk is still there)
+            given_up = list(self._abandoned) if self._inflight_read is None else []
+            left_seqs = [0] * len(given_up) + list(self._seqs)
+            left_events = given_up + list(self._queue)
+            self._queue.clear()
+            self._seqs.clear()
+            in_send = len(self._inflight) if stuck and self._inflight_read is None else 0
+        buffer = self.buffer
+        kept = 0
+        if buffer is not None:
+            for seq, event in zip(left_seqs, left_events, strict=True):
+                self._write(seq, event)  # behind the disk backlog: their order is not kept across the restart
+            self.stats.buffered_at_exit = kept = buffer.pending
+            self._close_buffer()
+            left_events = []
+        lost = len(left_events) + in_send  # not kept: the source reads them again after a restart
+        self.stats.dropped_shutdown += lost
+        if kept:
+            log.warning("sink %s: %d events not delivered before the shutdown deadline; kept in the disk buffer "
+                        "for the next start", self.label, kept)
+        if lost:
+            log.warning("sink %s: %d events not delivered before the shutdown deadline%s", self.label, lost,
+                        "" if buffer is None else " (in a send that did not return; read again after a restart)")
+        return not kept and not lost and not stuck
 
-
+    def _close_buffer(self) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
 # What EventFilter.accepts reads, besides the count: (type, involved namespace, involved kind, reason).
 # A filter option that reads anything else must extend the route key in Router.dispatch, and this set
 # (tests/test_router.py compares it with EventFilter's options).
 ROUTE_KEY_FILTERS = frozenset({"threshold", "namespaces", "exclude_namespaces", "kinds", "exclude_kinds",
                                "reasons", "exclude_reasons", "min_count"})
 ROUTES_CAP = 4096
+_FROM_DISK: list[Event] = []  # _take_from_memory's answer when the next events are on disk
+
+
+# The last event written to a disk buffer, serialized: when several sinks spill the same event (one dispatch
+# offers it to each in turn), it is encoded once. One tuple, swapped whole: safe from any thread.
+_last_serialized: tuple[Event | None, tuple[float, bytes, bytes]] = (None, (0.0, b"", b""))
+
+
+def _serialized(event: Event) -> tuple[float, bytes, bytes]:
+    """(event time, key, payload) of an event for the disk buffer."""
+    global _last_serialized
+    last_event, record = _last_serialized
+    if last_event is not event:
+        record = (event.last_timestamp.timestamp(), event_key(event), encode_event(event))
+        _last_serialized = (event, record)
+    return record
+
 
 _Route = tuple[tuple[Callable[[int, Event], None], ...], tuple[SinkStats, ...]]
 
@@ -423,8 +599,10 @@ class Router:
             {} if len(self.runners) > 1 and filtered and cacheable else None)
         # count only matters up to the largest min_count: count >= m <=> min(count, cap) >= m for m <= cap
         self._count_cap = max((r.filter.min_count for r in filtered), default=0)
-        # watch events up to this time are checked against the positions restored from a checkpoint
+        # watch events up to this time are checked against the positions restored from a checkpoint and the
+        # disk buffers an earlier run left (a restart resumes the watch from the slowest sink's position)
         self._check_until: datetime | None = None
+        self._extend_checks([r.buffer.restored_max_time() for r in self.runners if r.buffer is not None])
         self._changes_written = -1
 
     def dispatch(self, event: Event, *, relisted: bool = False) -> int:
@@ -486,29 +664,55 @@ class Router:
         return settled
 
     def accepted_seq(self) -> int:
-        """Every event numbered up to this is held durably by every sink (settled, or filtered out)."""
-        return self.settled_seq()
+        """Every event numbered up to this is held durably by every sink: settled, filtered out, or in its
+        disk buffer (fsynced; the buffers are synced here when due, so this lags by at most a second)."""
+        accepted = self.seq
+        for runner in self.runners:
+            newest = runner.newest_accepted()
+            if newest is not None and newest < accepted:
+                accepted = newest
+        return accepted
 
     # ---- per-sink positions (the checkpoint's "sinks") -----------------------------------------
     def positions(self) -> dict[str, Any]:
         """Each sink's settled position (see :mod:`eventrouter.positions`), JSON-safe, by sink label."""
         self._changes_written = self._position_changes()
-        return {r.label: r.position.document(r.oldest_unsettled_time()) for r in self.runners}
+        docs = {}
+        for runner in self.runners:
+            doc = runner.position.document(runner.oldest_unsettled_time())
+            if runner.buffer is not None:
+                doc["buffer"] = runner.buffer.id
+            docs[runner.label] = doc
+        return docs
 
     def restore_positions(self, doc: dict[str, Any]) -> None:
         """Take the positions of a checkpoint; call before :meth:`start`. A sink missing from ``doc`` (newly
-        configured) starts as on a first start: it has nothing yet."""
+        configured) starts as on a first start: it has nothing yet.
+
+        A sink's position names its disk buffer. The same buffer (a restart on the same volume) still holds
+        what the sink had accepted but not delivered, and resumes from it. Another one (a leader handover, a
+        new volume) is not this checkpoint's: what it holds is discarded, and the sink falls back to its
+        settled position, so a re-list sends it whatever it had not settled."""
         newest: float | None = None
         for runner in self.runners:
             saved = doc.get(runner.label) if isinstance(doc, dict) else None
             if not isinstance(saved, dict):
                 continue
+            buffer = runner.buffer
+            if buffer is not None and saved.get("buffer") not in (None, buffer.id):
+                runner.discard_buffer("the checkpoint was written with another buffer (a handover or a new volume)")
             position = runner.position
             position.restore(saved)
             if position.max_time is not None and (newest is None or position.max_time > newest):
                 newest = position.max_time
-        if newest is not None:
-            self._check_until = datetime.fromtimestamp(newest, UTC)
+        self._extend_checks([newest])
+
+    def _extend_checks(self, times: list[float | None]) -> None:
+        known = [t for t in times if t is not None]
+        if self._check_until is not None:
+            known.append(self._check_until.timestamp())
+        if known:
+            self._check_until = datetime.fromtimestamp(max(known), UTC)
 
     def position_changed(self) -> bool:
         """Whether any sink's position moved since the last :meth:`positions`."""

@@ -14,6 +14,7 @@ import importlib
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from eventrouter.buffer import size_problem
 from eventrouter.errors import SinkConfigError
 from eventrouter.event import Event
 from eventrouter.options import Duration, Option, Options, parse_options
@@ -53,7 +54,8 @@ def core_options(default_level: str | None, delivery: Mapping[str, Any]) -> tupl
                help="drop events whose involved object matches this label selector; needs --enrich"),
         Option("owner_kinds", list, default=[], help="only events whose top owner is of these kinds; needs --enrich"),
         Option("message", list, default=[], help="only messages matching these regexes"),
-        Option("queue_size", int, default=delivery.get("queue_size", 10000), min=1, help="events held for this sink"),
+        Option("queue_size", int, default=delivery.get("queue_size", 10000), min=1,
+               help="events held in memory for this sink; more go to its disk buffer"),
         Option("batch_size", int, default=delivery.get("batch_size", 1), min=1, help="events per send"),
         Option(
             "flush_interval",
@@ -72,16 +74,24 @@ def core_options(default_level: str | None, delivery: Mapping[str, Any]) -> tupl
         Option(
             "retry_backoff_max",
             Duration,
-            default=Duration(delivery.get("retry_backoff_max", 60.0)),
+            default=Duration(delivery.get("retry_backoff_max", 5.0)),
             min=0,
-            help="longest wait between retries",
+            help="longest wait between retries: a sink that comes back is used again within it (default 5s)",
+        ),
+        Option(
+            "buffer_max_bytes",
+            str,
+            default=delivery.get("buffer_max_bytes", "2GiB"),
+            help="disk buffer of this sink, past queue_size (in DATA_DIR/buffer/<sink>/): 512MiB, 2GiB, ... or "
+            "bytes (default 2GiB; 0: none, the overflow policy applies at queue_size)",
+            validate=size_problem,
         ),
         Option(
             "overflow",
             str,
             default="drop_oldest",
             choices=("drop_oldest", "drop_newest"),
-            help="what to drop when the queue is full",
+            help="what to drop when the disk buffer is full (or the queue, without one)",
         ),
     )
 

@@ -115,7 +115,7 @@ def running(faulty_plugin: Path, caplog: pytest.LogCaptureFixture) -> Iterator[t
         sinks=[
             "faulty:?mode=ok&level=Warning&batch_size=50&flush_interval=50ms",
             f"faulty:?mode=permanent&token={TOKEN}",
-            "faulty:?mode=retry&queue_size=5",
+            "faulty:?mode=retry&queue_size=5&buffer_max_bytes=0",  # memory only: overflow at 5
         ],
         context=SourceContext(),
         healthz_ip="127.0.0.1",

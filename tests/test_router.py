@@ -228,8 +228,8 @@ def test_shutdown_deadline_leaves_undelivered_events_unsettled(caplog):
         router.dispatch(make_event(i))
     assert router.stop(0.2) is False
     assert router.settled_seq() == 0  # a restart sends them again
-    assert runners[0].stats.dropped_shutdown == 2
-    assert "not delivered before the shutdown deadline" in caplog.text
+    assert runners[0].stats.dropped_shutdown == 3  # two queued, and one in a send that never returned
+    assert "3 events not delivered before the shutdown deadline" in caplog.text
     stuck.release.set()
 
 
@@ -341,3 +341,12 @@ def replace_count(event, count):
     from dataclasses import replace
 
     return replace(event, count=count)
+
+
+def test_a_sink_that_comes_back_is_retried_within_five_seconds_by_default():
+    """Issue 15: after an outage delivery resumed 17-41 s late (the backoff had grown to 60 s)."""
+    runner = SinkRunner.build(build(RecordingSink))
+    assert runner.delivery.retry_backoff_max == 5.0
+    waits = [runner._backoff(attempt, None) for attempt in range(1, 60)]
+    assert max(waits) <= 5.0 and waits[0] <= 0.5
+    assert runner._backoff(3, 30.0) == 30.0  # a server's Retry-After still wins
