@@ -42,6 +42,7 @@ from eventrouter import (
     Event,
     Option,
     Options,
+    PartialError,
     PermanentError,
     RetryableError,
     Sink,
@@ -145,10 +146,14 @@ class OTLPSink(Sink):
             raise RetryableError(self._redact(str(transport_error(exc, "OTLP endpoint")))) from None
         rejected, message = self.classify(response)
         if rejected:
-            # OTLP: a partial success must not be retried; the server does not say which records it
-            # dropped, so they are logged here (the batch counts as sent).
-            log.warning("otlp: the server rejected %d of %d log records: %s", rejected, len(batch),
-                        self._redact(message) or "(no message)")
+            # OTLP: a partial success is final, never retried (the accepted records would be written twice).
+            # The server gives a count, not which records: the count goes to the sink's failed events.
+            rejected = min(rejected, len(batch))
+            detail = (f"the server rejected {rejected} of {len(batch)} log records (OTLP partial success; it does "
+                      f"not say which): {self._redact(message) or '(no message)'}")
+            if rejected == len(batch):
+                raise PermanentError(detail)
+            raise PartialError(detail, rejected=batch[len(batch) - rejected:])
 
     def classify(self, response: httpx.Response) -> tuple[int, str]:
         """One answer -> (records rejected, server message) for a 2xx, else raise.

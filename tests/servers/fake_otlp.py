@@ -10,12 +10,13 @@
   here on the wire by hand, independently of the sink's own declaration) and ``Retry-After`` if given;
 - an unsupported content type: 415; a body that does not decode: 400 (as the Collector).
 
-Binds 127.0.0.1 on a free port; :meth:`stop` shuts it down.
+Binds 127.0.0.1 on a free port (HTTPS with ``tls=``); :meth:`stop` shuts it down.
 """
 
 from __future__ import annotations
 
 import gzip
+import ssl
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -88,7 +89,9 @@ class _Server(ThreadingHTTPServer):
 
 
 class FakeOTLP:
-    def __init__(self) -> None:
+    """``tls``: serve HTTPS with this server context (see ``tests.servers.fake_webhook.TLSFiles``)."""
+
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[Received] = []
         self.replies: deque[Reply] = deque()
         self._lock = threading.Lock()
@@ -140,8 +143,10 @@ class FakeOTLP:
                 self.wfile.write(body)
 
         self._server = _Server(("127.0.0.1", 0), Handler)
+        if tls is not None:
+            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
         self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     def start(self) -> FakeOTLP:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import sys
 import time
@@ -13,10 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eventrouter import PermanentError, RetryableError, SinkConfigError, SinkURL, format_time
+from eventrouter import PartialError, PermanentError, RetryableError, SinkConfigError, SinkURL, format_time
 from sinks.otlp import OTLPSink
 from tests.helpers import DATA, make_event, real_events, real_objects
 from tests.servers.fake_otlp import JSON, PROTOBUF, FakeOTLP, Reply, attributes, status_body
+from tests.servers.fake_webhook import TLSFiles
 
 
 def build(flag: str) -> OTLPSink:
@@ -193,13 +193,17 @@ def test_json_encoding_without_compression(otlp: FakeOTLP) -> None:
     assert bodies == [(make_event(1).message, "Warning", 13), ("Started", "Normal", 9)]
 
 
-def test_partial_success_is_logged_not_retried(otlp: FakeOTLP, caplog: pytest.LogCaptureFixture) -> None:
+def test_partial_success_is_counted_not_retried(otlp: FakeOTLP) -> None:
     otlp.replies.append(Reply(rejected=1, message="log record 2: body too large"))
     sink = build(f"otlp:{otlp.url}")
-    with caplog.at_level(logging.WARNING, "eventrouter.sinks.otlp"):
-        sink.send([make_event(1), make_event(2)])  # returns: retrying would duplicate the accepted one
-    assert "rejected 1 of 2 log records: log record 2: body too large" in caplog.text
+    with pytest.raises(PartialError, match=r"rejected 1 of 2 log records .*: log record 2: body too large") as info:
+        sink.send([make_event(1), make_event(2)])
+    # nothing to retry (the accepted one would be written twice); one event counts as failed
+    assert info.value.retry == [] and len(info.value.rejected) == 1
     assert len(otlp.received) == 1
+    otlp.replies.append(Reply(rejected=2, message="all dropped"))
+    with pytest.raises(PermanentError, match="rejected 2 of 2"):
+        sink.send([make_event(3), make_event(4)])
 
 
 def test_rate_limit_then_retry_delivers_once(otlp: FakeOTLP) -> None:
@@ -217,6 +221,21 @@ def test_bad_request_is_permanent_with_the_servers_message(otlp: FakeOTLP) -> No
     otlp.replies.append(Reply(status=400, message="ReadTimeout while reading the body"))
     with pytest.raises(PermanentError, match="HTTP 400: ReadTimeout while reading the body"):
         build(f"otlp:{otlp.url}").send([make_event(1)])
+
+
+def test_https_with_the_ca_and_a_client_certificate(tmp_path: Path) -> None:
+    tls = TLSFiles.create(tmp_path)
+    server = FakeOTLP(tls=tls.server_context(require_client_cert=True)).start()
+    try:
+        flag = (f"otlp:{server.url}?ca_file={tls.ca_file}&cert_file={tls.client_cert_file}"
+                f"&key_file={tls.client_key_file}")
+        build(flag).send([make_event(1)])
+        assert len(server.records()) == 1
+        with pytest.raises(RetryableError, match="CERTIFICATE_VERIFY_FAILED"):
+            build(f"otlp:{server.url}").send([make_event(2)])
+        assert len(server.records()) == 1
+    finally:
+        server.stop()
 
 
 def test_through_the_command_line(otlp: FakeOTLP, tmp_path: Path) -> None:
