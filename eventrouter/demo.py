@@ -50,6 +50,7 @@ def main() -> int:
                 f"--checkpoint=file:{Path(tmp) / 'checkpoint.json'}",
                 "--healthz-port=0",
                 "--cluster-name=demo",
+                "--enrich=labels,owner",  # the simulator serves the Pods' and workloads' metadata
             ])
         finally:
             if timer is not None:

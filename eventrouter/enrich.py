@@ -331,11 +331,13 @@ class Enricher:
         """The lookup of ``key`` (one at a time per object); ``token``: the caller took its rate token."""
         with self._lock:
             future = self._inflight.get(key)
-            if future is None:
-                future = self._pool.submit(self._fetch, key, token)
-                self._inflight[key] = future
-                future.add_done_callback(lambda _f, k=key: self._done(k))  # type: ignore[misc]
-            return future
+            if future is not None:
+                return future
+            future = self._pool.submit(self._fetch, key, token)
+            self._inflight[key] = future
+        # outside the lock: a future that is already done runs the callback here, at once
+        future.add_done_callback(lambda _f, k=key: self._done(k))  # type: ignore[misc]
+        return future
 
     def _done(self, key: ObjectKey) -> None:
         with self._lock:

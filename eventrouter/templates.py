@@ -119,6 +119,10 @@ class EventTemplate:
 
     def context(self, event: Event, **extra: Any) -> dict[str, Any]:
         data = event.to_dict()
+        # enrichment fields are always there, empty when off, so {{ labels.team }} renders "" rather than fails
+        data.setdefault("labels", {})
+        data.setdefault("annotations", {})
+        data.setdefault("owner", None)
         first_time = self._localtime(event.first_timestamp)
         last_time = self._localtime(event.last_timestamp)
         data.update(event=event, raw=event.raw or {}, first_time=first_time, last_time=last_time)

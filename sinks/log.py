@@ -58,7 +58,9 @@ def _text_line(event: Event) -> str:
     where = f"{namespace}/" if namespace else ""
     count = f" x{event.count}" if event.count > 1 else ""
     message = event.message.replace("\n", " ")
+    owner = event.owner  # with --enrich=owner: the workload, when it is not the object itself
+    by = f" ({owner.kind} {owner.name})" if owner is not None and (owner.kind, owner.name) != (kind, name) else ""
     return (
-        f"{format_time(event.last_timestamp)} {event.type or '-':7} {kind}/{where}{name} "
+        f"{format_time(event.last_timestamp)} {event.type or '-':7} {kind}/{where}{name}{by} "
         f"{event.reason or '-'}{count}: {message}\n"
     )

@@ -294,3 +294,18 @@ def test_enrichment_needs_the_kubernetes_source(tmp_path: Path):
                        healthz_port=0)
     with pytest.raises(ConfigError, match="needs --source=kubernetes"):
         run(config)
+
+
+def test_text_lines_and_templates_name_the_owner_and_labels(workloads: Simulator, tmp_path: Path):
+    from eventrouter.templates import EventTemplate
+    from sinks.log import _text_line
+
+    enricher = Enricher(api_for(workloads, tmp_path), EnrichSettings(features=ALL))
+    event = settled(enricher, pod_event("shop", "api-7d9f8c6b5-xk2p2"))
+    plain = pod_event("shop", "api-7d9f8c6b5-xk2p2")
+    assert "Pod/shop/api-7d9f8c6b5-xk2p2 (Deployment api) BackOff" in _text_line(event)
+    assert "Pod/shop/api-7d9f8c6b5-xk2p2 BackOff" in _text_line(plain)
+    template = EventTemplate("webhook", "{{ owner.kind }} {{ owner.name }} team={{ labels.team }}", option="template")
+    assert template.render(event) == "Deployment api team=payments"
+    assert template.render(plain) == "  team="  # not enriched: empty, never an error
+    enricher.close()
