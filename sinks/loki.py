@@ -204,7 +204,7 @@ class LokiSink(Sink):
         try:
             response = self._client.post(self.target, content=self.encode(streams), headers=self.headers)
         except httpx.HTTPError as exc:
-            raise RetryableError(self._redact(str(transport_error(exc, "Loki")))) from None
+            raise RetryableError(self._redact(str(transport_error(exc, "Loki server")))) from None
         self.classify(response, streams)
 
     def classify(self, response: httpx.Response,

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import httpx
+import orjson
 
 from eventrouter import (
     HTTP_OPTIONS,
@@ -111,10 +112,15 @@ class OTLPSink(Sink):
     # ---- encoding ---------------------------------------------------------------------------
     def encode(self, batch: Sequence[Event]) -> bytes:
         """The request body: one ExportLogsServiceRequest, one ResourceLogs per involved object."""
-        from google.protobuf import json_format
-
-        request = self._pb.ExportLogsServiceRequest()
         observed = time.time_ns()
+        if self.opts["encoding"] == "json":
+            body = orjson.dumps(_json_request(batch, observed))
+        else:
+            body = self._protobuf_request(batch, observed).SerializeToString()
+        return gzip.compress(body, compresslevel=5) if self.opts["compression"] == "gzip" else body
+
+    def _protobuf_request(self, batch: Sequence[Event], observed: int) -> Any:
+        request = self._pb.ExportLogsServiceRequest()
         by_resource: dict[tuple[tuple[str, str], ...], Any] = {}
         for event in batch:
             attrs = resource_attributes(event)
@@ -128,12 +134,7 @@ class OTLPSink(Sink):
                 scope_logs.scope.version = __version__
                 by_resource[attrs] = scope_logs
             _fill_record(scope_logs.log_records.add(), event, observed)
-        if self.opts["encoding"] == "json":
-            # OTLP/JSON: lowerCamelCase names, enums as integers (the OTLP spec's JSON mapping)
-            body = json_format.MessageToJson(request, use_integers_for_enums=True, indent=None).encode()
-        else:
-            body = request.SerializeToString()
-        return gzip.compress(body, compresslevel=5) if self.opts["compression"] == "gzip" else body
+        return request
 
     # ---- delivery ---------------------------------------------------------------------------
     def send(self, batch: Sequence[Event]) -> None:
@@ -258,6 +259,37 @@ def _fill_record(record: Any, event: Event, observed_ns: int) -> None:
     record.event_name = EVENT_NAME
     for key, value in log_attributes(event):
         _put(record.attributes.add(), key, value)
+
+
+def _json_request(batch: Sequence[Event], observed: int) -> dict[str, Any]:
+    """The same request in OTLP/JSON (the protobuf JSON mapping with OTLP's rules: lowerCamelCase names,
+    enums as numbers, 64-bit integers as decimal strings), built directly: protobuf's json_format is ~5x
+    slower. The two encodings are tested to decode to the same message."""
+    by_resource: dict[tuple[tuple[str, str], ...], list[dict[str, Any]]] = {}
+    resource_logs = []
+    for event in batch:
+        attrs = resource_attributes(event)
+        records = by_resource.get(attrs)
+        if records is None:
+            records = by_resource[attrs] = []
+            resource_logs.append({
+                "resource": {"attributes": [_json_kv(k, v) for k, v in attrs]},
+                "scopeLogs": [{"scope": {"name": "eventrouter", "version": __version__}, "logRecords": records}],
+            })
+        record: dict[str, Any] = {"timeUnixNano": str(_nanos(event)), "observedTimeUnixNano": str(observed)}
+        severity = SEVERITY.get(event.type.lower())
+        if severity is not None:
+            record["severityNumber"] = severity
+            record["severityText"] = event.type
+        record["body"] = {"stringValue": event.message}
+        record["attributes"] = [_json_kv(k, v) for k, v in log_attributes(event)]
+        record["eventName"] = EVENT_NAME
+        records.append(record)
+    return {"resourceLogs": resource_logs}
+
+
+def _json_kv(key: str, value: str | int) -> dict[str, Any]:
+    return {"key": key, "value": {"intValue": str(value)} if isinstance(value, int) else {"stringValue": value}}
 
 
 def _put(key_value: Any, key: str, value: str | int) -> None:

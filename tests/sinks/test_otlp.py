@@ -249,3 +249,24 @@ def test_through_the_command_line(otlp: FakeOTLP, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     uids = [attributes(r.attributes)["k8s.event.uid"] for _, r in otlp.records()]
     assert sorted(uids) == sorted(o["metadata"]["uid"] for o in real_objects())
+
+
+def test_json_and_protobuf_encodings_carry_the_same_request() -> None:
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    events = real_events(cluster="prod")
+    decoded = []
+    for encoding in ("protobuf", "json"):
+        body = build(f"otlp:http://c:4318?encoding={encoding}&compression=none").encode(events)
+        request = ExportLogsServiceRequest()
+        if encoding == "json":
+            json_format.Parse(body, request)  # strict: an unknown or misspelt field name fails
+        else:
+            request.ParseFromString(body)
+        for resource_logs in request.resource_logs:
+            for record in resource_logs.scope_logs[0].log_records:
+                record.observed_time_unix_nano = 0
+        decoded.append(request)
+    assert decoded[0] == decoded[1]
+    assert sum(len(r.scope_logs[0].log_records) for r in decoded[1].resource_logs) == len(events)
