@@ -5,10 +5,11 @@
   bounded: ``sink`` (one per ``--sink`` flag), ``type`` (the watch event type ADDED, MODIFIED,
   DELETED, BOOKMARK, ERROR or ``other``; or the Event's type Normal, Warning or ``other``),
   ``reason`` (a fixed set). No namespace, object or reason-of-event labels (their cardinality is unbounded).
-- ``/healthz`` (liveness): 500 when a sink worker died, or when the leader's watch has made no
-  progress (no event, no bookmark) for longer than ``--healthz-window``; 200 ``ok`` otherwise.
+- ``/healthz`` (liveness): 500 when a sink worker died, or when the leader's source got no answer
+  from the API server for longer than ``--healthz-window`` (see ``health.py``); 200 ``ok`` otherwise.
 - ``/readyz`` (readiness): 200 once the first list succeeded, or at once on a standby replica
-  (``--leader-elect`` and not holding the Lease); 503 before that.
+  (``--leader-elect`` and not holding the Lease); 503 before that and while the checkpoint cannot be
+  written.
 """
 
 from __future__ import annotations
@@ -215,19 +216,10 @@ class _Server(ThreadingHTTPServer):
         dead = [r.label for r in self.router.runners if not r.alive]
         if dead:
             return f"sink workers not running: {', '.join(dead)}"
-        state = self.state
-        # a standby replica and a finished replay make no progress on purpose
-        if state.leader and state.ready and not state.finished.is_set() and self.window:
-            idle = time.monotonic() - state.last_progress
-            if idle > self.window:
-                return f"no event or bookmark from the source for {idle:.0f}s (--healthz-window={self.window:g}s)"
-        return None
+        return self.state.liveness_problem(self.window)  # the source's rule lives in health.py
 
     def readiness_problem(self) -> str | None:
-        state = self.state
-        if state.ready or not state.leader:
-            return None
-        return "waiting for the first list of events"
+        return self.state.readiness_problem()
 
 
 def serve(host: str, port: int, router: Router, state: SourceState, window: float = 600.0, *,

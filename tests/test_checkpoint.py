@@ -165,7 +165,9 @@ def test_checkpoint_holds_only_settled_events(sim: Simulator, tmp_path: Path) ->
     stuck = run(sim, tmp_path, sink=gate)
     wait_for(lambda: stuck.state.received.get("ADDED") == 3, what="the watch to read the new events")
     time.sleep(1.0)  # five checkpoint intervals: nothing settled, so nothing may be written
-    assert stuck.state.checkpoint_written is None
+    from eventrouter.sources.kubernetes import _written_at
+
+    assert stuck.state.checkpoint_written == _written_at(settled)  # the loaded position's age: no write since
     doc = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
     assert doc["positions"] == settled["positions"] and set(doc["delivered"]) == set(first_batch)
     stuck.kill()  # crash before anything was delivered
@@ -212,14 +214,93 @@ def test_checkpoint_none_always_lists(sim: Simulator, tmp_path: Path) -> None:
     assert not (tmp_path / "checkpoint.json").exists()
 
 
-def test_checkpoint_forbidden_by_rbac_does_not_stop_events(sim: Simulator, tmp_path: Path,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
-    sim.faults.forbid = ["/configmaps"]
-    add(sim, 2)
-    h = run(sim, tmp_path, checkpoint="configmap:monitoring/er-ck")
-    wait_for(lambda: len(h.sink.keys) == 2)
-    h.stop()
-    assert "access denied (HTTP 403); running WITHOUT a checkpoint" in caplog.text
+def _endpoints(h: Harness):  # type: ignore[no-untyped-def]
+    """/readyz and /metrics of a harness, served as the app serves them."""
+    import httpx
+
+    from eventrouter.metrics import serve
+
+    server = serve("127.0.0.1", 0, h.router, h.state)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def read() -> tuple[int, str, float | None]:
+        ready = httpx.get(base + "/readyz")
+        age = None
+        for line in httpx.get(base + "/metrics").text.splitlines():
+            if line.startswith("eventrouter_checkpoint_age_seconds "):
+                age = float(line.split()[1])
+        return ready.status_code, ready.text, age
+
+    return server, read
+
+
+def test_a_checkpoint_forbidden_by_rbac_is_loud_and_the_events_still_flow(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """kube-eventer's ServiceAccount kept (the migration guide's "keep args"), without our Role: the events
+    are delivered, readiness fails with the exact rule to add, the checkpoint age exists and grows; once
+    the rule is granted, the next write succeeds and the pod is ready again."""
+    with Simulator([], service_account="kube-system:kube-eventer") as sim:
+        sim.faults.forbid = ["/configmaps"]
+        uids = add(sim, 2)
+        h = run(sim, tmp_path, checkpoint="configmap:kube-system/eventrouter-checkpoint")
+        server, read = _endpoints(h)
+        try:
+            wait_for(lambda: len(h.sink.keys) == 2)
+            _, body, age = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(read()),
+                                         what="readiness to fail")
+            assert body.startswith("checkpoint configmap:kube-system/eventrouter-checkpoint: access denied (HTTP 403")
+            for part in ("ServiceAccount kube-system/kube-eventer", "namespace kube-system",
+                         "resourceNames: [eventrouter-checkpoint], verbs: [get, update]", "verbs: [create]",
+                         "--checkpoint=none"):
+                assert part in body
+            assert age is not None and age >= 0
+            time.sleep(1.1)
+            assert read()[2] > age  # its true age: it grows while nothing can be written
+            errors = [r for r in caplog.records if r.levelname == "ERROR"]
+            assert errors and "ServiceAccount kube-system/kube-eventer" in errors[0].getMessage()
+            sim.faults.forbid = []  # the platform engineer adds the Role
+            add(sim, 1)
+            wait_for(lambda: read()[0] == 200, timeout=40, what="ready again after the next write")
+            assert read()[2] < 5
+        finally:
+            h.stop()
+            server.shutdown()
+            server.server_close()
+        keys = h.sink.keys
+        assert len(keys) == len(set(keys)) == 3 and {u for u, _ in keys} >= set(uids)
+        doc = orjson.loads(sim.store.get_object("ConfigMap", "kube-system", "eventrouter-checkpoint")["data"][
+            "checkpoint.json"])
+        assert doc["positions"][""] == max((rv for _, rv in keys), key=int)  # the newest event's position
+
+
+def test_a_checkpoint_path_that_cannot_be_written_fails_readiness(tmp_path: Path, sim: Simulator) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the checkpoint directory should be")
+    add(sim, 1)
+    h = run(sim, tmp_path, checkpoint=f"file:{blocker / 'checkpoint.json'}")
+    server, read = _endpoints(h)
+    try:
+        wait_for(lambda: len(h.sink.keys) == 1)
+        _, body, age = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(read()), what="not ready")
+        assert body.startswith(f"checkpoint file:{blocker / 'checkpoint.json'}: cannot write it: ")
+        assert "writable path" in body and age is not None
+    finally:
+        h.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def test_checkpoint_none_has_no_checkpoint_age_and_stays_ready(tmp_path: Path, sim: Simulator) -> None:
+    add(sim, 1)
+    h = run(sim, tmp_path, checkpoint="none")
+    server, read = _endpoints(h)
+    try:
+        wait_for(lambda: len(h.sink.keys) == 1)
+        assert read() == (200, "ok", None)
+    finally:
+        h.stop()
+        server.shutdown()
+        server.server_close()
 
 
 def test_unsettled_positions_are_bounded_while_a_sink_lags(monkeypatch):

@@ -458,7 +458,7 @@ def test_an_unexpected_checkpoint_write_error_is_logged_and_the_next_write_happe
     wait_for(lambda: len(h.sink.keys) == 3)
     wait_for(target.exists, timeout=10, what="a checkpoint write after the failed one")
     h.stop()
-    assert "writing checkpoint file:" in caplog.text and "failed: KeyError" in caplog.text
+    assert f"checkpoint file:{target}: cannot write it: KeyError: 'metadata'" in caplog.text
 
 
 def test_dedupe_records_of_both_shapes_compare_and_compact_alike():
@@ -493,3 +493,91 @@ def test_dedupe_records_of_both_shapes_compare_and_compact_alike():
     ts = int(event.last_timestamp.timestamp())
     assert progress.document("s", "v1", [])["delivered"] == {
         "old": ["9", 2, 100], "flat": ["10", 3, ts], "pair": ["11", 3, ts], "bare": ["12"]}
+
+
+# ---- a quiet cluster on a real API server: health and shutdown ---------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    import httpx
+
+    try:
+        resp = httpx.get(url, timeout=5)
+    except httpx.TransportError as exc:
+        return 0, type(exc).__name__
+    return resp.status_code, resp.text
+
+
+def test_a_quiet_cluster_stays_live_without_warnings_and_an_unreachable_one_does_not(
+        sim: Simulator, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No event and no bookmark (a real API server sends none for Events) for longer than the window:
+    /healthz stays 200 and nothing is logged above INFO; once the API server is gone, /healthz fails."""
+    import logging
+    import threading
+
+    from eventrouter.app import RunConfig, run
+
+    caplog.set_level(logging.INFO)
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kc")
+    port = _free_port()
+    config = RunConfig(source=f"kubernetes:?inClusterConfig=false&auth={kubeconfig}&stall_timeout=1s"
+                              "&namespaces=a1,d-page",
+                       sinks=["log"], context=SourceContext(checkpoint=f"file:{tmp_path / 'c.json'}"),
+                       healthz_ip="127.0.0.1", healthz_port=port, healthz_window=2.0)
+    stop = threading.Event()
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(run(config, stop)), daemon=True)
+    runner.start()
+    try:
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/readyz")[0] == 200, what="ready")
+        quiet_until = time.monotonic() + 4.5  # more than twice the window, without a single event
+        while time.monotonic() < quiet_until:
+            assert _get(f"http://127.0.0.1:{port}/healthz") == (200, "ok")
+            time.sleep(0.25)
+        watches = [r for r in sim.request_log if r.verb == "watch"]
+        assert len(watches) >= 6  # each namespace's silent watch was re-opened (stall_timeout=1s), quietly
+        noisy = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert noisy == []
+        sim.stop()  # the API server goes away: nothing answers any more
+        _, body = wait_for(lambda: (lambda a: a if a[0] == 500 else None)(
+            _get(f"http://127.0.0.1:{port}/healthz")), timeout=10, what="/healthz to fail")
+        assert body.startswith("no answer from the API server on the watch of namespace ")
+    finally:
+        stop.set()
+        runner.join(30)
+    assert result == [0]
+
+
+def test_sigterm_of_an_idle_router_watching_several_namespaces_exits_at_once(sim: Simulator, tmp_path: Path) -> None:
+    """Before: one blocked quiet watch per namespace, and SIGTERM waited for --shutdown-timeout (30 s)."""
+    import signal
+    import subprocess
+
+    add(sim, 2, namespace="a1")
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kc")
+    namespaces = ["a1", "d-page", "b", "c", "e"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventrouter",
+         f"--source=kubernetes:?inClusterConfig=false&auth={kubeconfig}&namespaces={','.join(namespaces)}",
+         "--sink=log", f"--checkpoint=file:{tmp_path / 'c.json'}", "--healthz-port=0", "--shutdown-timeout=30s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: {r.path for r in sim.request_log if r.verb == "watch"}
+                 == {f"/api/v1/namespaces/{ns}/events" for ns in namespaces}, timeout=20, what="five open watches")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)  # generous; the old behaviour took the full 30 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert len(out.splitlines()) == 2 and "shutdown deadline reached" not in err

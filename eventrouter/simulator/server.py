@@ -108,6 +108,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         sim = self.server.sim
+        if not sim.listening:
+            # stopped or terminating: like a server that closed its idle keep-alive connections, answer
+            # nothing on them (only watches already open stream on until the grace period ends)
+            self.close_connection = True
+            return
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         parts = [p for p in url.path.split("/") if p]

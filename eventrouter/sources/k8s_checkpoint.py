@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections import deque
@@ -113,7 +114,8 @@ class ConfigMapCheckpoint:
             self._rv = None
             return None
         if resp.status_code != 200:
-            raise CheckpointError(f"reading {self.describe()}: HTTP {resp.status_code}", resp.status_code)
+            raise CheckpointError(f"reading {self.describe()}: HTTP {resp.status_code}", resp.status_code,
+                                  _status_message(resp), "get")
         try:
             obj = resp.json()
             self._rv = obj["metadata"].get("resourceVersion")
@@ -132,16 +134,22 @@ class ConfigMapCheckpoint:
     def save(self, doc: dict[str, Any], still_leading: Callable[[], bool] = lambda: True) -> None:
         """Write the checkpoint. On a conflict (someone wrote since we last did), overwrite only while
         ``still_leading()``: a deposed leader must not clobber its successor's newer position."""
+        text = orjson.dumps(doc).decode()
+        if len(text) > CONFIGMAP_WARN_BYTES:
+            log.warning("checkpoint %s is %d KiB, close to the 1 MiB a ConfigMap can hold: writes will fail past it; "
+                        "use --checkpoint=file:PATH on a volume", self.describe(), len(text) // 1024)
         body: dict[str, Any] = {
             "apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": self.name, "namespace": self.namespace,
                          "labels": {"app.kubernetes.io/managed-by": "eventrouter"}},
-            "data": {CONFIGMAP_KEY: orjson.dumps(doc).decode()},
+            "data": {CONFIGMAP_KEY: text},
         }
         for _ in range(3):
             if self._rv is None:
+                verb = "create"
                 resp = self.api.request("POST", self._path, json=body)
             else:
+                verb = "update"
                 body["metadata"]["resourceVersion"] = self._rv
                 resp = self.api.request("PUT", f"{self._path}/{self.name}", json=body)
             try:
@@ -157,14 +165,47 @@ class ConfigMapCheckpoint:
                     continue
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise CheckpointError(f"writing {self.describe()}: the answer is not a ConfigMap") from None
-            raise CheckpointError(f"writing {self.describe()}: HTTP {resp.status_code}", resp.status_code)
+            raise CheckpointError(f"writing {self.describe()}: HTTP {resp.status_code}", resp.status_code,
+                                  _status_message(resp), verb)
         raise CheckpointError(f"writing {self.describe()}: conflicting writers")
 
 
 class CheckpointError(Exception):
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, server_message: str = "", verb: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.server_message = server_message  # the API server's Status message (names the ServiceAccount)
+        self.verb = verb  # the RBAC verb of the refused request: get, create, update
+
+
+CONFIGMAP_WARN_BYTES = 900 * 1024  # a ConfigMap holds at most 1 MiB
+
+
+def _status_message(resp: Any) -> str:
+    try:
+        body = resp.json()
+        return str(body.get("message") or "") if isinstance(body, dict) else ""
+    except ValueError:
+        return ""
+
+
+def failure_message(store: Any, exc: BaseException, verb: str = "write") -> str:
+    """One line that says why the checkpoint cannot be read or written and what to do about it: for a
+    403 the exact RBAC rule to add (verb, resource, name, namespace, ServiceAccount)."""
+    where = store.describe()
+    verb = getattr(exc, "verb", "") or verb
+    if isinstance(exc, CheckpointError) and exc.status == 403 and isinstance(store, ConfigMapCheckpoint):
+        found = re.search(r'system:serviceaccount:([^:"]+):([^"]+)"', exc.server_message)
+        account = f"ServiceAccount {found.group(1)}/{found.group(2)}" if found else "the router's ServiceAccount"
+        return (f"checkpoint {where}: access denied (HTTP 403 on {verb}): {account} may not {verb} configmaps in "
+                f"namespace {store.namespace}. Add a Role in namespace {store.namespace} with the rules "
+                f"{{apiGroups: [\"\"], resources: [configmaps], resourceNames: [{store.name}], verbs: [get, update]}} "
+                f"and {{apiGroups: [\"\"], resources: [configmaps], verbs: [create]}}, bound to {account} "
+                f"(deploy/rbac.yaml; docs/source.md#rbac), or run with --checkpoint=none")
+    if isinstance(exc, OSError):
+        return (f"checkpoint {where}: cannot {verb} it: {exc.strerror or exc} ({exc.filename or where}); give the "
+                "router a writable path (the image's volume /var/lib/eventrouter) or run with --checkpoint=none")
+    return f"checkpoint {where}: cannot {verb} it: {type(exc).__name__}: {exc}"
 
 
 def parse_checkpoint_flag(flag: str | None, *, in_cluster: bool, namespace: str) -> tuple[str, str]:

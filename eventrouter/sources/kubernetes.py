@@ -24,6 +24,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -37,6 +38,7 @@ from eventrouter.sources.k8s_checkpoint import (
     ConfigMapCheckpoint,
     FileCheckpoint,
     Progress,
+    failure_message,
     parse_checkpoint_flag,
 )
 from eventrouter.sources.k8s_client import SA_NAMESPACE, SA_TOKEN, ApiClient, in_cluster, load_configuration
@@ -48,7 +50,10 @@ __all__ = ["BACKOFF_MAX", "Backoff", "KubernetesSource"]
 
 log = logging.getLogger("eventrouter.sources.kubernetes")
 
-CHECKPOINT_INTERVAL = 5.0  # seconds between checkpoint writes (and one more on finish)
+# seconds between checkpoint writes while something moved (and one more on finish): the first write
+# follows the first settled event within this, which bounds what a crash (SIGKILL) can repeat
+CHECKPOINT_INTERVAL = 1.0
+WRITE_RETRY_MAX = 30.0  # a failing checkpoint is retried at most this far apart (RBAC errors: no API storm)
 SEEN_CAP = 100_000  # uids remembered for dedupe (~300 B each); DELETED frees them, the oldest go first past this
 
 
@@ -87,6 +92,7 @@ class KubernetesSource(ListWatch):
         self._done = threading.Event()
         self._write_lock = threading.Lock()
         self._last_write = 0.0
+        self._write_failures = 0
         self._errors = ThrottledLog(log, 30.0)
         self._dispatch_lock = threading.Lock()
         prefix = "/api/v1" if settings.api == "v1" else "/apis/events.k8s.io/v1"
@@ -177,8 +183,13 @@ class KubernetesSource(ListWatch):
             resume = {k: v for k, v in progress.positions.items() if k in self._paths}
         self.seen = dict(progress.delivered)
         self.progress = progress
+        if self.checkpoint is not None and self.state.checkpoint_written is None:
+            # the age of the stored position: the loaded one's, else none stored since we started
+            self.state.checkpoint_written = _written_at(doc) or time.time()
         first_start = doc is None
         streams = list(self._paths)
+        for stream in streams:  # liveness counts from here: each stream must reach the API server in time
+            self.state.reached(stream)
         if len(streams) == 1:
             self._stream(router, streams[0], resume.get(streams[0]), first_start, halted, locked=False)
             return
@@ -198,10 +209,11 @@ class KubernetesSource(ListWatch):
                 doc = self.checkpoint.load()
             except (CheckpointError, httpx.HTTPError, ValueError) as exc:
                 if isinstance(exc, CheckpointError) and exc.status == 403:
-                    # missing RBAC must not stop the events: run without a checkpoint, and say so
-                    log.error("checkpoint %s: access denied (HTTP 403); running WITHOUT a checkpoint. Grant get, "
-                              "create, update on configmaps (see docs/source.md, RBAC)", self.checkpoint.describe())
-                    self.checkpoint = None
+                    # missing RBAC must not stop the events, and must not go unnoticed: start as on a first
+                    # start, keep trying to write (readiness fails and the checkpoint age grows until it works)
+                    message = failure_message(self.checkpoint, exc)
+                    log.error("%s; until then every restart delivers the listed events again", message)
+                    self.state.checkpoint_error = message
                     return None
                 self._errors.log(logging.WARNING, "ckpt-load", "reading checkpoint %s failed (%s); retrying",
                                  self.checkpoint.describe(), exc)
@@ -223,7 +235,7 @@ class KubernetesSource(ListWatch):
                 self.api.abort()  # wake a watch blocked in a read
             if not self._may_write():
                 continue
-            if time.monotonic() - self._last_write >= self.checkpoint_interval:
+            if time.monotonic() - self._last_write >= self._write_delay():
                 self._write_checkpoint(router, force=False)
             else:
                 with self._write_lock:  # keep the pending queue short between writes
@@ -246,11 +258,45 @@ class KubernetesSource(ListWatch):
                 self.checkpoint.save(doc, self._may_write)
             except Exception as exc:  # an odd API answer too: a dead housekeeping thread would never write again
                 progress.changed = True
-                self._errors.log(logging.WARNING, "ckpt-save", "writing checkpoint %s failed: %s: %s",
-                                 self.checkpoint.describe(), type(exc).__name__, exc)
+                self._write_failed(exc)
                 return
+            self._write_failures = 0
             self.state.checkpoint_written = time.time()
+            if self.state.checkpoint_error is not None:
+                log.info("checkpoint %s written again", self.checkpoint.describe())
+                self.state.checkpoint_error = None
 
+    def _write_delay(self) -> float:
+        """Seconds between write attempts: the interval, stretched while writes keep failing."""
+        if not self._write_failures:
+            return self.checkpoint_interval
+        return float(min(WRITE_RETRY_MAX, self.checkpoint_interval * 2 ** min(self._write_failures, 10)))
+
+    def _write_failed(self, exc: Exception) -> None:
+        """Loud: an ERROR naming the fix, and readiness fails (at once for RBAC or a bad path; after three
+        failures in a row for anything else, which may pass); the checkpoint age keeps growing."""
+        self._write_failures += 1
+        if isinstance(exc, CheckpointError) and exc.status == 409 and not self._may_write():
+            log.info("checkpoint %s: not written, this replica is not the leader any more", self.checkpoint_name)
+            return
+        message = failure_message(self.checkpoint, exc)
+        self._errors.log(logging.ERROR, "ckpt-save", "%s", message)
+        permanent = isinstance(exc, OSError) or (isinstance(exc, CheckpointError) and exc.status in (401, 403, 404))
+        if permanent or self._write_failures >= 3:
+            self.state.checkpoint_error = message
+
+    @property
+    def checkpoint_name(self) -> str:
+        return self.checkpoint.describe() if self.checkpoint is not None else "none"
+
+
+
+def _written_at(doc: dict[str, Any] | None) -> float | None:
+    """The wall-clock time a loaded checkpoint was written (its ``written`` field), if it says."""
+    try:
+        return datetime.strptime(str((doc or {})["written"]), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
+    except (KeyError, ValueError):
+        return None
 
 
 def _own_namespace(kubeconfig: str | None, context: str | None) -> str:
