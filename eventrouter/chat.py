@@ -23,18 +23,20 @@ under a size limit with a visible marker.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import os
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import orjson
 
-from eventrouter.errors import PartialError, PermanentError, RetryableError, SinkError
+from eventrouter.errors import PartialError, PermanentError, RetryableError, SinkConfigError, SinkError
 from eventrouter.event import Event
 from eventrouter.logutil import ThrottledLog
 from eventrouter.options import Duration, Option
@@ -50,7 +52,8 @@ CHAT_OPTIONS: tuple[Option, ...] = (
     Option("label", list, default=[], split_commas=False,
            help="a line shown first in every message (repeatable; one label per label=)"),
     Option("msg_type", str, default="text", choices=("text", "markdown"), help="message layout"),
-    Option("tz", str, default="UTC", help="time zone of the times shown (IANA name, e.g. Asia/Shanghai)"),
+    Option("tz", str, help="time zone of the times shown (IANA name, e.g. Asia/Shanghai); default: the TZ "
+           "environment variable (kube-eventer's manifests set TZ=Asia/Shanghai), else UTC"),
     Option("template", str, help="Jinja2 template of the message content (replaces the default layout)"),
     Option("template_file", str, help="file holding the Jinja2 template (read at start-up)"),
     Option("repeat_interval", Duration, default=Duration(1800.0), min=0,
@@ -90,26 +93,45 @@ class Notice:
     suppressed: int = 0
 
 
-def repeat_key(event: Event) -> tuple[str, str, str, str]:
+RepeatKey = tuple[str, str, str, str]
+
+
+def repeat_key(event: Event) -> RepeatKey:
+    """The problem an event is about: involved object kind/namespace/name + reason."""
     obj = event.involved_object
-    return (obj.kind, obj.namespace or event.namespace, obj.name, event.reason)
+    return (obj.kind, obj.namespace, obj.name, event.reason)
+
+
+# Kubernetes keeps an Event about an hour (the API server's --event-ttl): a problem silent that long has
+# been forgotten by the cluster too, so its next event is news again rather than a reminder
+FORGET_AFTER = 3600.0
 
 
 class RepeatFilter:
-    """Remembers when each object+reason was last shown; bounded (oldest forgotten first)."""
+    """Remembers when each object+reason was last shown and how many repeats were held back since.
+
+    Bounded: at most ``max_keys`` problems (the least recently active forgotten first), and a problem
+    with no event for ``max(interval, FORGET_AFTER)`` is forgotten. A problem is never forgotten merely
+    because ``interval`` passed: its next repeat is a reminder that says how many updates were held back.
+    """
 
     def __init__(self, interval: float, max_keys: int = 10000) -> None:
         self.interval = interval
         self.max_keys = max_keys
-        self._seen: OrderedDict[tuple[str, str, str, str], list[float]] = OrderedDict()  # key -> [time, held]
+        self.forget_after = max(interval, FORGET_AFTER)
+        # key -> [shown at, repeats held back, last activity]; ordered by last activity
+        self._seen: OrderedDict[RepeatKey, list[float]] = OrderedDict()
 
     def check(self, event: Event, now: float) -> Notice | None:
         """A Notice if the event is worth a message now; None if it is a repeat to hold back."""
         if self.interval <= 0:
             return Notice()
-        entry = self._seen.get(repeat_key(event))
-        if entry is None:
+        key = repeat_key(event)
+        entry = self._seen.get(key)
+        if entry is None or now - entry[2] >= self.forget_after:
             return Notice()
+        entry[2] = now
+        self._seen.move_to_end(key)
         if now - entry[0] < self.interval:
             entry[1] += 1
             return None
@@ -120,12 +142,12 @@ class RepeatFilter:
         if self.interval <= 0:
             return
         key = repeat_key(event)
-        self._seen[key] = [now, 0]
+        self._seen[key] = [now, 0, now]
         self._seen.move_to_end(key)
         seen = self._seen
         while seen:
             oldest = next(iter(seen.values()))
-            if now - oldest[0] < self.interval and len(seen) <= self.max_keys:
+            if now - oldest[2] < self.forget_after and len(seen) <= self.max_keys:
                 break
             seen.popitem(last=False)
 
@@ -141,7 +163,7 @@ class RateWindow:
         self.limit = limit
         self.window = window
         self._posts: deque[float] = deque()
-        self._paused_until = 0.0
+        self.paused_until = 0.0
 
     def used(self, now: float) -> int:
         while self._posts and now - self._posts[0] >= self.window:
@@ -150,7 +172,7 @@ class RateWindow:
 
     def room(self, now: float) -> int:
         """Posts allowed right now (a large number when there is no limit)."""
-        if now < self._paused_until:
+        if now < self.paused_until:
             return 0
         if self.limit <= 0:
             return 1 << 30
@@ -162,50 +184,115 @@ class RateWindow:
 
     def pause(self, now: float, seconds: float) -> None:
         """The server said "too fast": post nothing until ``seconds`` have passed."""
-        self._paused_until = max(self._paused_until, now + seconds)
+        self.paused_until = max(self.paused_until, now + seconds)
+
+    def posts(self, now: float) -> list[float]:
+        """Times of the posts still in the window (to carry them over a restart)."""
+        self.used(now)
+        return list(self._posts)
+
+
+# ---- what on-call needs first ---------------------------------------------------------------------
+URGENT, NEW, KNOWN = 0, 1, 2  # tiers: lower goes out first
+# reasons about a node (some are reported on the node's pods): the likely root cause of a pod storm
+NODE_REASONS = frozenset({
+    "NodeNotReady", "NodeNotSchedulable", "NodeHasDiskPressure", "NodeHasMemoryPressure", "NodeHasPIDPressure",
+    "NodeHasInsufficientMemory", "NodeHasInsufficientPID", "NodeNetworkUnavailable", "NodeShutdown",
+    "Rebooted", "SystemOOM", "EvictionThresholdMet", "FreeDiskSpaceFailed", "ImageGCFailed", "ContainerGCFailed",
+    "KubeletNotReady", "TaintManagerEviction", "NodeControllerEviction", "DeletingNode", "RemovingNode",
+})
+
+
+def is_urgent(event: Event) -> bool:
+    """Cluster-scoped objects (Node, PersistentVolume, ...) and node-level reasons: a probable root cause."""
+    return event.is_cluster_scoped or event.involved_object.kind == "Node" or event.reason in NODE_REASONS
+
+
+def where(namespace: str) -> str:
+    """``in ns a``, or ``(cluster-scoped)``: a cluster-scoped object is never given a namespace."""
+    return f"in ns {namespace}" if namespace else "(cluster-scoped)"
 
 
 # ---- digest ---------------------------------------------------------------------------------------
-_MAX_GROUPS = 200
+_MAX_GROUPS = 5000  # memory bound; beyond it groups are counted in `other` (and still said so)
 _NAMES_PER_GROUP = 3
+GroupKey = tuple[str, str]  # (reason, involved object's namespace; "" when cluster-scoped)
 
 
 @dataclass
-class _Group:
+class DigestGroup:
+    """Events of one reason in one namespace (or cluster-scoped), folded into a digest."""
+
+    reason: str
+    namespace: str
+    tier: int = KNOWN
     count: int = 0
     names: list[str] = field(default_factory=list)
     more_names: int = 0
+    types: Counter[str] = field(default_factory=Counter)
+    order: int = 0  # arrival order, for stable ranking
+
+    def line(self) -> str:
+        names = ", ".join(self.names) + (f" and {self.more_names} more" if self.more_names else "")
+        return f"- {self.reason} x{self.count} {where(self.namespace)}" + (f": {names}" if names else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": self.reason, "namespace": self.namespace, "tier": self.tier, "count": self.count,
+                "names": self.names, "more_names": self.more_names, "types": dict(self.types)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], order: int) -> DigestGroup:
+        return cls(str(data["reason"]), str(data["namespace"]), int(data["tier"]), int(data["count"]),
+                   [str(n) for n in data["names"]], int(data["more_names"]),
+                   Counter({str(k): int(v) for k, v in dict(data["types"]).items()}), order)
 
 
 class Digest:
-    """Events folded together because the rate budget was spent; bounded in memory."""
+    """Events folded together because the rate budget was spent; bounded in memory.
+
+    Groups are ranked by what on-call needs first (:meth:`ranked`): urgent (cluster-scoped and node
+    problems), then reasons not seen before, then the rest by count. A digest may go out in several
+    messages (parts); :meth:`remove` takes out the groups a posted part named.
+    """
 
     def __init__(self) -> None:
-        self.total = 0
-        self.types: Counter[str] = Counter()
-        self.groups: dict[tuple[str, str], _Group] = {}  # (reason, namespace) -> group
-        self.other = 0  # events of groups beyond _MAX_GROUPS
-        self.first: Event | None = None
+        self.groups: dict[GroupKey, DigestGroup] = {}
+        self.other = 0  # events beyond _MAX_GROUPS groups
+        self.first: Event | None = None  # set while the digest holds exactly what it was first given
+        self.cluster = ""
         self.since: datetime | None = None
         self.until: datetime | None = None
+        self._order = 0
 
-    def add(self, event: Event) -> None:
-        self.total += 1
-        self.types[event.type or "Unknown"] += 1
-        if self.first is None:
-            self.first = event
+    @property
+    def total(self) -> int:
+        return sum(g.count for g in self.groups.values()) + self.other
+
+    @property
+    def types(self) -> Counter[str]:
+        types: Counter[str] = Counter()
+        for group in self.groups.values():
+            types.update(group.types)
+        return types
+
+    def add(self, event: Event, tier: int = KNOWN) -> None:
+        self.first = event if not self.groups and not self.other else None
+        self.cluster = self.cluster or event.cluster
         when = event.last_timestamp
         self.since = when if self.since is None or when < self.since else self.since
         self.until = when if self.until is None or when > self.until else self.until
         obj = event.involved_object
-        key = (event.reason or "(no reason)", obj.namespace or event.namespace)
+        key = (event.reason or "(no reason)", obj.namespace)
         group = self.groups.get(key)
         if group is None:
             if len(self.groups) >= _MAX_GROUPS:
                 self.other += 1
                 return
-            group = self.groups[key] = _Group()
+            self._order += 1
+            group = self.groups[key] = DigestGroup(key[0], key[1], tier=tier, order=self._order)
+        group.tier = min(group.tier, tier)
         group.count += 1
+        group.types[event.type or "Unknown"] += 1
         name = f"{obj.kind}/{obj.name}" if obj.kind else obj.name
         if name in group.names:
             return
@@ -214,38 +301,116 @@ class Digest:
         else:
             group.more_names += 1
 
-    def ranked(self) -> list[tuple[str, str, _Group]]:
-        """Groups, largest first (ties in arrival order)."""
-        items = sorted(self.groups.items(), key=lambda item: -item[1].count)
-        return [(reason, ns, group) for (reason, ns), group in items]
+    def ranked(self) -> list[DigestGroup]:
+        """Groups in the order on-call needs them: urgent, new reasons, then the largest first."""
+        return sorted(self.groups.values(), key=lambda g: (g.tier, -g.count, g.order))
 
-    def headline(self, limit: int = 5) -> str:
-        """``37 more Warning events: BackOff x30 in ns a, FailedScheduling x7 in ns b, ...``"""
-        kinds = " and ".join(f"{n} {t}" for t, n in self.types.most_common()) if len(self.types) > 1 else ""
-        what = self.types.most_common(1)[0][0] if len(self.types) == 1 else ""
-        noun = "event" if self.total == 1 else "events"
-        head = f"{self.total} more {what} {noun}" if what else f"{self.total} more {noun} ({kinds})"
-        parts = [f"{reason} x{g.count} {_where(ns)}" for reason, ns, g in self.ranked()[:limit]]
-        rest = len(self.groups) - limit
-        if rest > 0:
-            parts.append(f"and {rest} more groups")
-        if self.other:
-            parts.append(f"{self.other} in other groups")
+    @property
+    def urgent(self) -> bool:
+        """Holds a group that must not wait for the digest spacing (urgent or a new reason)."""
+        return any(g.tier < KNOWN for g in self.groups.values())
+
+    def remove(self, keys: Sequence[GroupKey], other: bool = False) -> None:
+        for key in keys:
+            self.groups.pop(key, None)
+        if other:
+            self.other = 0
+        self.first = None
+
+    def __bool__(self) -> bool:
+        return bool(self.groups) or self.other > 0
+
+    def headline(self, limit: int = 5, groups: Sequence[DigestGroup] | None = None, other: int | None = None) -> str:
+        """``37 more Warning events: BackOff x30 in ns a, FailedScheduling x7 in ns b, ...`` (of ``groups``)."""
+        groups = self.ranked() if groups is None else list(groups)
+        other = self.other if other is None else other
+        types: Counter[str] = Counter()
+        for group in groups:
+            types.update(group.types)
+        total = sum(g.count for g in groups) + other
+        noun = "event" if total == 1 else "events"
+        if len(types) == 1:
+            head = f"{total} more {next(iter(types))} {noun}"
+        else:
+            head = f"{total} more {noun} (" + " and ".join(f"{n} {t}" for t, n in types.most_common()) + ")"
+        parts = [f"{g.reason} x{g.count} {where(g.namespace)}" for g in groups[:limit]]
+        if len(groups) > limit:
+            parts.append(f"and {len(groups) - limit} more groups")
+        if other:
+            parts.append(f"{other} in groups beyond {_MAX_GROUPS}")
         return head + ": " + ", ".join(parts)
 
+    # ---- kept across a restart ----------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {"groups": [g.to_json() for g in self.ranked()], "other": self.other, "cluster": self.cluster,
+                "since": self.since.isoformat() if self.since else None,
+                "until": self.until.isoformat() if self.until else None}
 
-def _where(namespace: str) -> str:
-    return f"in ns {namespace}" if namespace else "(cluster-scoped)"
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Digest:
+        digest = cls()
+        for order, item in enumerate(data.get("groups") or (), 1):
+            group = DigestGroup.from_json(item, order)
+            digest.groups[(group.reason, group.namespace)] = group
+        digest._order = len(digest.groups)
+        digest.other = int(data.get("other") or 0)
+        digest.cluster = str(data.get("cluster") or "")
+        digest.since = datetime.fromisoformat(data["since"]) if data.get("since") else None
+        digest.until = datetime.fromisoformat(data["until"]) if data.get("until") else None
+        return digest
+
+
+class DigestPart(Digest):
+    """One message of a digest: a Digest of the groups it names (removed from the whole once posted),
+    with its ``text`` and ``title`` rendered to fit one message. ``events`` is the events it names."""
+
+    def __init__(self, whole: Digest, groups: Sequence[DigestGroup], other: int, text: str = "",
+                 title: str = "") -> None:
+        super().__init__()
+        self.groups = {(g.reason, g.namespace): g for g in groups}
+        self.other = other
+        self.cluster, self.since, self.until = whole.cluster, whole.since, whole.until
+        self.first = whole.first if len(groups) == len(whole.groups) and other == whole.other else None
+        self.text = text or self.headline(len(groups))
+        self.title = title or self.headline(2)
+
+    @property
+    def keys(self) -> list[GroupKey]:
+        return list(self.groups)
+
+    @property
+    def events(self) -> int:
+        return self.total
 
 
 # ---- layout ---------------------------------------------------------------------------------------
+def chat_tz(sink: str, name: str | None) -> tzinfo:
+    """The zone of human-facing times: ``tz=`` if given (an error names the option), else the ``TZ``
+    environment variable (kube-eventer's manifests set ``TZ=Asia/Shanghai``; ``:Zone`` and
+    ``/usr/share/zoneinfo/Zone`` forms are understood), else UTC. A ``TZ`` that is not an IANA name is
+    logged and UTC is used. Stored and exported times are UTC whatever this says."""
+    if name:
+        return parse_tz(sink, name)
+    env = os.environ.get("TZ", "").strip().lstrip(":")
+    if "zoneinfo/" in env:
+        env = env.split("zoneinfo/", 1)[1]
+    if not env:
+        return UTC
+    try:
+        return parse_tz(sink, env)
+    except SinkConfigError:
+        logging.getLogger(f"eventrouter.sinks.{sink}").warning(
+            "TZ=%s is not an IANA time zone name: chat times are shown in UTC (set tz= on the sink)", env)
+        return UTC
+
+
 class ChatLayout:
     """Message text for events and digests: the default layouts or the user's template."""
 
     def __init__(self, sink: str, opts: Any, *, line_break: str = "\n\n", cluster_id: str = "") -> None:
         self.msg_type: str = opts["msg_type"]
         self.labels: list[str] = list(opts["label"])
-        self.tz: tzinfo = parse_tz(sink, opts.get("tz"))
+        self.tz: tzinfo = chat_tz(sink, opts.get("tz"))
         self.cluster_id = cluster_id
         self.region = ""  # shown with the cluster (DingTalk's kube-eventer option region=)
         self.line_break = line_break  # markdown line break (DingTalk needs a blank line)
@@ -294,7 +459,7 @@ class ChatLayout:
         lines = [*self.labels,
                  f"Level:{event.type}",
                  f"Kind:{obj.kind}",
-                 f"Namespace:{obj.namespace or event.namespace}",
+                 f"Namespace:{obj.namespace or '(cluster-scoped)'}",
                  f"Name:{obj.name}",
                  f"Reason:{event.reason}",
                  f"Timestamp:{self.time(event.last_timestamp)}",
@@ -320,7 +485,7 @@ class ChatLayout:
             lines.append(f"**Region:** {self.region}")
         lines += [f"**Level:** {event.type}",
                   f"**Kind:** {obj.kind}",
-                  f"**Namespace:** {obj.namespace or event.namespace or '-'}",
+                  f"**Namespace:** {obj.namespace or '(cluster-scoped)'}",
                   f"**Name:** {obj.name}",
                   f"**Reason:** {event.reason}",
                   f"**Count:** {self._count(event, notice)}",
@@ -332,24 +497,60 @@ class ChatLayout:
         return self.line_break.join(lines)
 
     def digest(self, digest: Digest, rate_limit: int) -> str:
+        """The whole digest as one message (no size limit): every group named."""
+        return self._digest_text(digest, digest.ranked(), digest.other, rate_limit)
+
+    def digest_parts(self, digest: Digest, rate_limit: int, max_size: int = 0,
+                     measure: Callable[[str], int] | None = None) -> list[DigestPart]:
+        """The digest as messages that each fit ``max_size`` (as ``measure`` counts, UTF-8 bytes by
+        default; 0: one message), ranked, every group named in exactly one of them."""
+        size = measure or (lambda text: len(text.encode()))
+        groups = digest.ranked()
+        batches: list[list[DigestGroup]] = []
+        current: list[DigestGroup] = []
+        used = 0
+        for group in groups:
+            line = size(group.line()) + 2
+            if current and max_size and used + line > max_size:
+                batches.append(current)
+                current, used = [], 0
+            if not current:  # what every part has: labels, cluster, headline, footer (+ slack for numbers)
+                used = size(self._digest_text(digest, [group], digest.other, rate_limit, 99, 99)) + 200
+            else:
+                used += line
+            current.append(group)
+        batches.append(current)
+        count = len(batches)
+        parts = []
+        for index, batch in enumerate(batches, 1):
+            other = digest.other if index == count else 0
+            text = self._digest_text(digest, batch, other, rate_limit, index, count)
+            if max_size:
+                text = truncate_bytes(text, max_size, measure=size)
+            parts.append(DigestPart(digest, batch, other, text, digest.headline(2, batch, other)))
+        return parts
+
+    def _digest_text(self, digest: Digest, groups: Sequence[DigestGroup], other: int, rate_limit: int,
+                     index: int = 1, count: int = 1) -> str:
         markdown = self.msg_type == "markdown"
-        cluster = self.cluster(digest.first)
+        cluster = digest.cluster or self.cluster_id
+        of = f" (part {index} of {count})" if count > 1 else ""
         lines: list[str] = []
         if markdown:
-            lines.append(f"### {digest.headline(3)}")
+            lines.append(f"### {digest.headline(3, groups, other)}{of}")
         lines += self.labels
         if cluster:
             lines.append(f"**Cluster:** {cluster}" if markdown else f"Cluster:{cluster}")
+        if self.region:
+            lines.append(f"**Region:** {self.region}" if markdown else f"Region:{self.region}")
         if not markdown:
-            lines.append(digest.headline())
-        for reason, ns, group in digest.ranked()[:20]:
-            names = ", ".join(group.names) + (f" and {group.more_names} more" if group.more_names else "")
-            lines.append(f"- {reason} x{group.count} {_where(ns)}: {names}")
-        rest = sum(g.count for _, _, g in digest.ranked()[20:]) + digest.other
-        if rest:
-            lines.append(f"- {rest} more in other groups")
+            lines.append(digest.headline(5, groups, other) + of)
+        lines += [group.line() for group in groups]
+        if other:
+            lines.append(f"- {other} more events in groups beyond the first {len(digest.groups)}")
+        events = sum(g.count for g in groups) + other
         lines.append(f"From {self.time(digest.since)} to {self.time(digest.until)}; one message instead of "
-                     f"{digest.total} to stay under {rate_limit} messages a minute.")
+                     f"{events} to stay under {rate_limit} messages a minute.")
         return (self.line_break if markdown else "\n").join(lines)
 
 
@@ -362,41 +563,172 @@ class RateLimitedError(RetryableError):
 
 
 PostEvent = Callable[[Event, Notice], None]
-PostDigest = Callable[[Digest], None]
+PostDigest = Callable[[DigestPart], None]
+SplitDigest = Callable[[Digest], list[DigestPart]]
+
+STATE_FILE = "chat-pending.json"
+STATE_VERSION = 1
+SAME_REASON_POSTS = 3  # single messages of one reason per window; more of it is folded into the digest
+DIGEST_RETRY_MAX = 60.0  # longest wait before a digest refused as busy is posted again
+DIGEST_GATHER = 5.0  # a digest of known reasons gathers this long first: a storm arrives over seconds
+
+
+@dataclass
+class ChatStats:
+    """What the flow did, kept apart: messages posted, and what happened to the events it was given."""
+
+    messages: int = 0  # messages posted (single events and digest parts)
+    events_posted: int = 0  # events posted as their own message
+    digests: int = 0  # digest messages posted
+    events_folded: int = 0  # events folded into a digest
+    events_in_digests: int = 0  # folded events whose digest message was posted
+    repeats_suppressed: int = 0  # repeats held back (counted in the next reminder)
+    events_failed: int = 0  # events (alone or in a digest) the service refused for good
+    events_kept: int = 0  # folded events kept for after a restart (or lost without a state_dir)
+
+    def summary(self) -> str:
+        return (f"posted {self.messages} messages ({self.events_posted} events, {self.digests} digests of "
+                f"{self.events_in_digests} folded events); {self.repeats_suppressed} repeats held back; "
+                f"{self.events_failed} events refused; {self.events_kept} folded events left for after a restart")
+
+
+def _plain_split(digest: Digest) -> list[DigestPart]:
+    """Without a layout: one part holding the whole digest (the poster renders it)."""
+    return [DigestPart(digest, digest.ranked(), digest.other)]
 
 
 class ChatFlow:
-    """Per-robot flow control: repeats, rate window and digest. One per sink instance."""
+    """Per-robot flow control: repeats, ranking, rate window and digests. One per sink instance.
+
+    Public use (what :class:`~eventrouter.chat_transport.ChatSink` does for you): call :meth:`send` with
+    each batch, :meth:`tick` at least every second, :meth:`close` at shutdown; :meth:`restore` after
+    :meth:`save` to carry a digest and the rate window over a restart. ``stats`` counts what happened.
+
+    What goes out first is what on-call needs first:
+
+    - an urgent event (cluster-scoped object, node problem: :func:`is_urgent`) is posted alone whenever
+      the window has room (beyond ``SAME_REASON_POSTS`` of one reason it goes into the digest, which is
+      then posted at once);
+    - the first event of a reason not seen lately is posted alone while a quarter of the window stays
+      free (for urgent events and digests);
+    - another event of a reason already shown is posted alone only while half the window is free and
+      fewer than ``SAME_REASON_POSTS`` (3) of that reason went out in the window;
+    - within a batch, urgent events go first, then the first event of each new reason (:meth:`rank`);
+    - everything else is folded into the digest, ranked the same way, posted in parts that each fit
+      one message: at once when it holds an urgent group or a new reason, otherwise after gathering
+      ``DIGEST_GATHER`` (5 s) and at most every ``window / (rate_limit / 4)`` seconds (12 s at 20 a
+      minute), leaving room for what is new.
+    """
 
     def __init__(self, *, rate_limit: int = 20, repeat_interval: float = 1800.0, window: float = RATE_WINDOW,
-                 max_keys: int = 10000, clock: Callable[[], float] = time.monotonic, sink: str = "") -> None:
+                 max_keys: int = 10000, clock: Callable[[], float] = time.monotonic, sink: str = "",
+                 split: SplitDigest | None = None) -> None:
         self.log = logging.getLogger(f"eventrouter.sinks.{sink}") if sink else log
         self.rate_limit = rate_limit
         self.rate = RateWindow(rate_limit, window)
         self.repeats = RepeatFilter(repeat_interval, max_keys)
         self.clock = clock
+        self.split = split or _plain_split
         self.digest: Digest | None = None
-        self.posted = 0  # messages posted (events and digests)
-        self.suppressed = 0  # repeats held back
+        self.stats = ChatStats()
+        # reasons shown lately (alone or in a digest) -> when; and posts of each reason in the window
+        self._reasons_seen: OrderedDict[str, float] = OrderedDict()
+        self._reason_posts: dict[str, deque[float]] = {}
+        self._last_digest = -1e18
+        self._digest_started = 0.0
+        self._digest_retry_at = 0.0
+        self._digest_backoff = 0.0
+        self._restored = False  # the digest came from the state file: remove it once posted
 
-    def _room_for_event(self, now: float) -> bool:
-        # one slot of every window stays free for a digest, so the overflow is never silent
-        return self.digest is None and self.rate.room(now) > (1 if self.rate_limit > 0 else 0)
+    # compatibility: the counters before ChatStats
+    @property
+    def posted(self) -> int:
+        return self.stats.messages
 
+    @property
+    def suppressed(self) -> int:
+        return self.stats.repeats_suppressed
+
+    # ---- ranking ------------------------------------------------------------------------------
+    def tier(self, event: Event, now: float) -> int:
+        if is_urgent(event):
+            return URGENT
+        seen = self._reasons_seen.get(event.reason)
+        return KNOWN if seen is not None and now - seen < FORGET_AFTER else NEW
+
+    def _seen(self, reason: str, now: float) -> None:
+        reasons = self._reasons_seen
+        reasons[reason] = now
+        reasons.move_to_end(reason)
+        while len(reasons) > 1000 or (reasons and now - next(iter(reasons.values())) >= FORGET_AFTER):
+            reasons.popitem(last=False)
+
+    def _reason_posts_in_window(self, reason: str, now: float) -> int:
+        posts = self._reason_posts.get(reason)
+        if not posts:
+            return 0
+        while posts and now - posts[0] >= self.rate.window:
+            posts.popleft()
+        return len(posts)
+
+    def _alone(self, event: Event, tier: int, now: float) -> bool:
+        """Whether the event is posted as its own message now (else it is folded into the digest).
+
+        ``room`` is what every window of ``self.rate`` allows now (a burst cap included); the budget
+        (the longest window: ``rate.limit`` posts a ``rate.window``) decides what is kept for what."""
+        rate = self.rate
+        room = rate.room(now)
+        if rate.limit <= 0:
+            return room >= 1
+        if tier == URGENT:  # many nodes at once read better as one digest line, posted at once
+            return room >= 1 and self._reason_posts_in_window(event.reason, now) < SAME_REASON_POSTS
+        free = rate.limit - rate.used(now)  # of the budget
+        if room < 2:  # the last slot of any window is the digest's
+            return False
+        if tier == NEW:  # a quarter of the budget stays for urgent events and digests
+            return free > max(1, rate.limit // 4)
+        return free > max(1, rate.limit // 2) and self._reason_posts_in_window(event.reason, now) < SAME_REASON_POSTS
+
+    def _digest_spacing(self) -> float:
+        """Digests of known reasons: at most a quarter of the budget (every 12 s at 20 a minute)."""
+        return self.rate.window / max(1, self.rate.limit // 4) if self.rate.limit > 0 else 0.0
+
+    def rank(self, batch: Sequence[Event], now: float) -> list[Event]:
+        """The batch in the order on-call needs it (stable): urgent events, then the first event of each
+        reason not seen lately, then the rest. Within a batch arrival order says little: it is one read."""
+        firsts: set[str] = set()
+
+        def key(event: Event) -> int:
+            if is_urgent(event):
+                return URGENT
+            if event.reason in firsts or self.tier(event, now) == KNOWN:
+                return KNOWN
+            firsts.add(event.reason)
+            return NEW
+
+        keys = [key(event) for event in batch]
+        return [batch[i] for i in sorted(range(len(batch)), key=keys.__getitem__)]
+
+    # ---- events -------------------------------------------------------------------------------
     def send(self, batch: Sequence[Event], post_event: PostEvent) -> None:
         """Post, hold back or fold each event. Raises PartialError so delivered events are not re-sent."""
         rejected: list[Event] = []
         error: SinkError | None = None
+        batch = self.rank(batch, self.clock())
         for index, event in enumerate(batch):
             now = self.clock()
             notice = self.repeats.check(event, now)
             if notice is None:
-                self.suppressed += 1
+                self.stats.repeats_suppressed += 1
                 continue
-            if not self._room_for_event(now):
-                self.digest = self.digest or Digest()
-                self.digest.add(event)
+            tier = self.tier(event, now)
+            if not self._alone(event, tier, now):
+                if not self.digest:
+                    self.digest, self._digest_started = Digest(), now
+                self.digest.add(event, tier)
+                self.stats.events_folded += 1
                 self.repeats.commit(event, now)
+                self._seen(event.reason, now)
                 continue
             try:
                 self._post(functools.partial(post_event, event, notice))
@@ -405,12 +737,20 @@ class ChatFlow:
                                    retry_after=exc.retry_after) from exc
             except PermanentError as exc:
                 rejected.append(event)
+                self.stats.events_failed += 1
                 error = exc
                 continue
             except Exception as exc:  # a bug (not a SinkError): retried as the router does, but never
                 # the messages already posted from this batch
                 raise PartialError(f"{type(exc).__name__}: {exc}", retry=batch[index:], rejected=rejected) from exc
-            self.repeats.commit(event, self.clock())
+            now = self.clock()
+            self.stats.events_posted += 1
+            self.repeats.commit(event, now)
+            self._seen(event.reason, now)
+            self._reason_posts.setdefault(event.reason, deque()).append(now)
+            if len(self._reason_posts) > 1000:  # bounded: drop reasons with no post in the window
+                self._reason_posts = {r: p for r, p in self._reason_posts.items()
+                                      if self._reason_posts_in_window(r, now)}
         if rejected:
             if len(rejected) == len(batch):
                 raise PermanentError(str(error)) from error
@@ -427,50 +767,167 @@ class ChatFlow:
             self.rate.record(self.clock())  # the server answered: it counted the message
             raise
         self.rate.record(self.clock())
-        self.posted += 1
+        self.stats.messages += 1
 
+    # ---- the digest ---------------------------------------------------------------------------
     def pending(self) -> int:
         """Events waiting in the digest."""
         return self.digest.total if self.digest else 0
 
-    def tick(self, post_event: PostEvent, post_digest: PostDigest) -> None:
-        """Post the pending digest if the window allows; a digest of one event is posted as that event."""
+    def _digest_due(self, now: float) -> bool:
         digest = self.digest
-        if digest is None or self.rate.room(self.clock()) < 1:
-            return
+        if not digest or self.rate.room(now) < 1 or now < self._digest_retry_at:
+            return False
+        if digest.urgent or self._restored:
+            return True
+        return now - self._last_digest >= self._digest_spacing() and now - self._digest_started >= DIGEST_GATHER
+
+    def tick(self, post_event: PostEvent, post_digest: PostDigest) -> None:
+        """Post the next part of the pending digest if it is due and the window allows; a digest of one
+        event is posted as that event. A busy answer is retried later with a growing wait (2 s .. 60 s)."""
+        if self._digest_due(self.clock()):
+            self._post_digest(post_event, post_digest)
+
+    def _post_digest(self, post_event: PostEvent, post_digest: PostDigest) -> None:
+        digest = self.digest
+        assert digest is not None
+        first = digest.first
+        if first is not None:  # one event, as given: its own message reads better than a digest of one
+            part = DigestPart(digest, list(digest.groups.values()), digest.other)
+            action = functools.partial(post_event, first, Notice())
+        else:
+            part = self.split(digest)[0]
+            action = functools.partial(post_digest, part)
         try:
-            if digest.total == 1 and digest.first is not None:
-                self._post(lambda: post_event(digest.first, Notice()))  # type: ignore[arg-type]
-            else:
-                self._post(lambda: post_digest(digest))
-        except PermanentError:
-            self.digest = None  # it will never be accepted; the router logs the error
+            self._post(action)
+        except RateLimitedError:
+            raise  # the window is paused: the next due tick tries again
+        except RetryableError as exc:
+            self._digest_backoff = min(DIGEST_RETRY_MAX, max(2.0, self._digest_backoff * 2))
+            self._digest_retry_at = self.clock() + max(self._digest_backoff, exc.retry_after or 0.0)
             raise
+        except PermanentError:
+            # it will never be accepted as it is: counted and logged (by the router), the rest stays
+            self.stats.events_failed += part.events
+            self._taken(digest, part)
+            raise
+        self._digest_backoff = 0.0
+        self._last_digest = self.clock()
+        if first is not None:
+            self.stats.events_posted += 1
+        else:
+            self.stats.digests += 1
+        self.stats.events_in_digests += part.events if first is None else 0
+        self._taken(digest, part)
+
+    def _taken(self, digest: Digest, part: DigestPart) -> None:
+        digest.remove(part.keys, part.other > 0)
+        if not digest:
+            self.digest = None
+            if self._restored:
+                self._restored = False
+                self._drop_state()
+
+    # ---- shutdown and restart -----------------------------------------------------------------
+    def close(self, post_event: PostEvent, post_digest: PostDigest, state_dir: str | None = None,
+              wall: Callable[[], float] = time.time) -> None:
+        """Post what the window allows of the pending digest, whatever the spacing; keep the rest in
+        ``state_dir`` (and the window's posts, so a restart does not exceed the rate) for :meth:`restore`.
+        Without a ``state_dir`` what is left is logged in full: every group it held."""
+        reason = "the rate limit was reached"
+        while self.digest and self.rate.room(self.clock()) >= 1:
+            try:
+                self._post_digest(post_event, post_digest)
+            except SinkError as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+                break
+        if self.rate.room(self.clock()) < 1 and self.clock() < self.rate.paused_until:  # (ChatRates has it too)
+            reason = "the service asked to wait (too fast)"
+        left = self.digest
+        self.stats.events_kept = left.total if left else 0
+        if state_dir is not None:
+            self.save(state_dir, wall)
+            if left:
+                self.log.warning("%d folded events not posted at shutdown (%s): kept in %s, posted after the "
+                                 "restart: %s", left.total, reason, os.path.join(state_dir, STATE_FILE),
+                                 left.headline(len(left.groups)))
+        elif left:
+            self.log.warning("%d folded events not posted at shutdown (%s) and not kept (no data directory): %s",
+                             left.total, reason, left.headline(len(left.groups)))
         self.digest = None
 
-    def close(self, post_event: PostEvent, post_digest: PostDigest) -> None:
-        """Last chance for a pending digest; if the window is full, say in the log what it held."""
-        digest = self.digest
-        if digest is None:
-            return
+    def save(self, state_dir: str, wall: Callable[[], float] = time.time) -> None:
+        """Write the pending digest and the window's recent posts to ``state_dir`` (atomically)."""
+        now, epoch = self.clock(), wall()
+        doc = {"version": STATE_VERSION, "saved_at": epoch,
+               "posts": [epoch - (now - t) for t in self.rate.posts(now)],
+               "paused_until": epoch + max(0.0, self.rate.paused_until - now),
+               "digest": self.digest.to_json() if self.digest else None}
+        path = os.path.join(state_dir, STATE_FILE)
         try:
-            self.tick(post_event, post_digest)
-        except SinkError as exc:
-            self.log.warning("digest not sent at shutdown (%s): %s", type(exc).__name__, exc)
-        if self.digest is not None:
-            self.log.warning("digest not sent at shutdown (rate limit reached): %s", digest.headline())
-            self.digest = None
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as file:
+                file.write(orjson.dumps(doc))
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(tmp, path)
+            self._state_path = path
+        except OSError as exc:
+            held = self.digest.headline(len(self.digest.groups)) if self.digest else "nothing pending"
+            self.log.error("cannot keep the chat state in %s (%s); lost: %s", path, exc.strerror or exc, held)
+
+    def restore(self, state_dir: str, wall: Callable[[], float] = time.time) -> None:
+        """Take back what :meth:`save` kept: the digest (posted first, when the window allows) and the
+        posts of the last window. An unreadable file is logged and left for a person to look at."""
+        path = os.path.join(state_dir, STATE_FILE)
+        self._state_path = path
+        try:
+            with open(path, "rb") as file:
+                doc = orjson.loads(file.read())
+            if doc.get("version") != STATE_VERSION:
+                raise ValueError(f"version {doc.get('version')!r}")
+            now, epoch = self.clock(), wall()
+            for posted in doc.get("posts") or ():
+                if 0 <= epoch - float(posted) < self.rate.window:
+                    self.rate.record(now - (epoch - float(posted)))
+            paused = float(doc.get("paused_until") or 0.0) - epoch
+            if paused > 0:
+                self.rate.pause(now, paused)
+            digest = Digest.from_json(doc["digest"]) if doc.get("digest") else None
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            self.log.error("cannot read the chat state %s (%s): a digest kept at the last shutdown may be lost",
+                           path, exc)
+            return
+        if digest:
+            self.digest, self._restored = digest, True
+            self.log.info("%d folded events kept at the last shutdown will be posted first: %s", digest.total,
+                          digest.headline(3))
+        else:
+            self._drop_state()
+
+    def _drop_state(self) -> None:
+        path = getattr(self, "_state_path", None)
+        if path:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
 
 __all__ = [
     "CHAT_OPTIONS",
     "ChatFlow",
     "ChatLayout",
+    "ChatStats",
     "Digest",
+    "DigestGroup",
+    "DigestPart",
     "Notice",
     "RateLimitedError",
     "RateWindow",
     "RepeatFilter",
+    "chat_tz",
+    "is_urgent",
     "json_size",
     "truncate_bytes",
 ]

@@ -4,7 +4,8 @@ A chat sink (DingTalk, WeCom, Slack, Teams, Feishu, ...) subclasses :class:`Chat
 its protocol; the base class owns the rest, once:
 
 - ``send`` / ``tick`` / ``close`` / ``open``: the :class:`~eventrouter.chat.ChatFlow` (repeats, rate,
-  digests, ranking, what is left at shutdown) wired to the sink's :meth:`ChatSink.deliver`;
+  ranking, digests split to ``max_content``, a digest left at shutdown kept in ``state_dir`` and posted
+  after the restart) wired to the sink's :meth:`ChatSink.deliver`; ``chat_stats()`` says what it did;
 - the HTTP client (:meth:`ChatSink.request`: network errors become ``RetryableError``), the answer
   check (:meth:`ChatSink.check`: HTTP status, then the body's error code through the class's
   :class:`ErrorCodes`, with hints) and secret masking in every error;
@@ -35,7 +36,7 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from eventrouter.chat import ChatFlow, ChatLayout, Digest, Notice, RateLimitedError
+from eventrouter.chat import ChatFlow, ChatLayout, ChatStats, Digest, DigestPart, Notice, RateLimitedError
 from eventrouter.errors import PermanentError, RetryableError, SinkConfigError, SinkError
 from eventrouter.event import Event
 from eventrouter.http import http_client, raise_for_status, retry_after_seconds, transport_error
@@ -147,9 +148,10 @@ class ChatSink(Sink):
         self.wall = wall
         self.layout = ChatLayout(self.name, opts, line_break=self.markdown_line_break, cluster_id=cluster_id)
         self.flow = ChatFlow(rate_limit=opts["rate_limit"], repeat_interval=float(opts["repeat_interval"]),
-                             clock=clock, sink=self.name)
+                             clock=clock, sink=self.name, split=self.split_digest)
         self._client: httpx.Client | None = None
         self._throttled = 0  # "too fast" answers in a row
+        self._closed = False
         http_client(self.name, opts).close()  # TLS files are checked now, not at the first alert
 
     # ---- what a subclass implements ---------------------------------------------------------------
@@ -173,9 +175,21 @@ class ChatSink(Sink):
     def tick(self) -> None:
         self.flow.tick(self.post_event, self.post_digest)
 
+    def open(self) -> None:
+        """Take back the digest and rate window kept at the last shutdown (in ``state_dir``). A subclass
+        that checks credentials here calls ``super().open()`` first."""
+        if self.state_dir is not None:
+            self.flow.restore(self.state_dir, self.wall)
+
     def close(self) -> None:
+        """Post what the rate allows of the pending digest, keep the rest in ``state_dir`` (logged in
+        full without one), log what the flow did, release the client. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
         try:
-            self.flow.close(self.post_event, self.post_digest)
+            self.flow.close(self.post_event, self.post_digest, self.state_dir, self.wall)
+            self.flow.log.info("%s", self.flow.stats.summary())
         finally:
             if self._client is not None:
                 self._client.close()
@@ -184,8 +198,16 @@ class ChatSink(Sink):
     def post_event(self, event: Event, notice: Notice) -> None:
         self.deliver(self.layout.event(event, notice), self.layout.title(event))
 
-    def post_digest(self, digest: Digest) -> None:
-        self.deliver(self.layout.digest(digest, self.flow.rate_limit), digest.headline(2))
+    def post_digest(self, part: DigestPart) -> None:
+        self.deliver(part.text, part.title)
+
+    def split_digest(self, digest: Digest) -> list[DigestPart]:
+        """The digest as messages of at most ``max_content`` each (see :meth:`ChatLayout.digest_parts`)."""
+        return self.layout.digest_parts(digest, self.flow.rate_limit, self.max_content, self.measure)
+
+    def chat_stats(self) -> ChatStats:
+        """Messages posted, events posted alone / folded / held back as repeats (for logs and /metrics)."""
+        return self.flow.stats
 
     # ---- HTTP -------------------------------------------------------------------------------------
     def client(self) -> httpx.Client:

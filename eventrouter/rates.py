@@ -71,14 +71,14 @@ class _Window:
 
 class ChatRates:
     """Several sliding windows as one: the same interface as the flow's single window (room, record,
-    pause, used, limit, window)."""
+    pause, paused_until, posts, used, limit, window)."""
 
     def __init__(self, rates: tuple[Rate, ...]) -> None:
         self.rates = rates
         self._windows = [_Window(rate) for rate in rates]  # longest first
         self.limit = rates[0].limit
         self.window = rates[0].window
-        self._paused_until = 0.0
+        self.paused_until = 0.0
 
     def used(self, now: float) -> int:
         main = self._windows[0]
@@ -87,7 +87,7 @@ class ChatRates:
     def room(self, now: float) -> int:
         """Posts allowed now by the budget; 0 while a burst cap is full. The flow posts a single event only
         when this is 2 or more (one slot of the budget is the digest's), a digest when it is 1 or more."""
-        if now < self._paused_until:
+        if now < self.paused_until:
             return 0
         room = self._windows[0].room(now)
         for window in self._windows[1:]:
@@ -103,7 +103,12 @@ class ChatRates:
 
     def pause(self, now: float, seconds: float) -> None:
         """The service said "too fast": post nothing until ``seconds`` have passed."""
-        self._paused_until = max(self._paused_until, now + seconds)
+        self.paused_until = max(self.paused_until, now + seconds)
+
+    def posts(self, now: float) -> list[float]:
+        """Post times still in the budget window (what ChatFlow.save carries over a restart)."""
+        self._windows[0].room(now)
+        return list(self._windows[0]._posts)
 
 
 def use_rates(flow: Any, rates: tuple[Rate, ...]) -> None:

@@ -17,7 +17,7 @@ PUBLIC = {
     "HTTP_OPTIONS", "TLS_OPTIONS", "http_client", "raise_for_status", "transport_error", "redact_text",
     "EventTemplate", "template_source", "parse_tz",
     "CHAT_OPTIONS", "ChatFlow", "ChatLayout", "Digest", "Notice", "RateLimitedError", "json_size", "truncate_bytes",
-    "ChatSink", "ErrorCodes", "api_base", "chat_endpoint",
+    "ChatSink", "ErrorCodes", "api_base", "chat_endpoint", "ChatStats", "DigestPart", "chat_tz",
     "ChatRates", "Rate", "parse_rates", "use_rates",
     "__version__",
 }

@@ -43,7 +43,7 @@ def build(flag: str, **kwargs) -> DingTalkSink:  # type: ignore[no-untyped-def]
      {"msg_type": "markdown", "cluster_id": "c0ffee", "region": "cn-hangzhou"}),
     (KE + "&namespaces=kube-system,default&kinds=Pod,Node", {"namespaces": ["kube-system", "default"],
                                                              "kinds": ["Pod", "Node"]}),
-    (KE, {"level": ["Warning"], "repeat_interval": 1800.0, "rate_limit": 20, "tz": "UTC", "sign": False}),
+    (KE, {"level": ["Warning"], "repeat_interval": 1800.0, "rate_limit": 20, "tz": None, "sign": False}),
     # ours
     (KE + "&at_mobiles=138001,139002&at_user_ids=u1&at_all=true",
      {"at_mobiles": ["138001", "139002"], "at_user_ids": ["u1"], "at_all": True}),
@@ -225,7 +225,7 @@ def test_oversized_message_is_truncated_not_rejected(clock):
     assert len(orjson.dumps(content)) <= MAX_CONTENT
 
 
-def test_burst_of_100_gives_19_messages_and_a_digest_in_order(clock):
+def test_burst_of_two_reasons_gives_three_of_each_and_one_digest_naming_both(clock):
     events = [make_event(n) for n in range(90)] + [
         make_event(n, reason="FailedScheduling", namespace="b") for n in range(90, 100)]
     events[90:] = [replace(e, involved_object=replace(e.involved_object, namespace="b")) for e in events[90:]]
@@ -236,18 +236,29 @@ def test_burst_of_100_gives_19_messages_and_a_digest_in_order(clock):
         clock.advance(30)
         sink.tick()  # nothing more to send
     contents = server.contents()
-    assert len(contents) == 20 and all(r.errcode == 0 for r in server.requests)
-    assert [c.split("\nName:")[1].split("\n")[0] for c in contents[:19]] == [f"app-{n}" for n in range(19)]
-    assert contents[19].splitlines()[1] == ("81 more Warning events: BackOff x71 in ns default, "
-                                            "FailedScheduling x10 in ns b")
+    assert len(contents) == 7 and all(r.errcode == 0 for r in server.requests)
+    # the first of each reason leads (a batch is ranked), then two more of each
+    assert [c.split("\nName:")[1].split("\n")[0] for c in contents[:6]] == [
+        "app-0", "app-90", "app-1", "app-2", "app-91", "app-92"]
+    assert contents[6].splitlines()[1:4] == [
+        "94 more Warning events: BackOff x87 in ns default, FailedScheduling x7 in ns b",
+        "- BackOff x87 in ns default: Pod/app-3, Pod/app-4, Pod/app-5 and 84 more",
+        "- FailedScheduling x7 in ns b: Pod/app-93, Pod/app-94, Pod/app-95 and 4 more"]
+
+
+def _node_event(n: int, reason: str = "NodeNotReady"):  # type: ignore[no-untyped-def]
+    """An event about Node ``node-<n>``: cluster-scoped (the Event object itself lives in ``default``)."""
+    event = make_event(n, reason=reason, message=f"Node node-{n} status is now: {reason}")
+    return replace(event, involved_object=replace(event.involved_object, kind="Node", namespace="", name=f"node-{n}"))
 
 
 def test_digest_waits_for_the_next_window(clock):
     with FakeDingTalk(clock=clock) as server:
         sink = build(robot_flag(server), clock=clock)
-        sink.send([make_event(n) for n in range(20)])
+        # 20 node problems of different reasons: urgent, each alone, they may use the whole window
+        sink.send([_node_event(n, reason=f"Node{n}") for n in range(20)])
         sink.tick()
-        sink.send([make_event(n) for n in range(20, 25)])  # the window is full now
+        sink.send([make_event(n, reason=f"Reason{n}") for n in range(20, 25)])  # the window is full now
         sink.tick()
         assert len(server.messages) == 20
         clock.advance(61)
@@ -304,6 +315,16 @@ def _wait(predicate, timeout=10.0):  # type: ignore[no-untyped-def]
         time.sleep(0.02)
 
 
+def _accounted(contents: list[str]) -> int:
+    """Events a reader sees in these messages: one per single message, N per digest line ``- R xN ...``."""
+    total = 0
+    for content in contents:
+        lines = [re.match(r"- .+? x(\d+) |- (\d+) more events", line) for line in content.splitlines()]
+        counts = [int(m.group(1) or m.group(2)) for m in lines if m]
+        total += sum(counts) if counts else 1
+    return total
+
+
 def test_router_end_to_end_burst_of_real_events():
     real = [e for e in real_events() if e.type == "Warning"]  # the 79 recorded Warning events
     burst = (real + [make_event(n) for n in range(100)])[:100]
@@ -314,15 +335,13 @@ def test_router_end_to_end_burst_of_real_events():
         for event in [*burst, replace(make_event(1), type="Normal")]:
             router.dispatch(event)
         router.start()
-        _wait(lambda: len(server.messages) >= 20)
+        _wait(lambda: sink.flow.stats.events_posted + sink.flow.stats.events_folded >= 100)
         assert router.stop(10)
-    assert len(server.messages) == 20 and all(r.errcode == 0 for r in server.requests)
-    digest = server.contents()[-1]
-    assert digest.splitlines()[1].startswith("81 more Warning events: ")
-    listed = [re.match(r"- (.+? x(\d+) .*|(\d+) more in other groups)$", line) for line in digest.splitlines()
-              if line.startswith("- ")]
-    assert sum(int(m.group(2) or m.group(3)) for m in listed) == 81  # every folded event is counted
+    assert len(server.messages) <= 20 and all(r.errcode == 0 for r in server.requests)
+    assert _accounted(server.contents()) == 100  # every event alone or named in a digest
     assert router.runners[0].stats.sent == 100 and router.runners[0].stats.filtered == 1
+    stats = sink.flow.stats
+    assert stats.messages == len(server.messages) and stats.events_posted + stats.events_in_digests == 100
 
 
 def test_router_logs_permanent_errors_with_the_token_masked(caplog):
@@ -352,6 +371,13 @@ def test_check_send_test(capsys):
     assert status == 1 and "keywords not in content" in out and TOKEN not in out
 
 
+def _kept(data_dir) -> int:  # type: ignore[no-untyped-def]
+    """Events of the digest kept for after the restart in the sink's state directory."""
+    path = data_dir / "sinks" / "dingtalk" / "chat-pending.json"
+    digest = orjson.loads(path.read_bytes())["digest"] if path.exists() else None
+    return sum(g["count"] for g in digest["groups"]) + digest["other"] if digest else 0
+
+
 def test_cli_run_replays_real_events_once_per_problem_and_digests_the_rest(tmp_path):
     warnings = [o for o in real_objects() if o.get("type") == "Warning"]
     path = tmp_path / "events.jsonl"
@@ -360,13 +386,19 @@ def test_cli_run_replays_real_events_once_per_problem_and_digests_the_rest(tmp_p
                 for e in real_events() if e.type == "Warning"}
     with FakeDingTalk(secret=SECRET, keywords=("prod",)) as server:
         status = cli_main(["--source=file:" + str(path), "--cluster-name=prod", "--healthz-port=0",
+                           f"--data-dir={tmp_path / 'data'}",
                            "--sink=" + robot_flag(server, "&label=prod&batch_size=1000")])
     assert status == 0 and len(warnings) > len(problems)
     contents = server.contents()
-    assert len(contents) == 20 and all(r.errcode == 0 for r in server.requests)
-    assert all("Level:Warning" in c and "Cluster:prod" in c for c in contents[:19])
-    # the digest went out at shutdown: every problem beyond the first 19 is in it, repeats are not
-    assert contents[19].splitlines()[2].startswith(f"{len(problems) - 19} more Warning events: ")
+    assert len(contents) <= 20 and all(r.errcode == 0 for r in server.requests)
+    singles = [c for c in contents if "\nLevel:Warning\n" in c]
+    assert singles and all("Cluster:prod" in c for c in contents)
+    # node problems lead (the recorded Node warnings and NodeNotReady), before any pod's problem
+    node_level = ["Kind:Node\n" in c or "Reason:NodeNotReady\n" in c for c in singles]
+    assert node_level[:6] == [True] * 6 and not any(node_level[6:])
+    assert "Reason:NodeNotReady\n" in singles[5]
+    # every problem once, alone or named in a digest (posted, or kept for after the restart); repeats not
+    assert _accounted(contents) + _kept(tmp_path / "data") == len(problems)
 
 
 def test_repeated_rate_limit_answers_back_off_towards_dingtalks_ten_minute_block():

@@ -263,22 +263,27 @@ def test_robot_wrong_key_is_permanent_with_the_key_masked(clock):
     assert "93000" in str(info.value) and KEY not in str(info.value)
 
 
-def test_robot_burst_of_100_gives_19_messages_and_a_digest(clock):
+def test_robot_burst_of_one_reason_gives_three_messages_and_digests(clock):
+    """100 pods with one reason: three alone show what it looks like, a digest names the rest; more pods
+    of the same reason later join the next digest, spaced so that room stays for anything new."""
     with FakeWeCom(clock=clock) as server:
         sink = build(robot_flag(server), clock=clock)
         sink.send([make_event(n) for n in range(100)])
         sink.tick()
-        clock.advance(59)
+        assert len(server.messages()) == 3  # the digest gathers a few seconds
+        clock.advance(5)
+        sink.tick()
         sink.send([make_event(n) for n in range(100, 105)])
         sink.tick()
-        assert len(server.messages()) == 20
-        clock.advance(2)
+        assert len(server.messages()) == 4  # the next digest waits for its spacing
+        clock.advance(12)
         sink.tick()
     contents = server.contents()
     assert all(r.errcode == 0 for r in server.requests)
-    assert len(contents) == 21
-    assert contents[19].startswith("81 more Warning events: BackOff x81 in ns default")
-    assert contents[20].startswith("5 more Warning events: BackOff x5 in ns default")
+    assert [c.split("Name:")[1].split("\n")[0] for c in contents[:3]] == ["app-0", "app-1", "app-2"]
+    assert contents[3].startswith("97 more Warning events: BackOff x97 in ns default")
+    assert contents[4].startswith("5 more Warning events: BackOff x5 in ns default")
+    assert len(contents) == 5
 
 
 def test_robot_repeats_held_back_then_reminded(clock):
@@ -304,7 +309,7 @@ def test_router_end_to_end_app_messages_in_order():
         sink = build_sink(app_flag(server, "&to_user=alice,bob&batch_size=10"))
         router = Router([SinkRunner.build(sink)])
         router.start()
-        events = [make_event(n) for n in range(5)]
+        events = [make_event(n, reason=f"Reason{n}") for n in range(5)]  # five problems: five messages
         for event in [*events, replace(make_event(9), type="Normal")]:  # Normal: filtered by the default level
             router.dispatch(event)
         _wait(lambda: len(server.messages()) >= 5)
