@@ -21,11 +21,15 @@ def _notes(r: dict) -> str:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
-    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "fanout", "memory", "restart", "sinks"]
+    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "restart",
+                                                              "sinks"]
     results = []
     for name in names:
         if name == "pipeline":
             results.append(("pipeline, 1 null sink", pipeline.run(20_000 if small else 200_000)))
+        elif name == "enrich":
+            results.append(("pipeline, 1 null sink, --enrich=labels,owner",
+                            pipeline.run(20_000 if small else 200_000, enrich=True)))
         elif name == "fanout":
             results.append(("pipeline, 8 filtered null sinks", pipeline.run(20_000 if small else 200_000, True)))
         elif name == "memory":

@@ -16,6 +16,7 @@ from typing import Any
 
 from eventrouter import Event, Sink, SinkURL
 from eventrouter.app import tune_gc
+from eventrouter.enrich import EnrichSettings, attach_enricher
 from eventrouter.router import Router, SinkRunner
 from eventrouter.simulator.sim import Simulator
 from eventrouter.sources import SourceContext, build_source
@@ -113,10 +114,12 @@ class SimulatorChild:
 class RouterInProcess:
     """The real source (list+watch against the simulator child) and router, in this process."""
 
-    def __init__(self, sim: SimulatorChild, sinks: list[Sink], checkpoint: str | None = None) -> None:
+    def __init__(self, sim: SimulatorChild, sinks: list[Sink], checkpoint: str | None = None,
+                 enrich: EnrichSettings | None = None) -> None:
         ctx = SourceContext(cluster="bench", checkpoint=checkpoint or f"file:{sim.dir}/checkpoint.json")
         self.source = build_source(sim.source_flag(), ctx)
         self.router = Router(SinkRunner.build(s) for s in sinks)
+        self.enricher = attach_enricher(self.router, self.source, enrich) if enrich is not None else None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.source.run, args=(self.router, self.stop_event), daemon=True)
 
@@ -134,6 +137,8 @@ class RouterInProcess:
         self.stop_event.set()
         self.thread.join(timeout)
         self.router.stop(timeout)
+        if self.enricher is not None:
+            self.enricher.close()
 
 
 def report(name: str, figures: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from eventrouter.simulator.store import restamp
 def main() -> None:
     sim = Simulator(events=[], token="bench-token").start()
     pool = load_events("builtin")
+    sim.workloads.infer(pool)  # Pods' and workloads' metadata, for the enrichment benchmark
     print(sim.port, flush=True)
     prepared: list = []
     for line in sys.stdin:
