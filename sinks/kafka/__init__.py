@@ -2,7 +2,10 @@
 
 Talks to any Kafka-protocol broker (Apache Kafka, Redpanda, MSK, tansu, ...). An event counts as
 delivered only when its delivery report says the broker stored it, so the router's checkpoint
-never passes an event the broker did not confirm.
+never passes an event the broker did not confirm. An event not confirmed within ``delivery_timeout``
+stays with the same producer (which retries it with its producer id and sequence, deduplicated by the
+broker); the router's retry waits for its report instead of producing it again. Only after
+``message_timeout`` or a fatal producer error is it sent again by a new producer, and may then repeat.
 
 Credentials: SASL (``user`` + ``password``, mechanism PLAIN by default, or SCRAM-SHA-256/512)
 and/or TLS (``cacert``; ``cert`` + ``key`` for mutual TLS). Pass the password through an
@@ -68,7 +71,7 @@ _RESERVED = frozenset({"bootstrap.servers", "logger", "error_cb", "on_delivery",
 # librdkafka property -> the option that sets it, to name the option in a configuration error
 _PROPERTY_OPTIONS = {"cacert": "ssl.ca.location", "cert": "ssl.certificate.location", "key": "ssl.key.location"}
 _OPEN_TIMEOUT = 10.0
-_GRACE = 5.0  # librdkafka reports every message within message.timeout.ms; this covers the last poll
+_GRACE = 5.0  # without idempotence librdkafka reports every message within message.timeout.ms; the last poll
 
 
 class KafkaSink(Sink):
@@ -100,7 +103,11 @@ class KafkaSink(Sink):
         Option("cert", str, help="client certificate PEM file for mutual TLS (with key=)"),
         Option("insecuressl", bool, default=False, help="TLS: do not verify the broker certificate"),
         Option("delivery_timeout", Duration, default=Duration(30.0), min=1,
-               help="how long one send waits for the broker to confirm every event"),
+               help="how long one send waits for the broker to confirm every event; unconfirmed ones stay "
+                    "with the producer and the retry waits for them"),
+        Option("message_timeout", Duration, default=Duration(300.0), min=1,
+               help="how long the producer itself keeps trying one event (idempotent, acks=all); an event not "
+                    "confirmed by then is sent again and may repeat"),
         Option("timeseriestopic", str, help="kube-eventer (heapster) metrics topic; accepted and unused"),
     )
     delivery_defaults: ClassVar = {"batch_size": 500, "flush_interval": 0.2}
@@ -111,13 +118,16 @@ class KafkaSink(Sink):
         self._key_mode, self._tls_key = _split_key(opts["key"], opts["cert"])
         self._topic = _topic_template(opts["eventstopic"])
         self._encode = kafka_message if opts["format"] == "kube-eventer" else _json_message
-        self._wait = float(opts["delivery_timeout"]) + _GRACE
+        idempotent = opts["acks"] in ("all", "-1")
+        self._wait = float(opts["delivery_timeout"]) + (0.0 if idempotent else _GRACE)
         self._passthrough = {k[len(PASSTHROUGH):]: v[0] for k, v in url.query.items() if k.startswith(PASSTHROUGH)}
         self._secrets = [opts["password"], *(v for k, v in self._passthrough.items() if _SENSITIVE.search(k))]
         self._librdkafka_log = _LibrdkafkaLog(self._secrets)
         self._config = self._producer_config()
         self._factory = producer_factory or self._kafka.Producer
         self._producer: Any = None
+        # messages handed to the producer whose delivery report has not been seen by a send yet
+        self._inflight: dict[tuple[str, ...], _Pending] = {}
         self._last_error = ""
         self._validate_config()
 
@@ -148,7 +158,11 @@ class KafkaSink(Sink):
             "enable.idempotence": idempotent,
             "acks": opts["acks"],
             "compression.codec": opts["compression"],
-            "message.timeout.ms": int(float(opts["delivery_timeout"]) * 1000),
+            # A message timed out locally may have reached the broker and could only be sent again as a
+            # new one (a possible duplicate). Until message_timeout librdkafka retries it itself with the
+            # same producer id and sequence, which the broker deduplicates, while sends only wait.
+            "message.timeout.ms": int(float(opts["message_timeout"] if idempotent else opts["delivery_timeout"])
+                                      * 1000),
             "security.protocol": protocol,
         }
         if sasl:
@@ -162,8 +176,8 @@ class KafkaSink(Sink):
             config["ssl.endpoint.identification.algorithm"] = "none"
         for key, value in self._passthrough.items():
             if key in _RESERVED:
-                raise SinkConfigError(self.name, "is set by the sink; use brokers= or delivery_timeout=",
-                                      PASSTHROUGH + key)
+                raise SinkConfigError(self.name, "is set by the sink; use brokers=, delivery_timeout= or "
+                                      "message_timeout=", PASSTHROUGH + key)
             config[key] = value
         return config
 
@@ -225,59 +239,78 @@ class KafkaSink(Sink):
 
     def send(self, batch: Sequence[Event]) -> None:
         producer = self._connect()
-        reports: dict[int, Any] = {}  # index -> None (stored) or the KafkaError of its delivery report
-        outcome: dict[int, str] = {}
+        keys = [_occurrence(event) for event in batch]
+        pending: list[_Pending | None] = [None] * len(batch)  # None: not handed to librdkafka (retried)
         deadline = time.monotonic() + self._wait
         try:
-            for index, event in enumerate(batch):
-                if self._produce(producer, index, event, reports, deadline) == "stop":
-                    break  # the rest stay without an outcome: retried
+            for index, (event, key) in enumerate(zip(batch, keys, strict=True)):
+                held = self._inflight.get(key)
+                if held is not None and (not held.done or held.error is None):
+                    # handed to this producer by an earlier send whose wait ran out: never produce it
+                    # again, its delivery report (stored, or librdkafka's own idempotent retries) decides
+                    pending[index] = held
+                    continue
+                slot = self._produce(producer, event, deadline)
+                if slot is None:
+                    break  # librdkafka's queue stayed full until the deadline: the rest are retried
+                pending[index] = self._inflight[key] = slot
                 producer.poll(0)
-            while self._producer is producer and len(reports) + len(outcome) < len(batch) \
+            while self._producer is producer and not all(p is not None and p.done for p in pending) \
                     and time.monotonic() < deadline:
                 producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
         except Exception as exc:  # a fatal producer error surfaces from produce/poll/flush as an exception
             _serve_remaining_reports(producer, min(deadline, time.monotonic() + _GRACE))
             self._discard_producer(f"producer failed: {_error_text(exc)}")
-        for index, err in list(reports.items()):
-            outcome[index] = _classify(err)
-            if err is not None and _needs_new_producer(err):
-                self._discard_producer(f"producer failed: {err.str()}")
-        errors = [e for e in reports.values() if e is not None]
-        unconfirmed = [i for i in range(len(batch)) if outcome.get(i, "stop") == "stop"]
-        if unconfirmed and self._producer is not None:
-            # still inside librdkafka after the deadline: start a fresh producer for the retry
-            self._discard_producer(f"{len(unconfirmed)} events not confirmed within {self._wait:g}s")
-        retry = [batch[i] for i in range(len(batch)) if outcome.get(i, "stop") in ("retry", "stop")]
-        rejected = [batch[i] for i in range(len(batch)) if outcome.get(i) == "rejected"]
+        outcome = [_outcome(slot) for slot in pending]
+        for slot in pending:
+            if slot is not None and slot.done and slot.error is not None and _needs_new_producer(slot.error):
+                self._discard_producer(f"producer failed: {slot.error.str()}")
+        timed_out = sum(1 for slot in pending if slot is not None and slot.done and slot.error is not None
+                        and slot.error.name() == "_MSG_TIMED_OUT")
+        if timed_out and self._producer is producer:
+            # the producer could not deliver for message_timeout: those events' outcome is unknown
+            # whatever sends them again, and a fresh producer id gets past a broker that lost ours
+            self._discard_producer(f"{timed_out} events not confirmed within message_timeout "
+                                   f"({float(self.opts['message_timeout']):g}s); they are sent again and may repeat")
+        for key, result in zip(keys, outcome, strict=True):
+            if result in ("delivered", "rejected", "retry"):
+                self._inflight.pop(key, None)  # settled by its report; a "retry" is produced anew
+        # reports for events of batches the router gave up on: nothing waits for them any more
+        for key in [k for k, slot in self._inflight.items() if slot.done]:
+            del self._inflight[key]
+        errors = [slot.error for slot in pending if slot is not None and slot.done and slot.error is not None]
+        retry = [e for e, result in zip(batch, outcome, strict=True) if result in ("retry", "pending", "stop")]
+        rejected = [e for e, result in zip(batch, outcome, strict=True) if result == "rejected"]
         if not retry and not rejected:
             return
-        message = redact_text(self._failure_text(len(batch), retry, rejected, errors), self._secrets)
+        waiting = outcome.count("pending")
+        message = redact_text(self._failure_text(len(batch), retry, rejected, errors, waiting), self._secrets)
         if len(retry) == len(batch):
             raise RetryableError(message)
         if len(rejected) == len(batch):
             raise PermanentError(message)
         raise PartialError(message, retry=retry, rejected=rejected)
 
-    def _produce(self, producer: Any, index: int, event: Event, reports: dict[int, Any], deadline: float) -> str:
-        """Queue one message (``queued``), record why librdkafka refused it at once (``refused``),
-        or ``stop`` when its queue stayed full until the deadline. A fatal error propagates."""
+    def _produce(self, producer: Any, event: Event, deadline: float) -> _Pending | None:
+        """Queue one message, or record why librdkafka refused it at once (a done slot with its
+        error); None when its queue stayed full until the deadline. A fatal error propagates."""
         topic, key, value = self._topic(event), self._key(event), self._encode(event)
-        callback = functools.partial(_store_report, reports, index)
+        slot = _Pending()
+        callback = functools.partial(_store_report, slot)
         while True:
             try:
                 producer.produce(topic, value, key, on_delivery=callback)
-                return "queued"
+                return slot
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports to make room, never drop
                 if time.monotonic() >= deadline:
-                    return "stop"
+                    return None
                 producer.poll(0.1)
             except self._kafka.KafkaException as exc:
                 if _needs_new_producer(exc.args[0]):
                     raise
-                reports[index] = exc.args[0]  # e.g. larger than message.max.bytes
-                return "refused"
+                slot.error, slot.done = exc.args[0], True  # e.g. larger than message.max.bytes
+                return slot
 
     def _key(self, event: Event) -> bytes | None:
         mode = self._key_mode
@@ -296,20 +329,29 @@ class KafkaSink(Sink):
         self._last_error = redact_text(err.str(), self._secrets)
         log.debug("kafka: %s", self._last_error)
 
-    def _failure_text(self, total: int, retry: list[Event], rejected: list[Event], errors: list[Any]) -> str:
+    def _failure_text(self, total: int, retry: list[Event], rejected: list[Event], errors: list[Any],
+                      waiting: int) -> str:
         reasons: dict[str, int] = {}
         for err in errors:
             reasons[err.str()] = reasons.get(err.str(), 0) + 1
         detail = "; ".join(f"{text} (x{n})" for text, n in reasons.items()) or "no delivery report"
+        if waiting:
+            detail += (f"; {waiting} not confirmed within {self._wait:g}s stay with the producer, which keeps "
+                       "trying: the retry waits for their reports and does not send them again")
         if self._last_error and self._last_error not in detail:
             detail += f"; last client error: {self._last_error}"
         return f"{len(retry)} to retry, {len(rejected)} rejected of {total} events: {detail}"
 
     def _discard_producer(self, why: str) -> None:
         producer, self._producer = self._producer, None
+        unknown = sum(1 for slot in self._inflight.values() if not slot.done)
+        self._inflight.clear()
         if producer is None:
             return
-        log.warning("kafka: %s; a new producer is used for the retry", redact_text(why, self._secrets))
+        # only a fatal error gets here: the idempotent producer cannot go on, so its sequence numbers
+        # are lost and what it held may be in the topic already
+        log.warning("kafka: %s; a new producer is used for the retry%s", redact_text(why, self._secrets),
+                    f" ({unknown} events whose outcome is unknown are sent again and may repeat)" if unknown else "")
         try:
             producer.purge()
             producer.flush(0)
@@ -342,10 +384,36 @@ class KafkaSink(Sink):
 
 # ---- delivery reports ------------------------------------------------------------------------
 
-def _store_report(reports: dict[int, Any], index: int, err: Any, _msg: Any) -> None:
+class _Pending:
+    """One message handed to librdkafka: ``done`` once its delivery report came (``error`` None: stored)."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = False
+        self.error: Any = None
+
+
+def _store_report(slot: _Pending, err: Any, _msg: Any) -> None:
     # Runs inside poll()/flush(). It calls no method on err or msg: after a fatal error the client
     # has an exception pending, and any C method call would turn it into a SystemError.
-    reports[index] = err
+    slot.error, slot.done = err, True
+
+
+def _outcome(slot: _Pending | None) -> str:
+    """``stop`` (never handed over), ``pending`` (no report yet), or the report's classification."""
+    if slot is None:
+        return "stop"
+    if not slot.done:
+        return "pending"
+    return _classify(slot.error)
+
+
+def _occurrence(event: Event) -> tuple[str, ...]:
+    """What tells one occurrence from another: the same event in a retried batch has the same key."""
+    obj = event.involved_object
+    return (event.uid, event.resource_version, str(event.count), event.last_timestamp.isoformat(),
+            event.namespace, event.name, obj.kind, obj.name)
 
 
 def _serve_remaining_reports(producer: Any, deadline: float) -> None:

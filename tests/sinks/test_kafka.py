@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -88,7 +90,7 @@ FLAGS = [
     # additions
     ("kafka:?brokers=h1:9092,h2:9092", {"bootstrap.servers": "h1:9092,h2:9092"}),
     ("kafka:?brokers=h1:9092,&brokers= h2:9092", {"bootstrap.servers": "h1:9092,h2:9092"}),
-    ("kafka:?brokers=h:9092", {"enable.idempotence": True, "acks": "all", "message.timeout.ms": 30000,
+    ("kafka:?brokers=h:9092", {"enable.idempotence": True, "acks": "all", "message.timeout.ms": 300000,
                                "key_mode": "uid", "format": "json", "batch_size": 500}),
     ("kafka:?brokers=h:9092&acks=1", {"enable.idempotence": False, "acks": "1"}),
     ("kafka:?brokers=h:9092&user=u&password=pw&sasl_mechanism=SCRAM-SHA-512&security_protocol=sasl_ssl",
@@ -99,7 +101,10 @@ FLAGS = [
                                                                          "format": "kube-eventer"}),
     ("kafka:?brokers=h:9092&eventstopic={cluster}.{kind}.{type}.{reason}", {"topic": "lab.Pod.Warning.BackOff"}),
     ("kafka:?brokers=h:9092&delivery_timeout=5s&librdkafka.linger.ms=50&librdkafka.partitioner=murmur2_random",
-     {"message.timeout.ms": 5000, "linger.ms": "50", "partitioner": "murmur2_random"}),
+     {"message.timeout.ms": 300000, "linger.ms": "50", "partitioner": "murmur2_random"}),
+    # the producer keeps trying an event for message_timeout; without idempotence, for delivery_timeout
+    ("kafka:?brokers=h:9092&message_timeout=10m", {"message.timeout.ms": 600000}),
+    ("kafka:?brokers=h:9092&acks=1&delivery_timeout=5s", {"message.timeout.ms": 5000, "enable.idempotence": False}),
 ]
 
 
@@ -483,7 +488,7 @@ def test_unreachable_broker_is_retryable_and_nothing_is_acked() -> None:
 def test_broker_restart_mid_stream_loses_and_duplicates_nothing() -> None:
     broker = Tansu().start()
     try:
-        sink = kafka(f"kafka:?brokers={broker.bootstrap}&eventstopic=restart&delivery_timeout=1s"
+        sink = kafka(f"kafka:?brokers={broker.bootstrap}&eventstopic=restart&delivery_timeout=1s&message_timeout=3s"
                      "&retry_backoff_max=0.3s&batch_size=50&flush_interval=0.05s")
         runner = SinkRunner.build(sink)
         router = Router([runner])
@@ -509,6 +514,44 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing() -> None:
         assert runner.stats.failed == 0 and runner.stats.sent == 600
         records = broker.read("restart")
         assert Counter(r.value for r in records) == Counter(orjson.dumps(e.to_dict()) for e in during + after)
+    finally:
+        broker.stop()
+
+
+@pytest.mark.parametrize("request_timeout", [None, 1500], ids=["broker-stalled", "librdkafka-retries-too"])
+def test_broker_stall_past_the_delivery_timeout_writes_each_event_once(request_timeout: int | None) -> None:
+    """Issue 14.6: a batch whose wait ran out had in fact reached the broker. The retry must not send
+    it again through a new producer: each message is in the topic exactly once."""
+    broker = Tansu().start()
+    extra = f"&librdkafka.request.timeout.ms={request_timeout}" if request_timeout else ""
+    try:
+        sink = kafka(f"kafka:?brokers={broker.bootstrap}&eventstopic=stall&delivery_timeout=1s"
+                     f"&retry_backoff_max=0.3s&batch_size=50&flush_interval=0.05s{extra}")
+        created = []
+        real_factory = sink._factory
+        sink._factory = lambda config: created.append(real_factory(config)) or created[-1]
+        runner = SinkRunner.build(sink)
+        router = Router([runner])
+        router.start()
+        events = real_events(300)
+        for event in events[:100]:
+            router.dispatch(event)
+        wait_until(lambda: router.settled_seq() == 100, what="the first 100 events")
+        assert broker.proc is not None
+        os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker stalls: requests sit in its socket
+        try:
+            for event in events[100:]:
+                router.dispatch(event)
+            wait_until(lambda: runner.stats.retried >= 3, what="sends timing out while the broker is stalled")
+            assert router.settled_seq() == 100
+        finally:
+            os.kill(broker.proc.pid, signal.SIGCONT)
+        wait_until(lambda: router.settled_seq() == 300, what="every event settled after the stall")
+        assert router.stop(10)
+        assert runner.stats.failed == 0
+        assert len(created) == 1  # one producer (one producer id) throughout: no new one for the retry
+        records = broker.read("stall")
+        assert Counter(r.value for r in records) == Counter(orjson.dumps(e.to_dict()) for e in events)
     finally:
         broker.stop()
 
