@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs the real servers the test suite starts on loopback (Debian packages).
+# Installs the real servers the test suite starts on loopback, and the image build tools (Debian packages).
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 need=()
 command -v mariadbd >/dev/null 2>&1 || [ -x /usr/sbin/mariadbd ] || need+=(mariadb-server)
 command -v influxd >/dev/null 2>&1 || [ -x /usr/bin/influxd ] || need+=(influxdb)
+# tests/test_dockerfile.py: build the image (buildah), make its python base (debootstrap), run it (runc)
+command -v buildah >/dev/null 2>&1 || need+=(buildah)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
+command -v runc >/dev/null 2>&1 || [ -x /usr/sbin/runc ] || need+=(runc)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "install-test-deps: need root to apt-get install ${need[*]}" >&2
