@@ -65,3 +65,15 @@ def test_the_testing_helpers_are_exact():
     assert sorted(eventrouter.testing.__all__) == ["FakeCluster", "run_eventrouter", "sample_event", "wait_until"]
     for name in eventrouter.testing.__all__:
         assert hasattr(eventrouter.testing, name), name
+
+
+def test_every_public_name_loads_lazily_and_import_loads_no_client_library():
+    import subprocess
+    import sys
+
+    assert set(eventrouter._LAZY) <= set(eventrouter.__all__)
+    code = ("import sys, eventrouter, eventrouter.cli; "
+            "print(sorted(m for m in ('httpx', 'jinja2', 'kubernetes', 'yaml', 'confluent_kafka', 'pymysql', "
+            "'boto3', 'botocore', 'prometheus_client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
