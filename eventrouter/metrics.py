@@ -18,14 +18,18 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from eventrouter import __version__
 from eventrouter.health import SourceState
 from eventrouter.router import LATENCY_BUCKETS, Router
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+# prometheus_client is imported at the first scrape, not at start-up: it is not needed to reach the
+# first watch request (issue 20, start-up time)
 
 # per-sink counters: SinkStats field -> help text (exported as eventrouter_sink_events_<field>_total)
 _SINK_COUNTERS = {
@@ -63,8 +67,9 @@ def bounded_watch_types(received: dict[str, int]) -> dict[str, int]:
     return counts
 
 
-class RouterCollector(Collector):
-    """Reads the router's and the source's plain counters at scrape time (nothing on the hot path)."""
+class RouterCollector:
+    """Reads the router's and the source's plain counters at scrape time (nothing on the hot path).
+    A prometheus_client collector (it has ``collect``)."""
 
     def __init__(self, router: Router, state: SourceState) -> None:
         self.router = router
@@ -78,6 +83,8 @@ class RouterCollector(Collector):
 
     # ---- the source: what was read, watch health, checkpoint, leadership -------------------------
     def _source_metrics(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         state = self.state
         info = GaugeMetricFamily("eventrouter_build_info", "Version of the running eventrouter", labels=["version"])
         info.add_metric([__version__], 1)
@@ -124,6 +131,8 @@ class RouterCollector(Collector):
 
     # ---- each sink: outcomes, queue, latency, worker ------------------------------------------
     def _sink_metrics(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
         runners = self.router.runners
         for field, help_text in _SINK_COUNTERS.items():
             family = CounterMetricFamily(f"eventrouter_sink_events_{field}", help_text, labels=["sink"])
@@ -176,7 +185,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._reply(200, generate_latest(self.server.registry), "text/plain; version=0.0.4; charset=utf-8")
+            from prometheus_client import generate_latest
+
+            self._reply(200, generate_latest(self.server.registry()), "text/plain; version=0.0.4; charset=utf-8")
         elif path == "/healthz":
             problem = self.server.health_problem()
             self._reply(500 if problem else 200, (problem or "ok").encode())
@@ -205,8 +216,19 @@ class _Server(ThreadingHTTPServer):
         self.router = router
         self.state = state
         self.window = window
-        self.registry = CollectorRegistry()
-        self.registry.register(RouterCollector(router, state))
+        self._registry: CollectorRegistry | None = None
+        self._registry_lock = threading.Lock()
+
+    def registry(self) -> CollectorRegistry:
+        """The Prometheus registry, made at the first scrape."""
+        with self._registry_lock:
+            if self._registry is None:
+                from prometheus_client import CollectorRegistry
+
+                registry = CollectorRegistry()
+                registry.register(RouterCollector(self.router, self.state))
+                self._registry = registry
+            return self._registry
 
     def start(self) -> None:
         threading.Thread(target=self.serve_forever, name="healthz", daemon=True).start()
