@@ -25,12 +25,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from eventrouter.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 from eventrouter.event import NO_LABELS, Event, FrozenDict, Owner
 from eventrouter.logutil import ThrottledLog
 
@@ -395,6 +397,8 @@ class Enricher:
         return ObjectMeta(labels, annotations, controller)
 
     def metrics(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at scrape time: start-up
+
         events = CounterMetricFamily("eventrouter_enrich_events", "Events by enrichment result: enriched, late "
                                      "(went on without: lookup slow or rate-limited), not_found (object deleted), "
                                      "failed", labels=["result"])
