@@ -1,5 +1,6 @@
 """How the Kubernetes source reaches the API server: credentials from the ``kubernetes`` client's
-config loaders, HTTP done here with httpx.
+config loaders (in-cluster and simple kubeconfigs read by k8s_kubeconfig.py, without importing it),
+HTTP done here with httpx.
 
 The loaders (in-cluster service account, kubeconfig with context and exec plugins) fill a
 ``kubernetes.client.Configuration``; we read its host, bearer token (through
@@ -137,17 +138,25 @@ class ApiClient:
 
 
 def load_configuration(*, kubeconfig: str | None, context: str | None, in_cluster_mode: bool) -> Callable[[], Any]:
-    """A loader function returning a fresh ``kubernetes.client.Configuration``."""
-    from kubernetes import client as k8s_client
-    from kubernetes import config as k8s_config
+    """A loader function returning a fresh ``kubernetes.client.Configuration`` (or, for in-cluster and
+    simple kubeconfigs, the same attributes read without importing ``kubernetes``: start-up time)."""
 
     def load() -> Any:
-        cfg = k8s_client.Configuration()
+        from eventrouter.sources import k8s_kubeconfig
+
         if in_cluster_mode:
-            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        elif kubeconfig is not None:
-            k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False)
+            return k8s_kubeconfig.in_cluster_configuration(SA_TOKEN, f"{SA_DIR}/ca.crt")
+        if kubeconfig is None:
+            return k8s_kubeconfig.SimpleConfiguration("")  # the URL's host, no credentials
+        simple = k8s_kubeconfig.kubeconfig_configuration(kubeconfig, context)
+        if simple is not None:
+            return simple
+        from kubernetes import client as k8s_client
+        from kubernetes import config as k8s_config
+
+        cfg = k8s_client.Configuration()  # exec plugins, auth-provider, ...: the full loader
+        k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, context=context, client_configuration=cfg, persist_config=False)
         return cfg
 
     return load
