@@ -22,8 +22,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
-from jinja2 import TemplateError, Undefined
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from eventrouter.errors import SinkConfigError
 from eventrouter.event import Event, InvolvedObject, sample_event
@@ -46,6 +44,8 @@ def _tojson(value: Any) -> JSONValue:
 def _json_escape(value: Any) -> Any:
     if isinstance(value, JSONValue):
         return value
+    from jinja2 import Undefined  # loaded already: this runs inside a jinja2 render
+
     if value is None or isinstance(value, Undefined):
         return ""
     text = value if isinstance(value, str) else str(value)
@@ -71,6 +71,10 @@ class EventTemplate:
         self.time_format = time_format
         self._go_paths = self._go_references(sink, source, option)
         source = self._replace_go_references(source)
+        # jinja2 only when a template is configured (start-up time and memory, issue 20)
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
         env = ImmutableSandboxedEnvironment(
             autoescape=False,
             keep_trailing_newline=True,
