@@ -57,7 +57,8 @@ class ApiClient:
     def _new_client(self) -> httpx.Client:
         cfg = self.config
         verify: Any = True
-        if self._insecure or not getattr(cfg, "verify_ssl", True):
+        if self._insecure or not getattr(cfg, "verify_ssl", True) or self.host.startswith("http:"):
+            # plain http: no TLS context to build (loading the CA store costs ~0.1 s of start-up)
             verify = False
         elif self.host.startswith("https"):
             ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
