@@ -24,6 +24,10 @@ EXAMPLES = {
     "otlp": "otlp:https://otlp.example.com/otlp?header=Authorization=Bearer%20tok-SECRET-10&encoding=json",
     "loki": "loki:https://logs.example.net?username=123&password=pw-SECRET-11&tenant=t&static_label=job=er",
     "firehose": "firehose:k8s-events?region=us-east-1&access_key_id=AK&secret_access_key=sk-SECRET-12",
+    "slack": "slack:https://hooks.slack.com/services/T000/B000/SECRET13xyzSECRET13xyz",
+    "teams": "teams:https://prod-01.westus.logic.azure.com:443/workflows/0a1b/triggers/manual/paths/invoke"
+             "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=SECRET-14sig",
+    "feishu": "feishu:https://open.feishu.cn/open-apis/bot/v2/hook/SECRET-15-token?secret=SECRET-16",
 }
 
 ENTRIES = registry.discover()
