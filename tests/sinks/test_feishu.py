@@ -21,7 +21,6 @@ from tests.servers.fake_feishu import FakeFeishu, feishu_sign
 TOKEN = "7f1c2d3e-0000-4abc-9def-1234567890ab"
 SECRET = "fs-SECRET-signing-key"
 HOOK = f"https://open.feishu.cn/open-apis/bot/v2/hook/{TOKEN}"
-NAMESPACES = 10  # groups per digest (see test_storm)
 
 
 def build(flag: str, **kwargs) -> FeishuSink:  # type: ignore[no-untyped-def]
@@ -171,7 +170,7 @@ def test_reminder_shows_the_count_and_what_was_held_back(clock):
 
 
 def test_storm_within_feishus_limits_node_first_everything_named(clock):
-    storm = crashloop_storm(namespaces=NAMESPACES)
+    storm = crashloop_storm()
     with FakeFeishu(TOKEN, clock=clock) as server:
         sink = build(f"feishu:{server.url}", clock=clock)
         run_storm(storm, sink, clock)

@@ -21,7 +21,6 @@ from tests.servers.fake_teams import MAX_MESSAGE, FakeTeams
 SIG = "SIG-aBcD-0123456789"
 URL = ("https://prod-01.westus.logic.azure.com:443/workflows/0a1b/triggers/manual/paths/invoke"
        f"?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig={SIG}")
-NAMESPACES = 10
 
 
 def build(flag: str, **kwargs) -> TeamsSink:  # type: ignore[no-untyped-def]
@@ -158,7 +157,7 @@ def test_reminder_card(clock):
 
 
 def test_storm_within_teams_limits_node_first_everything_named(clock):
-    storm = crashloop_storm(namespaces=NAMESPACES)
+    storm = crashloop_storm()
     with FakeTeams(sig=SIG, clock=clock) as teams:
         run_storm(storm, build(f"teams:{teams.url}", clock=clock), clock)
     requests = teams.requests

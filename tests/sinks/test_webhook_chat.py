@@ -20,7 +20,6 @@ from tests.servers.fake_feishu import FakeFeishu
 from tests.servers.fake_webhook import FakeWebhook, Reply
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "docs" / "templates"
-NAMESPACES = 10
 
 
 def build(flag: str, clock: FakeClock) -> WebhookSink:
@@ -147,7 +146,7 @@ def feishu_flag(server: FakeFeishu) -> str:
 
 def test_feishu_recipe_storm_stays_within_feishus_limits_and_names_everything(clock):
     """Issue 16 defect 7: 300 pods x 5 count bumps through the Feishu recipe gave 1,500 requests."""
-    storm = crashloop_storm(namespaces=NAMESPACES)
+    storm = crashloop_storm()
     with FakeFeishu(clock=clock) as server:
         sink = build(feishu_flag(server), clock)
         run_storm(storm, sink, clock)
