@@ -13,7 +13,9 @@ The role needs ``s3:PutObject`` on ``arn:aws:s3:::BUCKET/PREFIX*`` (``s3:ListBuc
 Objects: ``s3://BUCKET/PREFIX/year=2026/month=04/day=14/hour=09/<cluster>-<start>-<writer>-<seq>.json.gz``,
 one ``Event.to_dict()`` per line (times UTC ``...Z``). The partition folders use the event's UTC
 ``last_timestamp`` (so a query on a partition finds every event that happened in it, even one
-delivered late); ``eventrouter athena-ddl --sink=...`` prints the matching Athena table.
+delivered late); ``eventrouter athena-ddl --sink=...`` prints the matching Athena table, whose
+projection covers ``partition_years`` (default 2014,2099). An event whose year is outside (a node with a
+wrong clock) is filed under its arrival time instead, with a warning, so Athena still sees it.
 
 Durability: ``send`` appends to a spool file under ``store_dir`` and fsyncs before it returns;
 ``tick`` seals chunks by size (``total_file_size``) or age (``upload_timeout``) and uploads them,
@@ -36,6 +38,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import re
@@ -62,7 +65,7 @@ from eventrouter import (
 )
 
 from ._athena import athena_ddl, athena_ddl_command
-from ._keys import DEFAULT_KEY_FORMAT, check_key_format, group_of, render_key
+from ._keys import DEFAULT_KEY_FORMAT, DEFAULT_YEARS, check_key_format, check_years, group_of, parse_years, render_key
 from ._spool import Chunk, Spool, SpoolBusy
 
 __all__ = ["S3Sink", "athena_ddl", "athena_ddl_command"]
@@ -113,6 +116,9 @@ class S3Sink(Sink):
         Option("key_format", str, default=DEFAULT_KEY_FORMAT, validate=check_key_format,
                help="object key under the prefix: strftime codes (event UTC time) and {cluster} {start} "
                     "{writer} {seq}"),
+        Option("partition_years", str, default=DEFAULT_YEARS, validate=check_years,
+               help="FIRST,LAST: years the partition folders take (athena-ddl projects them); an event "
+                    "whose time is outside is filed under its arrival time, with a warning"),
         Option("total_file_size", str, default="16M", validate=_check_size,
                help="seal a chunk at this many bytes of JSON Lines (before gzip)"),
         Option("upload_timeout", Duration, default=Duration(60), min=1,
@@ -169,6 +175,9 @@ class S3Sink(Sink):
         self._template = self.prefix.replace("%", "%%") + opts["key_format"]
         self._clock = clock
         self._now = now
+        self.years = parse_years(opts["partition_years"])
+        self.out_of_range = 0  # events filed under their arrival time (their own year is outside the projection)
+        self._out_of_range_logged = -math.inf
         self._spool = Spool(self.store_dir)
         self._open: dict[str, Chunk] = {}
         self._started = False
@@ -197,12 +206,13 @@ class S3Sink(Sink):
     def send(self, batch: Sequence[Event]) -> None:
         """Append the batch to the spool (fsync'ed); the events are safe once this returns."""
         self._start()
-        groups: dict[str, list[tuple[bytes, Event]]] = {}
+        groups: dict[str, list[tuple[bytes, Event, datetime]]] = {}
         size = 0
         for event in batch:
             line = json_line(event)  # the firehose sink writes the same records
             size += len(line)
-            groups.setdefault(group_of(self._template, event.last_timestamp), []).append((line, event))
+            when = self._key_time(event)
+            groups.setdefault(group_of(self._template, when), []).append((line, event, when))
         if self._spool.used and self._spool.used + size > self.store_dir_limit:
             self._make_room(size)
         written: list[tuple[Chunk, int, int]] = []  # (chunk, size, events) before this batch, to undo
@@ -277,32 +287,47 @@ class S3Sink(Sink):
             except SinkError as exc:
                 log.warning("s3 sink: upload of earlier chunks failed, retrying later: %s", self._redact(str(exc)))
 
-    def _append(self, group: str, lines: list[tuple[bytes, Event]], written: list[tuple[Chunk, int, int]]) -> None:
+    def _key_time(self, event: Event) -> datetime:
+        """The time the partition folders are filled from: the event's own (UTC ``last_timestamp``),
+        unless its year is outside ``partition_years``, where Athena's projection would not see it."""
+        when = event.last_timestamp
+        if self.years[0] <= when.astimezone(UTC).year <= self.years[1]:
+            return when
+        self.out_of_range += 1
+        if self._clock() - self._out_of_range_logged >= 60:
+            self._out_of_range_logged = self._clock()
+            log.warning("s3 sink: event %s/%s has time %s, outside partition_years %d,%d: filed under its arrival "
+                        "time (%d such events so far)", event.namespace, event.name, when.isoformat(),
+                        *self.years, self.out_of_range)
+        return self._now()
+
+    def _append(self, group: str, lines: list[tuple[bytes, Event, datetime]],
+                written: list[tuple[Chunk, int, int]]) -> None:
         chunk = self._open.get(group)
         pending: list[bytes] = []
         pending_size = 0
-        for line, event in lines:
+        for line, event, when in lines:
             if chunk is None:
-                chunk = self._new_chunk(group, event)
+                chunk = self._new_chunk(group, event, when)
             elif chunk.size + pending_size + len(line) > self.total_file_size and (chunk.events or pending):
                 if pending:
                     written.append((chunk, chunk.size, chunk.events))
                     self._spool.append(chunk, b"".join(pending), len(pending))
                     pending, pending_size = [], 0
                 self._seal(group)
-                chunk = self._new_chunk(group, event)
+                chunk = self._new_chunk(group, event, when)
             pending.append(line)
             pending_size += len(line)
         if chunk is not None and pending:
             written.append((chunk, chunk.size, chunk.events))
             self._spool.append(chunk, b"".join(pending), len(pending))
 
-    def _new_chunk(self, group: str, event: Event) -> Chunk:
+    def _new_chunk(self, group: str, event: Event, when: datetime) -> Chunk:
         if len(self._open) >= MAX_OPEN_CHUNKS:
             self._seal(min(self._open, key=lambda g: self._open[g].opened_at))
         started = self._now()
         chunk = self._spool.create(
-            lambda seq: render_key(self._template, event.last_timestamp, cluster=event.cluster, start=started,
+            lambda seq: render_key(self._template, when, cluster=event.cluster, start=started,
                                    writer=self._spool.writer, seq=seq),
             self._clock(),
         )

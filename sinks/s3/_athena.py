@@ -65,10 +65,11 @@ def athena_ddl(bucket: str, prefix: str, key_format: str, *, table: str, years: 
                 props.append((f"projection.{col}.digits", str(CODES[code][2])))
         else:
             start = datetime(years[0], 1, 1).strftime(part.value_format)
+            end = datetime(years[1], 12, 31, 23, 59).strftime(part.value_format)  # not NOW: a clock ahead
             props += [
                 (f"projection.{col}.type", "date"),
                 (f"projection.{col}.format", java_format(part.value_format)),
-                (f"projection.{col}.range", f"{start},NOW"),
+                (f"projection.{col}.range", f"{start},{end}"),
                 (f"projection.{col}.interval", "1"),
                 (f"projection.{col}.interval.unit", smallest_unit(part.codes)),
             ]
@@ -111,15 +112,21 @@ def athena_ddl_command(argv: Sequence[str]) -> int:
     parser.add_argument("--sink", required=True, help="the s3:s3://BUCKET/PREFIX?... flag the router runs with")
     parser.add_argument("--table", type=_table, default="kubernetes_events",
                         help="table name, optionally database.table")
-    parser.add_argument("--years", type=_years, default=(2020, 2050),
-                        help="projection range of the year partition (default 2020,2050)")
+    parser.add_argument("--years", type=_years, default=None,
+                        help="projection range of the year partition (default: the sink's partition_years, "
+                             "2014,2099 unless set); narrower than that hides the events filed outside it")
     args = parser.parse_args(argv)
     try:
         url = SinkURL.parse(args.sink)
         if url.name != S3Sink.name:
             raise ConfigError(f"--sink={url.name}: athena-ddl describes an s3 sink (--sink=s3:s3://BUCKET/PREFIX)")
         sink = S3Sink(url, S3Sink.parse_options(url))
-        ddl = athena_ddl(sink.bucket, sink.prefix, sink.opts["key_format"], table=args.table, years=args.years)
+        years = args.years or sink.years
+        if years[0] > sink.years[0] or years[1] < sink.years[1]:
+            print(f"eventrouter athena-ddl: warning: --years {years[0]},{years[1]} does not cover the sink's "
+                  f"partition_years {sink.years[0]},{sink.years[1]}: Athena will not see events filed outside it",
+                  file=sys.stderr)
+        ddl = athena_ddl(sink.bucket, sink.prefix, sink.opts["key_format"], table=args.table, years=years)
     except (ConfigError, KeyFormatError) as exc:
         print(f"eventrouter athena-ddl: error: {exc}", file=sys.stderr)
         return 2

@@ -16,18 +16,21 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
 
-from eventrouter import PermanentError, RetryableError, SinkConfigError, SinkURL
+from eventrouter import Event, PermanentError, RetryableError, SinkConfigError, SinkURL
 from eventrouter.cli import main as cli_main
 from eventrouter.router import Router, SinkRunner
 from sinks.s3 import S3Sink, _classify, athena_ddl
-from tests.helpers import make_event, real_events
+from tests.helpers import make_event, real_events, real_objects
 from tests.servers.moto_s3 import ENV, MotoS3
 
 START = datetime(2026, 4, 14, 10, 0, 0, tzinfo=UTC)  # the sink's wall clock: {start} in keys
@@ -537,14 +540,117 @@ def test_ddl_matches_what_the_sink_writes(moto, bucket, tmp_path, capsys):
     for col, digits in (("month", 2), ("day", 2), ("hour", 2)):
         assert f"'projection.{col}.digits'='{digits}'" in ddl
         assert len(values[col]) == digits
-    assert int(values["year"]) in range(2020, 2051)
+    assert int(values["year"]) in range(2014, 2100)
+
+
+def _projected_years(ddl: str) -> range:
+    low, high = re.search(r"'projection.year.range'='(\d+),(\d+)'", ddl).groups()
+    return range(int(low), int(high) + 1)
+
+
+def test_ddl_projection_covers_every_real_event_and_outliers_go_under_arrival_time(moto, bucket, tmp_path, capsys,
+                                                                                  caplog):
+    flag = flag_for(moto, bucket, tmp_path / "spool")
+    sink = build(flag)
+    events = real_events(cluster="kind")
+    wrong_clock = replace(events[0], uid="wrong-clock", last_timestamp=datetime(2009, 1, 2, tzinfo=UTC))
+    with caplog.at_level(logging.WARNING):
+        sink.send([*events, wrong_clock])
+    sink.close()
+    assert cli_main(["athena-ddl", f"--sink={flag}"]) == 0
+    projected = _projected_years(capsys.readouterr().out)
+    keys = moto.keys(bucket)
+    years = {int(re.search(r"year=(\d+)/", key).group(1)) for key in keys}
+    assert {2018, 2019} <= years  # the corpus has archived events from before 2020
+    assert all(year in projected for year in years)
+    # the wrong clock's event is filed under its arrival time (the test clock's START), with a warning
+    [key] = [k for k in keys if any(line["uid"] == "wrong-clock" for line in moto.lines(bucket, k))]
+    assert f"year={START.year}/month={START.month:02d}/day={START.day:02d}/hour={START.hour:02d}/" in key
+    assert "outside partition_years 2014,2099: filed under its arrival time (1 such events so far)" in caplog.text
+    assert sink.out_of_range == 1
+    assert sum(len(moto.lines(bucket, k)) for k in keys) == len(events) + 1
+    # a narrower --years than the sink writes is said loudly
+    assert cli_main(["athena-ddl", f"--sink={flag}", "--years=2020,2050"]) == 0
+    assert "does not cover the sink's partition_years 2014,2099" in capsys.readouterr().err
+
+
+def _doc_queries() -> list[str]:
+    text = (Path(__file__).parents[2] / "docs" / "sinks" / "s3.md").read_text()
+    section = text.split("### Counting problems and occurrences", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
+def _duckdb_table(root: Path) -> Any:
+    """DuckDB over the downloaded objects, with the Athena DDL's columns and Athena's time functions."""
+    import duckdb
+
+    from sinks.s3._athena import COLUMNS
+
+    def duck_type(athena: str) -> str:
+        if athena.startswith("struct<"):
+            fields = re.findall(r"(\w+):(\w+)", athena)
+            return "STRUCT(" + ", ".join(f"{name} VARCHAR" for name, _ in fields) + ")"
+        return {"string": "VARCHAR", "bigint": "BIGINT"}[athena]
+
+    columns = "{" + ", ".join(f"'{name}': '{duck_type(kind)}'" for name, kind in COLUMNS) + "}"
+    con = duckdb.connect()
+    con.execute("CREATE MACRO from_iso8601_timestamp(text) AS CAST(text AS TIMESTAMPTZ)")
+    con.execute("CREATE MACRO date_format(day, fmt) AS strftime(day, fmt)")
+    con.execute("CREATE SCHEMA k8s")
+    con.execute(f"CREATE VIEW k8s.events AS SELECT * FROM read_json('{root}/**/*.json.gz', "
+                f"format='newline_delimited', hive_partitioning=true, columns={columns})")
+    return con
+
+
+def test_doc_queries_count_problems_and_occurrences_on_the_real_objects(moto, bucket, tmp_path):
+    flag = flag_for(moto, bucket, tmp_path / "spool")
+    sink = build(flag)
+    objs = real_objects()
+    events = [Event.from_object(o, "kind") for o in objs]
+    sink.send(events)
+    sink.close()
+    root = tmp_path / "objects"
+    for key in moto.keys(bucket):
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(moto.body(bucket, key))
+    con = _duckdb_table(root)
+    assert con.execute("SELECT count(*) FROM k8s.events").fetchone()[0] == len(events)
+    problems_query, per_problem_query, history_query = _doc_queries()
+
+    # expected, from the events themselves: a problem is one Event (uid); its occurrences in the rows
+    # are the count increase they cover
+    counts: dict[tuple[str, str], dict[str, list[int]]] = {}
+    for e in events:
+        if e.type == "Warning":
+            counts.setdefault((e.namespace, e.reason), {}).setdefault(e.uid, []).append(e.count)
+    expected = sorted(
+        ((ns, reason, len(by_uid), sum(max(c) - min(c) + 1 for c in by_uid.values()))
+         for (ns, reason), by_uid in counts.items()),
+        key=lambda row: (-row[3], -row[2], row[0], row[1]))[:20]
+    got = [tuple(row) for row in con.execute(problems_query).fetchall()]
+    assert got == expected
+    naive = con.execute("SELECT sum(\"count\") FROM k8s.events WHERE type = 'Warning'").fetchone()[0]
+    assert naive > sum(row[3] for row in expected)  # what the old doc's sum("count") gave: too much
+
+    top = con.execute(per_problem_query).fetchall()
+    totals: dict[str, int] = {}
+    rows: dict[str, int] = {}
+    for e in events:
+        totals[e.uid] = max(totals.get(e.uid, 0), e.count)
+        rows[e.uid] = rows.get(e.uid, 0) + 1
+    assert len(top) == 20
+    for uid, _ns, _kind, _obj, _reason, total, archived, _last in top:
+        assert (total, archived) == (totals[uid], rows[uid])
+    assert [r[5] for r in top] == sorted((r[5] for r in top), reverse=True)
+    assert con.execute(history_query).fetchall() == []  # runs as written (no such pod in the corpus)
 
 
 def test_ddl_for_a_date_partition():
     ddl = athena_ddl("bkt", "ev/", "dt=%Y-%m-%d/{writer}-{seq}.json.gz", table="t", years=(2025, 2030))
     assert "PARTITIONED BY (`dt` string)" in ddl
     assert "'projection.dt.type'='date'" in ddl and "'projection.dt.format'='yyyy-MM-dd'" in ddl
-    assert "'projection.dt.range'='2025-01-01,NOW'" in ddl and "'projection.dt.interval.unit'='DAYS'" in ddl
+    assert "'projection.dt.range'='2025-01-01,2030-12-31'" in ddl and "'projection.dt.interval.unit'='DAYS'" in ddl
     assert "'storage.location.template'='s3://bkt/ev/dt=${dt}/'" in ddl
     # the sink writes the same folder
     sink = build("s3:s3://bkt/ev?key_format=dt=%25Y-%25m-%25d/{writer}-{seq}.json.gz")
