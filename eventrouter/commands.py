@@ -101,7 +101,7 @@ def check_command(argv: Sequence[str]) -> int:
         try:
             with _Contacts() as contacts:
                 sink.open()
-            print(f"    open: ok ({contacts.describe(sink.name, args.send_test)})")
+            print(f"    open: ok ({contacts.describe(sink, args.send_test)})")
             if args.send_test:
                 event = sample_event()
                 if args.cluster_name:
@@ -130,9 +130,10 @@ def check_command(argv: Sequence[str]) -> int:
 
 class _Contacts:
     """What a sink's ``open()`` connected to, observed rather than declared: Python sockets through the
-    ``socket.connect`` audit event (httpx, PyMySQL, botocore), and sockets a C library opened
-    (librdkafka) as new socket descriptors in /proc/self/fd. ``check`` says "not contacted" truthfully
-    for a sink whose open() only validates (dingtalk, webhook, log)."""
+    ``socket.connect`` audit event (httpx, PyMySQL, botocore), sockets a C library opened and kept as
+    new socket descriptors in /proc/self/fd, and a sink's own ``contacts_on_open = True`` (Kafka: its
+    open() raises unless the brokers answered). ``check`` says "not contacted" truthfully for a sink
+    whose open() only validates (dingtalk, webhook, log)."""
 
     _active: ClassVar[_Contacts | None] = None
     _hooked: ClassVar[bool] = False
@@ -164,10 +165,13 @@ class _Contacts:
                 if text not in active.addresses:
                     active.addresses.append(text)
 
-    def describe(self, name: str, send_test: bool) -> str:
+    def describe(self, sink: object, send_test: bool) -> str:
+        name = getattr(sink, "name", "the sink")
         if self.addresses:
             return "connected to " + ", ".join(self.addresses)
-        if self.new_sockets:
+        # a C library's connection may be gone again when open() returns (librdkafka replaces its
+        # bootstrap connection): a sink whose successful open() implies an answer says so
+        if self.new_sockets or getattr(sink, "contacts_on_open", False):
             return "connected"
         then = "the test event below contacts it" if send_test else "--send-test delivers a test event"
         return f"not contacted: opening {name} makes no connection; {then}"
