@@ -78,6 +78,7 @@ class KafkaSink(Sink):
     """Kafka: one message per event; also librdkafka.<property>=<value>.  kafka:?brokers=H:9092&eventstopic=T"""
 
     name = "kafka"
+    contacts_on_open = True  # open() raises unless the brokers answered (eventrouter check reports it)
     extra = "kafka"
     options: ClassVar = (
         Option("brokers", list, item=HostPort, required=True, validate=lambda v: None if any(b.strip() for b in v) else
