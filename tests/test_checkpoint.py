@@ -55,23 +55,23 @@ def test_checkpoint_flag_errors(flag: str) -> None:
 # ---- Progress: only settled events move the position ----------------------------------------------
 
 def test_progress_moves_only_up_to_the_settled_seq() -> None:
-    p = Progress(cap=3)
-    p.note(1, "", None, "a", "10")  # listed
-    p.note(2, "", None, "b", "11")
-    p.note(2, "", "20", None, None)  # end of the list
-    p.note(3, "", "21", "c", "21")  # watched
-    p.note(3, "", "22", "a", None)  # DELETED a
+    from eventrouter.sources.k8s_checkpoint import shown_key
+    from eventrouter.sources.k8s_watch import seen_record
+    from tests.helpers import make_event
+
+    a, b, c = make_event(1), make_event(2), make_event(3)
+    p = Progress()
+    p.note_entry(1, "", None, a.uid, seen_record("10", a))  # listed
+    p.note_entry(2, "", None, b.uid, seen_record("11", b))
+    p.note(2, "", "20")  # end of the list
+    p.note_entry(3, "", "21", c.uid, seen_record("21", c))  # watched
+    p.note(3, "", "22")  # DELETED a
     p.advance(1)
-    assert p.positions == {} and p.delivered == {"a": ("10", None)}
+    assert p.positions == {} and list(p.shown) == [shown_key(a.uid, 1, a.last_timestamp)]
     p.advance(2)
-    assert p.positions == {"": "20"} and p.delivered == {"a": ("10", None), "b": ("11", None)}
+    assert p.positions == {"": "20"} and len(p.shown) == 2
     p.advance(3)
-    assert p.positions == {"": "22"} and p.delivered == {"b": ("11", None), "c": ("21", None)}
-    assert p.document("s", "v1", [])["delivered"] == {"b": ["11"], "c": ["21"]}
-    for n, uid in enumerate("defg"):
-        p.note(4 + n, "", str(30 + n), uid, str(30 + n))
-    p.advance(10)
-    assert list(p.delivered) == ["e", "f", "g"]  # bounded: the oldest go first
+    assert p.positions == {"": "22"} and len(p.shown) == 3
 
 
 def test_file_checkpoint_is_written_atomically(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_restart_resumes_without_repeats_and_delivers_what_happened_while_down(s
     wait_for(lambda: len(first.sink.keys) == 6)
     first.stop()
     doc = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
-    assert len(doc["delivered"]) == 6 and doc["server"] == sim.url
+    assert set(doc["sinks"]) == {"collect"} and doc["server"] == sim.url and "delivered" not in doc
 
     while_down = add(sim, 3)
     sim.repeat(before[0])  # happened again while we were down: a new occurrence
@@ -128,7 +128,8 @@ def test_restart_with_a_too_old_position_relists_and_skips_what_was_delivered(si
     second.stop()
     expected = [(u, rv_of(sim, u)) for u in [*while_down, before[0]]]
     assert sorted(second.sink.keys) == sorted(expected)
-    assert second.state.duplicates_suppressed == 3
+    # recognized as delivered: by what users saw (the checkpoint's "shown") or by the sink's own position
+    assert second.state.unchanged_suppressed + second.router.runners[0].stats.relist_skipped == 3
 
 
 def test_first_start_without_checkpoint_delivers_the_listed_events(sim: Simulator, tmp_path: Path) -> None:
@@ -154,7 +155,7 @@ class Gate(Collector):
 
 
 def test_checkpoint_holds_only_settled_events(sim: Simulator, tmp_path: Path) -> None:
-    first_batch = add(sim, 2)
+    add(sim, 2)
     ok = run(sim, tmp_path)
     wait_for(lambda: len(ok.sink.keys) == 2)
     ok.stop()
@@ -169,7 +170,7 @@ def test_checkpoint_holds_only_settled_events(sim: Simulator, tmp_path: Path) ->
 
     assert stuck.state.checkpoint_written == _written_at(settled)  # the loaded position's age: no write since
     doc = orjson.loads((tmp_path / "checkpoint.json").read_bytes())
-    assert doc["positions"] == settled["positions"] and set(doc["delivered"]) == set(first_batch)
+    assert doc["positions"] == settled["positions"] and doc["sinks"] == settled["sinks"]
     stuck.kill()  # crash before anything was delivered
 
     again = run(sim, tmp_path)
@@ -194,7 +195,7 @@ def test_configmap_checkpoint_resumes(sim: Simulator, tmp_path: Path) -> None:
     wait_for(lambda: len(first.sink.keys) == 3)
     first.stop()
     cm = sim.store.get_object("ConfigMap", "monitoring", "er-ck")
-    assert len(orjson.loads(cm["data"]["checkpoint.json"])["delivered"]) == 3
+    assert set(orjson.loads(cm["data"]["checkpoint.json"])["sinks"]) == {"collect"}
     new = add(sim, 2)
     second = run(sim, tmp_path, checkpoint="configmap:monitoring/er-ck")
     wait_for(lambda: len(second.sink.keys) == 2)
@@ -310,11 +311,10 @@ def test_unsettled_positions_are_bounded_while_a_sink_lags(monkeypatch):
     monkeypatch.setattr(k8s_checkpoint, "PENDING_CAP", 100)
     progress = Progress()
     for seq in range(1, 1001):
-        progress.note(seq, "", str(seq), f"uid-{seq}", str(seq))
+        progress.note(seq, "", str(seq))
     assert len(progress.pending) == 100
     progress.advance(1000)  # the sink recovers: the position is the newest settled one
     assert progress.positions == {"": "1000"}
-    assert "uid-1000" in progress.delivered and "uid-1" not in progress.delivered
 
 
 def test_the_dedupe_record_does_not_keep_the_message():

@@ -680,7 +680,9 @@ def test_rbac_covers_exactly_what_two_replicas_call(
         leader = a if a.metric("eventrouter_leader") == 1 else b
         wait_for(lambda: leader.metric("eventrouter_sink_events_sent_total") == 100, "the 100 events")
         assert a.ready() and b.ready()  # the standby is ready too
-        wait_for(lambda: leader.metric("eventrouter_checkpoint_age_seconds") is not None, "a checkpoint")
+        # the checkpoint age is exported from the start now; wait for the first write itself
+        wait_for(lambda: ("ConfigMap", "eventrouter", "eventrouter-checkpoint") in simulator.store.objects,
+                 "a checkpoint")
     finally:
         a.finish()
         b.finish()

@@ -461,38 +461,42 @@ def test_an_unexpected_checkpoint_write_error_is_logged_and_the_next_write_happe
     assert f"checkpoint file:{target}: cannot write it: KeyError: 'metadata'" in caplog.text
 
 
-def test_dedupe_records_of_both_shapes_compare_and_compact_alike():
-    """The source keeps flat (rv, count, lastTimestamp, text hash) records; a loaded checkpoint gives
-    (rv, Seen). Both must decide 'unchanged' the same way, and both must be written the same way."""
+def test_the_checkpoint_remembers_what_users_saw_only_as_bounded_digests_of_settled_occurrences():
+    """No per-uid record in the checkpoint: 8-byte digests of (uid, count, lastTimestamp) of the last
+    settled occurrences, capped; a version 1 checkpoint's per-uid record is read and upgraded."""
+    import base64
     from dataclasses import replace
 
-    from eventrouter.sources.k8s_checkpoint import Progress, Seen
-    from eventrouter.sources.k8s_watch import seen_key, seen_record, unchanged
+    from eventrouter.sources.k8s_checkpoint import SHOWN_CAP, Progress, shown_key
+    from eventrouter.sources.k8s_watch import seen_record, unchanged
     from tests.helpers import make_event
 
     event = make_event(1, count=3)
     record = seen_record("10", event)
-    assert record == ("10", *seen_key(event))
-    restored = Seen.restore(["10", 3, int(event.last_timestamp.timestamp())])
-    for prev in (record, restored, ("10", seen_key(event))):
-        assert unchanged(prev, seen_record("11", event))
-        assert not unchanged(prev, seen_record("11", replace(event, count=4)))
-        later = replace(event, last_timestamp=event.last_timestamp.replace(year=2027))
-        assert not unchanged(prev, seen_record("11", later))
-    # the message is not kept in the checkpoint: a restored record sees count and time only
+    assert unchanged(record, seen_record("11", event))
+    assert not unchanged(record, seen_record("11", replace(event, count=4)))
     assert not unchanged(record, seen_record("11", replace(event, message="other")))
-    assert unchanged(restored, seen_record("11", replace(event, message="other")))
-    assert not unchanged(("10", None), record)
 
     progress = Progress()
-    progress.note_entry(1, "", "10", "flat", record)
-    progress.note(2, "", "11", "pair", "11", seen_key(event))
-    progress.note(3, "", "12", "bare", "12")
-    progress.load({"delivered": {"old": ["9", 2, 100]}})
-    progress.advance(3)
+    progress.note_entry(1, "", "10", event.uid, record)
+    progress.note_entry(2, "", "11", "other-uid", seen_record("11", make_event(2)))
+    progress.advance(1)  # only the settled one
+    assert progress.positions == {"": "10"} and list(progress.shown) == [shown_key(event.uid, 3, event.last_timestamp)]
+    for n in range(SHOWN_CAP + 10):
+        e = make_event(n)
+        progress.note_entry(3 + n, "", str(100 + n), e.uid, seen_record(str(100 + n), e))
+    progress.advance(10**9)
+    doc = progress.document("s", "v1", [], {"log": {"floor": 1.0}})
+    assert len(base64.b64decode(doc["shown"])) == 8 * SHOWN_CAP and "delivered" not in doc
+    assert doc["sinks"] == {"log": {"floor": 1.0}} and doc["version"] == 2
+
+    legacy = Progress()
     ts = int(event.last_timestamp.timestamp())
-    assert progress.document("s", "v1", [])["delivered"] == {
-        "old": ["9", 2, 100], "flat": ["10", 3, ts], "pair": ["11", 3, ts], "bare": ["12"]}
+    legacy.load({"version": 1, "positions": {"": "9"}, "delivered": {event.uid: ["9", 3, ts], "bare": ["8"]}})
+    assert legacy.positions == {"": "9"} and list(legacy.shown) == [shown_key(event.uid, 3, event.last_timestamp)]
+    again = Progress()
+    again.load(progress.document("s", "v1", [], {}))
+    assert again.shown == progress.shown
 
 
 # ---- a quiet cluster on a real API server: health and shutdown ---------------------------------------

@@ -1,18 +1,24 @@
 """Where the Kubernetes source stores its resume position: a local file or a ConfigMap.
 
-The stored document (JSON)::
+The stored document (JSON), well under 256 KB after an hour of a busy cluster::
 
-    {"version": 1, "server": "https://10.0.0.1", "api": "v1", "namespaces": [],
-     "positions": {"": "123456"},              # per watch ("" = all namespaces): resourceVersion
-     "delivered": {"<uid>": ["<resourceVersion>", count, lastTimestamp (unix s)], ...},  # newest last, bounded
+    {"version": 2, "server": "https://10.0.0.1", "api": "v1", "namespaces": [],
+     "positions": {"": "123456"},      # per watch ("" = all namespaces): resourceVersion every sink settled
+     "shown": "<base64 of 8-byte digests>",  # what users saw of the last settled occurrences (bounded)
+     "sinks": {"log": {...}, ...},     # each sink's own position (Router.positions(); opaque here)
      "written": "2026-04-14T09:30:00Z"}
 
-Only settled events are in it (see :class:`Progress`). ``delivered`` lets a re-list after a
-too-old position (410) skip what was already delivered.
+``positions`` is where the watches resume; the router's per-sink positions (``sinks``) tell each sink
+which of the replayed or re-listed events it already has, so no sink gets one twice and none misses
+one. ``shown`` only lets a restart drop an update nobody would see (a MODIFIED with the same count and
+time as an occurrence already delivered): digests of (uid, count, lastTimestamp), at most
+:data:`SHOWN_CAP`. Version 1 documents (with a per-uid ``delivered`` record) are read and upgraded.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import os
 import re
@@ -32,14 +38,11 @@ log = logging.getLogger("eventrouter.sources.kubernetes")
 
 CONFIGMAP_KEY = "checkpoint.json"
 FILE_DEFAULT = os.path.join(".eventrouter", "checkpoint.json")
-DELIVERED_CAP_FILE = 100_000
 PENDING_CAP = 100_000  # unsettled positions tracked while a sink lags
-DELIVERED_CAP_CONFIGMAP = 10_000  # a ConfigMap holds at most 1 MiB
+SHOWN_CAP = 4096  # occurrences in "shown": 4096 * 8 bytes = 44 KB of base64
 
 
 class CheckpointStore(Protocol):
-    cap: int
-
     def load(self) -> dict[str, Any] | None: ...
 
     def save(self, doc: dict[str, Any], still_leading: Callable[[], bool] = ...) -> None: ...
@@ -48,7 +51,6 @@ class CheckpointStore(Protocol):
 class FileCheckpoint:
     def __init__(self, path: str) -> None:
         self.path = path
-        self.cap = DELIVERED_CAP_FILE
 
     def describe(self) -> str:
         return f"file:{self.path}"
@@ -98,7 +100,6 @@ class ConfigMapCheckpoint:
         self.api = api
         self.namespace = namespace
         self.name = name
-        self.cap = DELIVERED_CAP_CONFIGMAP
         self._rv: str | None = None
 
     def describe(self) -> str:
@@ -225,24 +226,27 @@ def parse_checkpoint_flag(flag: str | None, *, in_cluster: bool, namespace: str)
     raise ConfigError(f"--checkpoint={flag}: use configmap:NAMESPACE/NAME, file:PATH or none")
 
 
+def shown_key(uid: str, count: int, last_timestamp: Any) -> bytes:
+    """What a user saw of an occurrence, as 8 bytes stable across processes: uid, count, lastTimestamp (s)."""
+    return hashlib.blake2b(f"{uid}\x00{count}\x00{int(last_timestamp.timestamp())}".encode(),
+                           digest_size=8).digest()
+
+
 @dataclass
 class Progress:
     """Tracks what may be written: the newest position whose events every sink has settled.
 
-    The source thread calls :meth:`note` after each dispatch (``seq`` from ``Router.dispatch``) and
-    for positions reached without dispatching (bookmarks, suppressed events, end of a list, with
+    The source thread calls :meth:`note_entry` after each dispatch (``seq`` from ``Router.dispatch``)
+    and for positions reached without dispatching (bookmarks, suppressed events, end of a list, with
     the router's current seq). The housekeeping thread calls :meth:`advance` with
-    ``Router.settled_seq()``; entries at or below it move into ``positions`` and ``delivered``.
+    ``Router.settled_seq()``; entries at or below it move into ``positions`` and ``shown``.
     """
 
-    cap: int = DELIVERED_CAP_FILE
     positions: dict[str, str] = field(default_factory=dict)
-    # uid -> the source's dedupe record: (rv, count, lastTimestamp, text hash), or (rv, seen_as) from note()
-    # and from a loaded checkpoint (seen_as: a Seen, a seen_key tuple or None)
-    delivered: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    shown: dict[bytes, None] = field(default_factory=dict)  # settled occurrences' shown_key, oldest first
     # The unsettled notes, as parallel deques rather than a tuple per note (one object less per event for
     # the garbage collector): ``pending`` holds their seqs; each seq is appended after its other fields,
-    # so whoever sees a seq finds the rest. ``entry`` is the record that goes into ``delivered``.
+    # so whoever sees a seq finds the rest. ``entry`` is the source's dedupe record (rv, count, time, hash).
     pending: deque[int] = field(default_factory=deque)
     _streams: deque[str] = field(default_factory=deque, repr=False)
     _positions: deque[str | None] = field(default_factory=deque, repr=False)
@@ -252,16 +256,14 @@ class Progress:
     _pop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     changed: bool = False
 
-    def note(self, seq: int, stream: str, position: str | None, uid: str | None = None, rv: str | None = None,
-             seen_as: Any = None) -> None:
-        """``position`` None: no new resume point (a listed item); ``rv`` None with a uid: forget it.
-        ``seen_as`` is what the user saw of that occurrence (count, lastTimestamp, ...)."""
-        self.note_entry(seq, stream, position, uid, None if rv is None else (rv, seen_as))
+    def note(self, seq: int, stream: str, position: str | None) -> None:
+        """A resume point reached without an occurrence to record (a bookmark, a DELETED, a list's end)."""
+        self.note_entry(seq, stream, position, None, None)
 
     def note_entry(self, seq: int, stream: str, position: str | None, uid: str | None,
                    entry: tuple[Any, ...] | None) -> None:
-        """:meth:`note` for the hot path: ``entry`` is the source's dedupe record itself (``(rv, count,
-        lastTimestamp, text hash)``; None: forget the uid), shared with ``delivered``, not copied."""
+        """``position`` None: no new resume point (a listed item); ``entry``: the source's record of the
+        occurrence, ``(rv, count, lastTimestamp, text hash)``, shared, not copied."""
         self._streams.append(stream)
         self._positions.append(position)
         self._uids.append(uid)
@@ -281,7 +283,7 @@ class Progress:
 
     def advance(self, settled: int) -> None:
         pending = self.pending
-        delivered = self.delivered
+        shown = self.shown
         positions = self.positions
         pop = self._pop
         with self._pop_lock:
@@ -289,81 +291,39 @@ class Progress:
                 stream, position, uid, entry = pop()
                 if position is not None:
                     positions[stream] = position
-                if uid is not None:
-                    if entry is None:
-                        delivered.pop(uid, None)
-                    else:
-                        delivered[uid] = entry  # an update keeps its place: eviction goes by first sight
+                if uid is not None and entry is not None:
+                    key = shown_key(uid, entry[1], entry[2])
+                    shown.pop(key, None)
+                    shown[key] = None
                 self.changed = True
-        excess = len(delivered) - self.cap
+        excess = len(shown) - SHOWN_CAP
         if excess > 0:
-            for uid in list(_first(delivered, excess)):
-                del delivered[uid]
+            for key in _first(shown, excess):
+                del shown[key]
 
     def load(self, doc: dict[str, Any]) -> None:
         self.positions.update(doc.get("positions") or {})
-        for uid, value in (doc.get("delivered") or {}).items():
-            self.delivered[uid] = Seen.restore(value)
+        blob = doc.get("shown")
+        if isinstance(blob, str):
+            raw = base64.b64decode(blob)
+            for i in range(0, len(raw) - 7, 8):
+                self.shown[raw[i:i + 8]] = None
+        for uid, value in (doc.get("delivered") or {}).items():  # version 1: [rv, count, lastTimestamp (s)]
+            if isinstance(value, list) and len(value) == 3:
+                self.shown[shown_key(uid, int(value[1]), datetime.fromtimestamp(int(value[2]), UTC))] = None
 
-    def document(self, server: str, api: str, namespaces: list[str]) -> dict[str, Any]:
-        """The JSON document; the ``delivered`` values are compacted here, once per write."""
+    def document(self, server: str, api: str, namespaces: list[str], sinks: dict[str, Any]) -> dict[str, Any]:
         return {
-            "version": 1, "server": server, "api": api, "namespaces": namespaces,
+            "version": 2, "server": server, "api": api, "namespaces": namespaces,
             "positions": dict(self.positions),
-            "delivered": {uid: _compact(record) for uid, record in self.delivered.items()},
+            "shown": base64.b64encode(b"".join(list(self.shown))).decode("ascii"),
+            "sinks": sinks,
             "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
 
 
-class Seen:
-    """What a user saw of a delivered occurrence, as the checkpoint keeps it: count and lastTimestamp.
-
-    Compares equal to the source's full ``(count, last_timestamp, message, type, reason)`` tuple
-    when count and time match, so an invisible update made while the router was down is not
-    forwarded after a restart.
-    """
-
-    __slots__ = ("count", "ts")
-
-    def __init__(self, count: int, ts: int) -> None:
-        self.count, self.ts = count, ts
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Seen):
-            return (self.count, self.ts) == (other.count, other.ts)
-        if isinstance(other, tuple) and len(other) >= 2:
-            return other[0] == self.count and int(other[1].timestamp()) == self.ts
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    @staticmethod
-    def compact(seen_as: Any) -> tuple[int, int] | tuple[()]:
-        if isinstance(seen_as, Seen):
-            return (seen_as.count, seen_as.ts)
-        if isinstance(seen_as, tuple):
-            return (seen_as[0], int(seen_as[1].timestamp()))
-        return ()
-
-    @staticmethod
-    def restore(value: Any) -> tuple[str, Seen | None]:
-        """A ``delivered`` value (``rv`` or ``[rv, count, ts]``) as the source's seen-map entry."""
-        if isinstance(value, list) and len(value) == 3:
-            return str(value[0]), Seen(int(value[1]), int(value[2]))
-        if isinstance(value, list) and value:
-            return str(value[0]), None
-        return str(value), None
-
-
-def _compact(record: tuple[Any, ...]) -> list[Any]:
-    """A ``delivered`` record as the checkpoint stores it: ``[rv, count, lastTimestamp (unix s)]`` or ``[rv]``."""
-    if len(record) == 4:  # the source's flat record
-        return [record[0], record[1], int(record[2].timestamp())]
-    return [record[0], *Seen.compact(record[1])]
-
-
-def _first(mapping: dict[str, Any], n: int) -> list[str]:
-    out: list[str] = []
+def _first(mapping: dict[Any, Any], n: int) -> list[Any]:
+    out: list[Any] = []
     for key in mapping:
         if len(out) >= n:
             break

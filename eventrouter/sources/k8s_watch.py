@@ -26,6 +26,7 @@ from eventrouter.event import Event, MalformedEvent
 from eventrouter.health import SourceState
 from eventrouter.logutil import ThrottledLog
 from eventrouter.router import Router
+from eventrouter.sources.k8s_checkpoint import shown_key
 
 if TYPE_CHECKING:
     from eventrouter.sources.k8s_checkpoint import Progress
@@ -42,20 +43,14 @@ def seen_key(event: Event) -> tuple[int, Any, int]:
 
 
 def seen_record(rv: str, event: Event) -> tuple[str, int, Any, int]:
-    """The dedupe record of an occurrence (a ``seen`` value, shared with the checkpoint's ``delivered``):
-    ``(rv, *seen_key(event))``, flat. One tuple of plain values per event, which the garbage collector
-    stops tracking at its first pass (a nested tuple kept both tracked for longer).
-
-    Records restored from a checkpoint have the other shape, ``(rv, Seen | None)``.
-    """
+    """The in-memory dedupe record of an occurrence (a ``seen`` value): ``(rv, *seen_key(event))``, flat.
+    One tuple of plain values per event, which the garbage collector stops tracking at its first pass."""
     return (rv, event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
 
 
-def unchanged(prev: tuple[Any, ...], record: tuple[str, int, Any, int]) -> bool:
-    """Whether the user would see nothing new in ``record`` after ``prev`` (either shape)."""
-    if len(prev) == 4:
-        return prev[1:] == record[1:]
-    return bool(prev[1] == record[1:])  # a Seen compares by count and lastTimestamp; None matches nothing
+def unchanged(prev: tuple[Any, ...], record: tuple[Any, ...]) -> bool:
+    """Whether the user would see nothing new in ``record`` after ``prev``."""
+    return prev[1:] == record[1:]
 
 log = logging.getLogger("eventrouter.sources.kubernetes")
 
@@ -120,13 +115,46 @@ class ListWatch:
 
     def _list(self, router: Router, stream: str, first_start: bool, halted: Callable[[], bool],
               backoff: Backoff, locked: bool) -> str | None:
+        """List every Event of the stream (in pages) and dispatch each as ``relisted``: each sink skips
+        what it already has. Returns the resourceVersion to watch from, or None to try again.
+
+        An expired ``continue`` token (the list took longer than etcd keeps history) is answered with 410
+        and a fresh token that lists the rest at the newest revision: the list goes on with it. What was
+        listed before the cut may have changed meanwhile, so those keys are listed once more (a second
+        pass that stops at the cut key), and the watch starts from the revision of the first fresh page:
+        nothing is missed, and what was already dispatched is recognized (same uid and resourceVersion)."""
         path = self._paths[stream]
-        params: dict[str, Any] = {"limit": self.settings.page_size}
         cutoff = None
         if first_start and self.ctx.max_event_age:
             cutoff = datetime.now(UTC) - timedelta(seconds=self.ctx.max_event_age)
         handle = self._locked(self._handle_listed) if locked else self._handle_listed
         listed: set[str] = set()
+        outcome = self._list_pass(router, stream, path, handle, cutoff, listed, None, halted, backoff)
+        if outcome is None:
+            return None
+        list_rv, cut_key = outcome
+        if cut_key is not None:
+            log.info("list %s: the keys before %s are listed again (the list was continued after a 410)",
+                     path, cut_key)
+            if self._list_pass(router, stream, path, handle, cutoff, listed, cut_key, halted, backoff) is None:
+                return None
+        if len(self._paths) == 1 and cut_key is None:
+            # a full, consistent list: every uid not in it is gone; forget it (bounded memory)
+            for uid in [u for u in self.seen if u not in listed]:
+                del self.seen[uid]
+        self.progress.note(router.seq, stream, list_rv)  # type: ignore[union-attr]
+        backoff.reset()
+        return list_rv
+
+    def _list_pass(self, router: Router, stream: str, path: str, handle: Callable[..., Any],
+                   cutoff: datetime | None, listed: set[str], stop_key: str | None,
+                   halted: Callable[[], bool], backoff: Backoff) -> tuple[str, str | None] | None:
+        """One paginated pass, up to ``stop_key`` (etcd's key order, ``namespace/name``) if given.
+        Returns (resourceVersion to watch from, the key listed last before a continue expired, or None)."""
+        params: dict[str, Any] = {"limit": self.settings.page_size}
+        cut_key: str | None = None
+        watch_rv: str | None = None
+        last_key = ""
         while not halted():
             try:
                 resp = self.api.request("GET", path, params=params)
@@ -135,29 +163,37 @@ class ListWatch:
                 self._sleep(backoff.next(), halted)
                 return None
             if resp.status_code == 410 and "continue" in params:
-                log.info("list %s: the continue token expired (410); listing again", path)
-                params.pop("continue")
+                fresh = _fresh_continue(resp)
+                if fresh is None:
+                    log.info("list %s: the continue token expired (410) and no fresh one came: listing again", path)
+                    params.pop("continue")
+                    cut_key, watch_rv, last_key = None, None, ""
+                    continue
+                log.info("list %s: the continue token expired (410); continuing with the fresh token", path)
+                if cut_key is None and stop_key is None:
+                    cut_key = last_key
+                params["continue"] = fresh
                 continue
             if resp.status_code != 200:
                 self._http_failure("list", path, resp, backoff, halted)
                 return None
             self.state.reached(stream)
             doc = orjson.loads(resp.content)
+            meta = doc.get("metadata") or {}
+            page_rv = str(meta.get("resourceVersion") or "")
+            if cut_key is not None and watch_rv is None:
+                watch_rv = page_rv  # the first page after the cut: everything from here on is at least this new
             for obj in doc.get("items") or ():
+                key = _list_key(obj)
+                if stop_key is not None and key > stop_key:
+                    return page_rv, None
+                last_key = key
                 uid = handle(router, stream, obj, cutoff)
                 if uid:
                     listed.add(uid)
-            meta = doc.get("metadata") or {}
             token = meta.get("continue")
             if not token:
-                list_rv = str(meta.get("resourceVersion") or "")
-                if len(self._paths) == 1:
-                    # a full list: every uid not in it is gone; forget it (bounded memory)
-                    for uid in [u for u in self.seen if u not in listed]:
-                        del self.seen[uid]
-                self.progress.note(router.seq, stream, list_rv, None, None)  # type: ignore[union-attr]
-                backoff.reset()
-                return list_rv
+                return (watch_rv or page_rv), cut_key
             params["continue"] = token
         return None
 
@@ -179,14 +215,24 @@ class ListWatch:
         self.state.count("ADDED")
         self.seen[uid] = entry = seen_record(rv, event)
         progress = self.progress
-        if (prev is not None and unchanged(prev, entry)) or (cutoff is not None and event.last_timestamp < cutoff):
-            if prev is not None:
-                self.state.unchanged_suppressed += 1
+        if self._unchanged(prev, uid, entry) or (cutoff is not None and event.last_timestamp < cutoff):
             progress.note_entry(router.seq, stream, None, uid, entry)  # type: ignore[union-attr]
             return uid
-        seq = router.dispatch(event)
+        seq = router.dispatch(event, relisted=True)  # each sink skips what its position says it has
         progress.note_entry(seq, stream, None, uid, entry)  # type: ignore[union-attr]
         return uid
+
+    def _unchanged(self, prev: tuple[Any, ...] | None, uid: str, entry: tuple[Any, ...]) -> bool:
+        """An update nobody would see: same count, time and text as the occurrence before it (in memory),
+        or, after a restart, as an occurrence every sink settled before it (the checkpoint's ``shown``)."""
+        if prev is not None:
+            same = unchanged(prev, entry)
+        else:
+            shown = self.progress.shown if self.progress is not None else None
+            same = bool(shown) and shown_key(uid, entry[1], entry[2]) in shown  # type: ignore[operator]
+        if same:
+            self.state.unchanged_suppressed += 1
+        return same
 
     def _watch(self, router: Router, stream: str, rv: str, halted: Callable[[], bool],
                backoff: Backoff, locked: bool) -> tuple[str, str]:
@@ -226,7 +272,7 @@ class ListWatch:
                             continue
                         if kind == "BOOKMARK":
                             rv = obj["metadata"]["resourceVersion"]
-                            progress.note(router.seq, stream, rv, None, None)  # type: ignore[union-attr]
+                            progress.note(router.seq, stream, rv)  # type: ignore[union-attr]
                         elif kind == "ERROR":
                             return self._watch_error(stream, obj, backoff, halted), rv
                         else:
@@ -262,12 +308,12 @@ class ListWatch:
         progress = self.progress
         if kind == "DELETED":  # TTL expiry: nothing to tell anyone; forget the uid
             seen.pop(uid, None)
-            progress.note(router.seq, stream, rv, uid, None)  # type: ignore[union-attr]
+            progress.note(router.seq, stream, rv)  # type: ignore[union-attr]
             return rv
         prev = seen.get(uid)
         if prev is not None and prev[0] == rv:
             state.duplicates_suppressed += 1
-            progress.note(router.seq, stream, rv, None, None)  # type: ignore[union-attr]
+            progress.note(router.seq, stream, rv)  # type: ignore[union-attr]
             return rv
         try:
             event = Event.from_object(obj, self.cluster)
@@ -277,8 +323,10 @@ class ListWatch:
         # seen_record(rv, event), inlined: one tuple, shared by the dedupe memory and the checkpoint
         entry = (rv, event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
         seen[uid] = entry
-        if prev is not None and unchanged(prev, entry):
-            state.unchanged_suppressed += 1
+        if (prev is not None and prev[1:] == entry[1:]) or (prev is None and progress.shown  # type: ignore[union-attr]
+                                                            and self._unchanged(None, uid, entry)):
+            if prev is not None:
+                state.unchanged_suppressed += 1
             progress.note_entry(router.seq, stream, rv, uid, entry)  # type: ignore[union-attr]
             return rv
         if len(seen) > self.seen_cap:
@@ -338,6 +386,24 @@ class ListWatch:
                 return
             time.sleep(min(left, 0.1))
 
+
+
+def _list_key(obj: Any) -> str:
+    """Where etcd keeps the object (``namespace/name``): lists come in this order."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict):
+        return ""
+    return f"{meta.get('namespace') or ''}/{meta.get('name') or ''}"
+
+
+def _fresh_continue(resp: httpx.Response) -> str | None:
+    """The fresh continue token of a 410 "continue parameter is too old" Status, if it has one."""
+    try:
+        body = resp.json()
+        token = (body.get("metadata") or {}).get("continue")
+    except (ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) and token else None
 
 
 def _retry_after(value: str | None) -> float | None:

@@ -9,12 +9,13 @@ client's loaders: the pod's service account (default), a kubeconfig (``auth=``, 
     kubernetes:?inClusterConfig=false&auth=/etc/kubeconfig  kube-eventer's kubeconfig form
     kubernetes:?kubeconfig=~/.kube/config&context=prod&namespaces=team-a,team-b&api=events.k8s.io/v1
 
-How it works: a paginated list (``limit``/``continue``), then a watch from the list's
-resourceVersion with bookmarks, read as raw chunked lines and decoded once with orjson. Each
-occurrence is identified by uid + resourceVersion; a MODIFIED that changes nothing a user sees is
-dropped, a DELETED (TTL expiry) frees the uid. A 410 re-lists and skips what was already forwarded.
-The checkpoint (``--checkpoint``) holds the resourceVersion of the newest *settled* event and a
-bounded uid→resourceVersion record, so a restart neither repeats nor misses events.
+How it works: a paginated list (``limit``/``continue``; an expired token goes on with the fresh
+one), then a watch from the list's resourceVersion, read as raw chunked lines and decoded once with
+orjson. Each occurrence is identified by uid + resourceVersion; a MODIFIED that changes nothing a user
+sees is dropped, a DELETED (TTL expiry) frees the uid. Listed objects are dispatched as ``relisted``:
+each sink skips what its own position says it has. The checkpoint (``--checkpoint``) holds, per watch,
+the resourceVersion every sink has *settled* (where the watch resumes) and the router's per-sink
+positions, so a restart, a 410 re-list or a handover neither repeats nor misses events at any sink.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ log = logging.getLogger("eventrouter.sources.kubernetes")
 # follows the first settled event within this, which bounds what a crash (SIGKILL) can repeat
 CHECKPOINT_INTERVAL = 1.0
 WRITE_RETRY_MAX = 30.0  # a failing checkpoint is retried at most this far apart (RBAC errors: no API storm)
-SEEN_CAP = 100_000  # uids remembered for dedupe (~300 B each); DELETED frees them, the oldest go first past this
+# uids remembered in memory to drop updates nobody sees (~250 B each); DELETED frees them, the oldest go
+# first past this. Not needed for correctness across re-lists: the router's per-sink positions are.
+SEEN_CAP = 100_000
 
 
 class KubernetesSource(ListWatch):
@@ -176,12 +179,17 @@ class KubernetesSource(ListWatch):
         doc = self._load_checkpoint(halted)
         if halted():
             return
-        progress = Progress(cap=self.checkpoint.cap if self.checkpoint else 0)
+        progress = Progress()
         resume: dict[str, str] = {}
         if doc:
             progress.load(doc)
             resume = {k: v for k, v in progress.positions.items() if k in self._paths}
-        self.seen = dict(progress.delivered)
+            if router.seq == 0 and isinstance(doc.get("sinks"), dict):
+                # each sink's own position: what a replayed or re-listed event it already has, it skips
+                # (a later term in this process keeps the router's own, newer positions)
+                router.restore_positions(doc["sinks"])
+        router.positions()  # the baseline of position_changed(): write only once something moves
+        self.seen = {}
         self.progress = progress
         if self.checkpoint is not None and self.state.checkpoint_written is None:
             # the age of the stored position: the loaded one's, else none stored since we started
@@ -248,12 +256,12 @@ class KubernetesSource(ListWatch):
         with self._write_lock:
             progress.advance(router.settled_seq())
             self._last_write = time.monotonic()
-            if not progress.changed and not force:
-                return
-            if not progress.positions and not progress.delivered:
-                return
+            if not (progress.changed or router.position_changed() or force):
+                return  # nothing moved: no write (a ConfigMap write is an API call)
+            if not progress.positions:
+                return  # no resume point yet (the first list is not settled)
             progress.changed = False
-            doc = progress.document(self.api.host, self.settings.api, self.settings.namespaces)
+            doc = progress.document(self.api.host, self.settings.api, self.settings.namespaces, router.positions())
             try:
                 self.checkpoint.save(doc, self._may_write)
             except Exception as exc:  # an odd API answer too: a dead housekeeping thread would never write again
