@@ -681,7 +681,7 @@ def test_rbac_covers_exactly_what_two_replicas_call(
         wait_for(lambda: leader.metric("eventrouter_sink_events_sent_total") == 100, "the 100 events")
         assert a.ready() and b.ready()  # the standby is ready too
         # the checkpoint age is exported from the start now; wait for the first write itself
-        wait_for(lambda: ("ConfigMap", "eventrouter", "eventrouter-checkpoint") in simulator.store.objects,
+        wait_for(lambda: ("ConfigMap", namespace, "eventrouter-checkpoint") in simulator.store.objects,
                  "a checkpoint")
     finally:
         a.finish()
