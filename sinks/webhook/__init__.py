@@ -147,7 +147,8 @@ class WebhookSink(Sink):
             return Options({**opts, **defaults}, opts.given)
         return opts
 
-    def __init__(self, url: SinkURL, opts: Options, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, url: SinkURL, opts: Options, *, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         super().__init__(url, opts)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise SinkConfigError(self.name, "needs an http:// or https:// URL with a host, "
@@ -179,6 +180,8 @@ class WebhookSink(Sink):
         elif not opts["custom_body_configmap"]:
             self._loaded = True
         self.chat = self._build_chat(clock)
+        self._restored = False
+        self._wall = wall
         # built now so that unreadable TLS files fail at start-up; no connection is made yet
         self._client: httpx.Client | None = http_client(self.name, opts)
 
@@ -301,7 +304,11 @@ class WebhookSink(Sink):
 
     # ---- delivery -----------------------------------------------------------------------------
     def open(self) -> None:
-        """Read the ConfigMap template (kube-eventer's custom_body_configmap), once."""
+        """With chat=true, take back the digest kept at the last shutdown (in ``state_dir``); read the
+        ConfigMap template (kube-eventer's custom_body_configmap), once."""
+        if self.chat is not None and self.state_dir is not None and not self._restored:
+            self._restored = True
+            self.chat.flow.restore(self.state_dir, self._wall)
         if self._loaded:
             return
         name = self.opts["custom_body_configmap"]
@@ -422,7 +429,8 @@ class WebhookSink(Sink):
 
     def close(self) -> None:
         if self.chat is not None and self._loaded:
-            self.chat.flow.close(self._post_event, self._post_digest)
+            # what the rate does not allow now is kept in state_dir and posted first after a restart
+            self.chat.flow.close(self._post_event, self._post_digest, self.state_dir, self._wall)
         client, self._client = self._client, None
         if client is not None:
             client.close()

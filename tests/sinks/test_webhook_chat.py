@@ -24,7 +24,7 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "docs" / "templates"
 
 def build(flag: str, clock: FakeClock) -> WebhookSink:
     url = SinkURL.parse(flag)
-    return WebhookSink(url, WebhookSink.parse_options(url), clock=clock)
+    return WebhookSink(url, WebhookSink.parse_options(url), clock=clock, wall=lambda: 1_776_000_000.0 + clock())
 
 
 @pytest.fixture
@@ -188,3 +188,24 @@ def test_slack_recipe_digest_and_reminder_render(hook, clock):
     assert "BackOff x3 in ns default" in bodies[1]["attachments"][0]["blocks"][0]["text"]["text"]
     fields = bodies[2]["attachments"][0]["blocks"][1]["fields"]
     assert fields[2]["text"] == "*Count:*\n7 (reminder: still happening; 0 updates held back)"
+
+
+def test_a_digest_the_rate_does_not_allow_at_shutdown_is_posted_after_the_restart(hook, clock, tmp_path):
+    flag = f"webhook:{hook.url()}?chat=true&rate=2/min"
+    sink = build(flag, clock)
+    sink.state_dir = str(tmp_path)
+    sink.open()
+    sink.send([make_event(0), make_event(1)])
+    clock.advance(5)
+    sink.tick()  # the event and a digest: the minute's two messages are spent
+    sink.send([make_event(n) for n in range(2, 5)])
+    sink.close()  # the new digest is kept, not lost
+    assert len(hook.requests) == 2 and (tmp_path / "chat-pending.json").exists()
+    clock.advance(60)
+    again = build(flag, clock)
+    again.state_dir = str(tmp_path)
+    again.open()
+    again.tick()
+    digest = hook.requests[-1].json()
+    assert len(hook.requests) == 3 and digest["digest"] is True and digest["total"] == 3
+    assert "BackOff x3 in ns default" in digest["text"]
