@@ -175,9 +175,11 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 def _log_totals(router: Router, drained: bool, seconds: float) -> None:
     for runner in router.runners:
         s = runner.stats
+        chat = getattr(runner.sink, "chat_stats", None)  # a chat sink: one message may stand for many events
         log.info(
-            "sink %s: sent %d, filtered %d, failed %d, dropped %d (overflow) %d (shutdown)%s",
-            runner.label, s.sent, s.filtered, s.failed, s.dropped_overflow, s.dropped_shutdown,
+            "sink %s: %s, filtered %d, failed %d, dropped %d (overflow) %d (shutdown)%s",
+            runner.label, f"sent {s.sent}" if not callable(chat) else f"handled {s.sent} events: {chat().summary()}",
+            s.filtered, s.failed, s.dropped_overflow, s.dropped_shutdown,
             f", {s.buffered_at_exit} kept in the disk buffer for the next start" if s.buffered_at_exit else "",
         )
     if not drained:

@@ -1,24 +1,30 @@
-"""Shared machinery of chat sinks (DingTalk, WeCom, ...): never a flood, never silent, readable.
+"""Shared machinery of chat sinks (DingTalk, WeCom, Slack, ...): never a flood, never silent, root cause first.
 
 A chat robot accepts about 20 messages a minute, and people read every one of them. So a chat sink
 does not post one message per event; :class:`ChatFlow` decides, per robot:
 
 - **Repeats** (same involved object kind/namespace/name + reason, e.g. a ``count`` bump): the first
-  occurrence is sent, then at most one reminder per ``repeat_interval`` with the current count;
-  ``repeat_interval=0`` sends every occurrence. Memory is bounded and entries expire.
-- **Rate**: at most ``rate_limit`` messages per minute (what was actually posted, digests included).
-  One slot of each window is kept for a digest, so individual events use ``rate_limit - 1``.
-- **Digest**: events beyond the budget are not dropped. They are folded into one digest message
-  ("37 more Warning events: BackOff x30 in ns a, ...") that :meth:`ChatFlow.tick` posts when the
-  window allows. While a digest is pending, new events join it, so messages keep their order.
+  occurrence is sent, then at most one reminder per ``repeat_interval`` saying how many updates were
+  held back; ``repeat_interval=0`` sends every occurrence. Memory is bounded (:class:`RepeatFilter`).
+- **Rank**: what on-call needs first goes out first: cluster-scoped and node-level problems
+  (:func:`is_urgent`), then reasons not seen lately, then the rest (see :class:`ChatFlow`).
+- **Rate**: at most ``rate_limit`` messages per minute (what was actually posted, digests included),
+  part of the window kept for what is urgent or new.
+- **Digest**: events not posted alone are never dropped: they are folded into a :class:`Digest`, ranked
+  the same way and posted by :meth:`ChatFlow.tick` in parts (:class:`DigestPart`) that each fit one
+  message and together name every group. What the window does not allow at shutdown is kept in the
+  sink's ``state_dir`` and posted first after the restart.
 
 The flow never sleeps and starts no threads: the router calls ``Sink.tick()`` at least every
-``flush_interval``. Time comes from an injectable clock, so tests need no sleeping.
+``flush_interval``. Time comes from an injectable clock, so tests need no sleeping. :class:`ChatStats`
+counts messages and events apart.
 
 :class:`ChatLayout` renders the default text layout (kube-eventer's ``Level:/Kind:/Namespace:/Name:/
 Reason:/Timestamp:/Message:`` shape, labels first, then ``Count``, ``Cluster``, ``Host``), a
-markdown layout, digests, or the user's Jinja2 template; :func:`truncate_bytes` keeps a message
-under a size limit with a visible marker.
+markdown layout, digests, or the user's Jinja2 template, with times in ``tz`` (:func:`chat_tz`: the
+option, else the ``TZ`` environment variable, else UTC); :func:`truncate_bytes` keeps a message
+under a size limit with a visible marker. The HTTP side every chat sink shares is
+:class:`eventrouter.chat_transport.ChatSink`.
 """
 
 from __future__ import annotations

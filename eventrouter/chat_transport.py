@@ -183,13 +183,12 @@ class ChatSink(Sink):
 
     def close(self) -> None:
         """Post what the rate allows of the pending digest, keep the rest in ``state_dir`` (logged in
-        full without one), log what the flow did, release the client. Safe to call twice."""
+        full without one), release the client. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
         try:
             self.flow.close(self.post_event, self.post_digest, self.state_dir, self.wall)
-            self.flow.log.info("%s", self.flow.stats.summary())
         finally:
             if self._client is not None:
                 self._client.close()

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from eventrouter import __version__
 from eventrouter.health import SourceState
@@ -139,6 +139,7 @@ class RouterCollector:
             for runner in runners:
                 family.add_metric([runner.label], getattr(runner.stats, field))
             yield family
+        yield from _chat_metrics(runners)
         dropped = CounterMetricFamily(
             "eventrouter_sink_events_dropped",
             "Events dropped: overflow (queue full) or shutdown (not delivered before --shutdown-timeout)",
@@ -173,6 +174,33 @@ class RouterCollector:
                 buckets.append((bound, total))
             latency.add_metric([runner.label], buckets, sum_value=runner.stats.latency_sum)
         yield latency
+
+
+# a chat sink's ChatStats field -> the outcome label of eventrouter_chat_events_total
+_CHAT_OUTCOMES = {"events_posted": "posted", "events_folded": "folded", "events_in_digests": "in_posted_digest",
+                  "repeats_suppressed": "repeat_held_back", "events_failed": "refused", "events_kept": "kept"}
+
+
+def _chat_metrics(runners: list[Any]) -> Iterator[Metric]:
+    """Chat sinks (those with ``chat_stats()``, see eventrouter.chat_transport.ChatSink): messages posted
+    and what happened to the events, apart, since one message may stand for many events (a digest)."""
+    chats = [(r.label, r.sink.chat_stats()) for r in runners if callable(getattr(r.sink, "chat_stats", None))]
+    if not chats:
+        return
+    from prometheus_client.core import CounterMetricFamily
+
+    messages = CounterMetricFamily("eventrouter_chat_messages", "Chat messages posted: single events and digest "
+                                   "messages", labels=["sink", "kind"])
+    events = CounterMetricFamily("eventrouter_chat_events", "What a chat sink did with the events it was given "
+                                 "(posted alone, folded into a digest, in a posted digest, repeat held back, "
+                                 "refused by the service, kept for after a restart)", labels=["sink", "outcome"])
+    for label, stats in chats:
+        messages.add_metric([label, "event"], stats.messages - stats.digests)
+        messages.add_metric([label, "digest"], stats.digests)
+        for field, outcome in _CHAT_OUTCOMES.items():
+            events.add_metric([label, outcome], getattr(stats, field))
+    yield messages
+    yield events
 
 
 def _le(bound: float) -> str:

@@ -2,7 +2,8 @@
 
 It checks what DingTalk checks and answers the way DingTalk does (always HTTP 200 + ``errcode``):
 unknown token 300005, bad or old signature 310000, missing keyword 310000, more than ``rate_limit``
-messages in 60 s 130101, body over 20,000 bytes 460101. ``script`` forces the next answers. Every
+messages in 60 s 130101, body over 20,000 bytes 460101; after ``busy_after`` accepted messages -1 (busy).
+``script`` forces the next answers. Every
 request is recorded in ``requests``; the accepted messages in ``messages``, in arrival order.
 Its clock is injectable, so a test can share a fake clock with the sink.
 """
@@ -57,6 +58,7 @@ class FakeDingTalk:
     wall: Callable[[], float] = time.time
     requests: list[Received] = field(default_factory=list)
     script: deque[tuple[int, str]] = field(default_factory=deque)
+    busy_after: int | None = None  # after this many accepted messages, DingTalk is overloaded: -1 系统繁忙
     _sent: deque[float] = field(default_factory=deque)
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -94,6 +96,9 @@ class FakeDingTalk:
     @property
     def messages(self) -> list[Any]:
         """Accepted request bodies, in order."""
+        return self._accepted()
+
+    def _accepted(self) -> list[Any]:
         return [r.body for r in self.requests if r.errcode == 0]
 
     def contents(self) -> list[str]:
@@ -122,6 +127,8 @@ class FakeDingTalk:
     def _judge(self, path: str, query: dict[str, str], body: Any, size: int) -> tuple[int, str]:
         if self.script:
             return self.script.popleft()
+        if self.busy_after is not None and len(self._accepted()) >= self.busy_after:
+            return -1, "系统繁忙"
         if path != "/robot/send":
             return 404, "not found"
         token = query.get("access_token")

@@ -10,7 +10,8 @@ Like WeCom, it always answers HTTP 200 with an ``errcode``:
 - ``POST /cgi-bin/webhook/send?key=``: 93000 for a wrong key, 40058 for text over 2048 / markdown over 4096
   bytes, 45009 past ``rate_limit``.
 
-``expire_tokens()`` makes every issued token expired; ``script`` forces the next answers. Everything is
+``expire_tokens()`` makes every issued token expired; after ``busy_after`` accepted messages every send is
+answered -1 (system busy); ``script`` forces the next answers. Everything is
 recorded in ``requests``; accepted messages are in ``messages()``. The clock is injectable.
 """
 
@@ -57,6 +58,7 @@ class FakeWeCom:
     clock: Callable[[], float] = time.monotonic
     requests: list[Request] = field(default_factory=list)
     script: deque[dict[str, Any]] = field(default_factory=deque)
+    busy_after: int | None = None  # after this many accepted messages every send is answered -1 (system busy)
     _tokens: set[str] = field(default_factory=set)
     _expired: set[str] = field(default_factory=set)
     _sent: dict[str, deque[float]] = field(default_factory=dict)
@@ -133,7 +135,12 @@ class FakeWeCom:
                 body = orjson.loads(raw) if raw else None
             except orjson.JSONDecodeError:
                 body = raw.decode(errors="replace")
-            answer = self.script.popleft() if self.script else self._judge(method, split.path, query, body)
+            if self.script:
+                answer = self.script.popleft()
+            elif method == "POST" and self.busy_after is not None and len(self.messages()) >= self.busy_after:
+                answer = _err(-1, "system busy")
+            else:
+                answer = self._judge(method, split.path, query, body)
             self.requests.append(Request(method, split.path, query, body, answer))
             return answer
 

@@ -344,6 +344,34 @@ def test_router_end_to_end_burst_of_real_events():
     assert stats.messages == len(server.messages) and stats.events_posted + stats.events_in_digests == 100
 
 
+def test_metrics_and_summary_count_messages_folded_events_and_repeats_apart(caplog):
+    from eventrouter.app import _log_totals
+    from eventrouter.health import SourceState
+    from eventrouter.metrics import RouterCollector
+
+    with FakeDingTalk() as server:
+        sink = build_sink(robot_flag(server, "&batch_size=100"))
+        router = Router([SinkRunner.build(sink)])
+        pods = [make_event(n) for n in range(10)]
+        for event in [*pods, *(replace(p, count=2) for p in pods)]:  # 10 problems, then 10 count bumps
+            router.dispatch(event)
+        router.start()
+        _wait(lambda: router.runners[0].stats.sent == 20)
+        assert router.stop(10)  # the digest of 7 goes out at shutdown
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for m in RouterCollector(router, SourceState()).collect() for s in m.samples}
+    label = (("kind", "event"), ("sink", "dingtalk"))
+    assert samples[("eventrouter_chat_messages_total", label)] == 3 == len(server.messages) - 1
+    assert samples[("eventrouter_chat_messages_total", (("kind", "digest"), ("sink", "dingtalk")))] == 1
+    outcomes = {dict(k[1])["outcome"]: v for k, v in samples.items() if k[0] == "eventrouter_chat_events_total"}
+    assert outcomes == {"posted": 3, "folded": 7, "in_posted_digest": 7, "repeat_held_back": 10, "refused": 0,
+                        "kept": 0}
+    with caplog.at_level(logging.INFO, logger="eventrouter"):
+        _log_totals(router, True, 0.1)
+    assert ("sink dingtalk: handled 20 events: posted 4 messages (3 events, 1 digests of 7 folded events); "
+            "10 repeats held back; 0 events refused; 0 folded events left for after a restart") in caplog.text
+
+
 def test_router_logs_permanent_errors_with_the_token_masked(caplog):
     with FakeDingTalk(token="OTHER-token-value", clock=FakeClock()) as server:
         sink = build_sink(f"dingtalk:{server.url}?access_token={TOKEN}&sign={SECRET}")
