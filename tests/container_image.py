@@ -97,25 +97,36 @@ def base_rootfs(mirror: str) -> Path:
     home = cache_root() / f"base-{SUITE}-{key}"
     if (home / "complete").exists():
         return home / "rootfs"
-    shutil.rmtree(home, ignore_errors=True)
-    partial = home / "rootfs"
-    partial.parent.mkdir(parents=True)
-    run(
-        ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(partial), mirror],
-        timeout=1200,
-        what="debootstrap of the PYTHON_IMAGE base",
-    )
-    # python and pip on PATH as in python:3.11-slim: a venv whose bin/ is /usr/local/bin (a plain
-    # Debian python3 refuses pip installs, PEP 668)
-    run(["chroot", str(partial), "/usr/bin/python3", "-m", "venv", "/usr/local"], what="venv in the base")
-    for leftover in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
-        for child in (partial / leftover).glob("*"):
-            if child.is_dir() and not child.is_symlink():
-                shutil.rmtree(child)
-            else:
-                child.unlink()
-    (home / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
-    return partial
+    # built aside and renamed into place: two test sessions at once never see a half-made base
+    partial = home.parent / f".{home.name}.{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    rootfs = partial / "rootfs"
+    rootfs.parent.mkdir(parents=True)
+    try:
+        run(
+            ["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE, str(rootfs), mirror],
+            timeout=1200,
+            what="debootstrap of the PYTHON_IMAGE base",
+        )
+        # python and pip on PATH as in python:3.11-slim: a venv whose bin/ is /usr/local/bin (a plain
+        # Debian python3 refuses pip installs, PEP 668)
+        run(["chroot", str(rootfs), "/usr/bin/python3", "-m", "venv", "/usr/local"], what="venv in the base")
+        for leftover in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man"):
+            for child in (rootfs / leftover).glob("*"):
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        (partial / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        if not (home / "complete").exists():
+            shutil.rmtree(home, ignore_errors=True)  # an incomplete one left by an interrupted run
+        try:
+            partial.rename(home)
+        except OSError:  # another session finished first: use its base
+            pass
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return home / "rootfs"
 
 
 # ---- buildah ------------------------------------------------------------------------------------

@@ -326,6 +326,7 @@ def test_plain_manifests_are_valid_and_hardened(monkeypatch: pytest.MonkeyPatch)
         "Role",
         "RoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
         "Service",
     }
     validate(objs)
@@ -681,12 +682,20 @@ def test_rbac_covers_exactly_what_two_replicas_call(
         wait_for(lambda: leader.metric("eventrouter_sink_events_sent_total") == 100, "the 100 events")
         assert a.ready() and b.ready()  # the standby is ready too
         # the checkpoint age is exported from the start now; wait for the first write itself
-        wait_for(lambda: ("ConfigMap", namespace, "eventrouter-checkpoint") in simulator.store.objects,
-                 "a checkpoint")
+        wait_for(
+            lambda: ("ConfigMap", namespace, "eventrouter-checkpoint") in simulator.store.objects, "a checkpoint"
+        )
+        # one event after the first checkpoint write: the position moves and the ConfigMap is updated
+        simulator.add_event()
+        wait_for(lambda: leader.metric("eventrouter_sink_events_sent_total") == 101, "the 101st event")
+        wait_for(
+            lambda: any(r.verb == "update" and "/configmaps/" in r.path for r in list(simulator.request_log)),
+            "a checkpoint update",
+        )
     finally:
         a.finish()
         b.finish()
-    assert len(out.read_text().splitlines()) == 100  # one replica delivered, once
+    assert len(out.read_text().splitlines()) == 101  # one replica delivered, once
     # the events.k8s.io/v1 API, as ?api=events.k8s.io/v1 selects it (from scratch: it lists, then watches)
     c = Replica([*args, "--checkpoint=none"], kubeconfig, tmp_path / "c.jsonl", "&api=events.k8s.io/v1")
     try:
