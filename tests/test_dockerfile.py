@@ -7,8 +7,9 @@ writable /var/lib/eventrouter and /tmp, no capabilities. The real recorded event
 (``--source=file:-``) and must come out of the log sink exactly as they do from this checkout.
 
 Nothing here skips: a missing tool, an unreachable mirror or a failed build fails the test with
-the command and its output. The first run on a machine debootstraps the base (about 3 minutes);
-later runs reuse it from ~/.cache/eventrouter-tests.
+the command and its output. Measured on the 2-core build machine: 1-2 minutes per session with the
+base cached in ~/.cache/eventrouter-tests, 2-5 minutes when it is debootstrapped first (a fresh
+machine), depending on the load; the build itself is done once per session.
 """
 
 from __future__ import annotations
