@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from benchmarks import memory, pipeline, restart, sinks
+from benchmarks import influxdb, memory, pipeline, restart, sinks
 
 
 def _notes(r: dict) -> str:
@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
     names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "restart",
-                                                              "sinks"]
+                                                              "sinks", "influxdb"]
     results = []
     for name in names:
         if name == "pipeline":
@@ -40,6 +40,8 @@ def main(argv: list[str]) -> int:
             results.append(("restart (SIGKILL) mid-stream", restart.run(2_000 if small else 20_000, kill=True)))
         elif name == "sinks":
             results.extend(sinks.run(5_000 if small else 50_000))
+        elif name == "influxdb":
+            results.extend(influxdb.run(10_000 if small else 100_000))
         elif name.startswith("sinks:"):  # one sink only, e.g. sinks:kafka
             results.extend(sinks.run(5_000 if small else 50_000, name.split(":", 1)[1].split(",")))
         else:

@@ -160,30 +160,36 @@ _EVENT = (("metadata", _OBJECT_META), ("involvedObject", _OBJECT_REFERENCE), ("r
 
 
 def go_struct(obj: Any, layout: tuple[Any, ...]) -> dict[str, Any]:
-    obj = obj if isinstance(obj, dict) else {}
+    """``obj`` as Go's encoding/json writes the struct ``layout`` describes (see the kinds above)."""
+    if not isinstance(obj, dict):
+        obj = {}
     out: dict[str, Any] = {}
     for name, kind in layout:
         value = obj.get(name)
-        if isinstance(kind, tuple) and kind[0] == "*":
-            if isinstance(value, dict):
-                out[name] = go_struct(value, kind[1])
-        elif isinstance(kind, tuple) and kind[0] == "[]":
+        if kind == "s" or kind == "i" or kind == "list":  # the most common kinds first
             if value:
-                out[name] = [go_struct(item, kind[1]) for item in value]
-        elif isinstance(kind, tuple):
-            out[name] = go_struct(value, kind)
-        elif kind in ("s", "i", "m", "list"):
-            if value:
-                out[name] = dict(sorted(value.items())) if kind == "m" else value
+                out[name] = value
+        elif kind == "t" or kind == "mt":
+            out[name] = metav1_time_json(value, micro=kind == "mt")
         elif kind == "S":
-            out[name] = text(value)
-        elif kind in ("p", "raw"):
+            out[name] = value if isinstance(value, str) else ""
+        elif kind == "m":
+            if value:
+                out[name] = dict(sorted(value.items()))
+        elif kind == "p" or kind == "raw":
             if value is not None:
                 out[name] = value
-        elif kind in ("t", "mt"):
-            out[name] = metav1_time_json(value, micro=kind == "mt")
-        elif kind == "tp" and value is not None:
-            out[name] = metav1_time_json(value, micro=False)
+        elif kind == "tp":
+            if value is not None:
+                out[name] = metav1_time_json(value, micro=False)
+        elif kind[0] == "*":
+            if isinstance(value, dict):
+                out[name] = go_struct(value, kind[1])
+        elif kind[0] == "[]":
+            if value:
+                out[name] = [go_struct(item, kind[1]) for item in value]
+        else:
+            out[name] = go_struct(value, kind)
     return out
 
 
@@ -211,6 +217,9 @@ def parse_time(value: Any) -> datetime | None:
 def metav1_time_json(value: Any, micro: bool) -> str | None:
     """A Kubernetes time inside the Event JSON: metav1.Time is RFC 3339 seconds in UTC; MicroTime six
     fraction digits; zero: null."""
+    if isinstance(value, str) and len(value) == (27 if micro else 20) and value[-1] == "Z" and value[10] == "T" \
+            and not value.startswith("0001-01-01"):
+        return value  # already in that form, as the API server writes it (the common case: no parsing)
     parsed = parse_time(value)
     if parsed is None:
         return None
@@ -246,8 +255,6 @@ def go_escape(match: re.Match[str]) -> str:
     return f"\\u{ord(char):04x}"
 
 
-_INDENT_2 = re.compile(r"\n( +)")
-_HALF_INDENT = {n: "\n" + " " * (n // 2) for n in range(0, 256, 2)}
 _HTML_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
                             "\u2029": "\\u2029"})
 _NEEDS_HTML_SAFE = re.compile("[<>&\u2028\u2029]")
@@ -262,10 +269,21 @@ def go_marshal(value: Any, indent: bool = False) -> str:
     except TypeError:
         return go_json(value, " " if indent else None)
     if indent:
-        text = _INDENT_2.sub(lambda m: _HALF_INDENT.get(len(m.group(1))) or "\n" + " " * (len(m.group(1)) // 2), text)
+        text = _halve_indent(text)
     if _NEEDS_HTML_SAFE.search(text):
         text = text.translate(_HTML_SAFE)
     return text
+
+
+def _halve_indent(text: str) -> str:
+    """orjson's indent of two spaces per level -> Go's one. Raw newlines occur only between lines (a
+    string's are escaped), and NUL never raw (escaped too), so it marks the done levels, deepest first."""
+    depth = 1
+    while "\n" + "  " * (depth + 1) in text:
+        depth += 1
+    for level in range(depth, 0, -1):
+        text = text.replace("\n" + "  " * level, "\n" + "\0" * level)
+    return text.replace("\0", " ")
 
 
 def go_json(value: Any, indent: str | None = None, depth: int = 0) -> str:

@@ -69,8 +69,8 @@ log = logging.getLogger("eventrouter.sinks.influxdb")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_HOST = "localhost:8086"
 DEFAULT_USER = DEFAULT_PASSWORD = "root"  # kube-eventer's (heapster's) 1.x defaults; ignored without auth
-DEFAULT_CONCURRENCY = 4
-POINTS_PER_WRITE = 2_000
+DEFAULT_CONCURRENCY = 2
+POINTS_PER_WRITE = 5_000
 GZIP_MIN_BYTES = 64 * 1024
 
 
