@@ -522,6 +522,24 @@ def test_chart_refuses_a_service_monitor_without_the_service() -> None:
         helm_render(serviceMonitor={"enabled": True}, service={"enabled": False})
 
 
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"serviceAcount": {"create": False}}, "additional properties 'serviceAcount' not allowed"),
+        ({"serviceAccount": {"anotations": {"a": "b"}}}, "additional properties 'anotations' not allowed"),
+        ({"serviceMonitor": {"enable": True}}, "additional properties 'enable' not allowed"),
+        ({"replicaCount": "2"}, "got string, want integer"),
+        ({"shutdownTimeout": "30 seconds"}, "does not match pattern"),
+        ({"secretEnv": {"DINGTALK-TOKEN": "x"}}, "DINGTALK-TOKEN"),
+        ({"logFormat": "yaml"}, "logFormat"),
+    ],
+)
+def test_chart_values_schema_refuses_misspelt_or_mistyped_values(values: dict[str, Any], message: str) -> None:
+    """values.schema.json: a typo fails the install instead of being silently ignored."""
+    with pytest.raises(helm_python.HelmValuesError, match=re.escape(message)):
+        helm_render(**values)
+
+
 def test_chart_keeps_kube_eventers_service_account(monkeypatch: pytest.MonkeyPatch) -> None:
     """``-n kube-system --set serviceAccount.create=false --set serviceAccount.name=kube-eventer``"""
     objs = helm_objects(namespace="kube-system", serviceAccount={"create": False, "name": "kube-eventer"})
