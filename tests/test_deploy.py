@@ -700,9 +700,7 @@ def test_rbac_covers_exactly_what_two_replicas_call(
         wait_for(lambda: leader.metric("eventrouter_sink_events_sent_total") == 100, "the 100 events")
         assert a.ready() and b.ready()  # the standby is ready too
         # the checkpoint age is exported from the start now; wait for the first write itself
-        wait_for(
-            lambda: ("ConfigMap", namespace, "eventrouter-checkpoint") in simulator.store.objects, "a checkpoint"
-        )
+        wait_for(lambda: ("ConfigMap", namespace, "eventrouter-checkpoint") in simulator.store.objects, "a checkpoint")
         # one event after the first checkpoint write: the position moves and the ConfigMap is updated
         simulator.add_event()
         wait_for(lambda: leader.metric("eventrouter_sink_events_sent_total") == 101, "the 101st event")
