@@ -118,7 +118,9 @@ class RouterInProcess:
                  enrich: EnrichSettings | None = None) -> None:
         ctx = SourceContext(cluster="bench", checkpoint=checkpoint or f"file:{sim.dir}/checkpoint.json")
         self.source = build_source(sim.source_flag(), ctx)
-        self.router = Router(SinkRunner.build(s) for s in sinks)
+        # with a data directory, as eventrouter.app.run builds them: a sink that falls behind spills to disk
+        self.router = Router(SinkRunner.build(s, label=f"{s.name}-{i}", data_dir=f"{sim.dir}/data")
+                             for i, s in enumerate(sinks))
         self.enricher = attach_enricher(self.router, self.source, enrich) if enrich is not None else None
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.source.run, args=(self.router, self.stop_event), daemon=True)

@@ -15,8 +15,11 @@ resourceVersion, as an 8-byte BLAKE2b digest) is among the keys. The floor is th
   delivered, arriving late through clock skew or a slow controller, are still recognized exactly).
 
 A repeat of an Event that happened while the router was down has a new resourceVersion and a newer
-time: it is not held, so it is forwarded once. The keys are capped (:data:`KEYS_CAP`); past the cap
-the oldest keys are forgotten, which can make a re-list send those events again but never skips one.
+time: it is not held, so it is forwarded once. The keys are capped (:data:`KEYS_TOTAL` over all sinks,
+8-byte digests): past the cap the floor rises to the oldest key kept, so during a burst the grace
+shrinks (a late event older than the burst may then be taken as settled); only when an undelivered or
+dropped event keeps the floor down are keys forgotten, which can make a re-list send those events again
+but never skips one.
 """
 
 from __future__ import annotations
@@ -24,22 +27,28 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import math
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 from eventrouter.event import Event
 
 log = logging.getLogger("eventrouter.router")
 
-GRACE = 120.0  # seconds below the newest settled time still recorded exactly
+GRACE = 120.0  # seconds below the newest settled time still recorded exactly (less during a burst: see _trim)
 KEYS_CAP = 4096  # keys per sink in the document: 4096 * 8 bytes = 44 KB of base64
+KEYS_TOTAL = 16384  # keys of all sinks together: 175 KB of base64, well inside a ConfigMap
 DIGEST_SIZE = 8
 
 
 def event_key(event: Event) -> bytes:
     """The identity of one occurrence (uid + resourceVersion), 8 bytes: stable across processes."""
-    return hashlib.blake2b(f"{event.uid}\x00{event.resource_version}".encode(), digest_size=DIGEST_SIZE).digest()
+    return _digest(event.uid, event.resource_version)
 
 
 def event_time(event: Event) -> float:
@@ -48,41 +57,56 @@ def event_time(event: Event) -> float:
 
 class SinkPosition:
     """One sink's settled position. The worker calls :meth:`settle`; the source's thread calls
-    :meth:`holds`; the checkpoint's thread calls :meth:`document`."""
+    :meth:`holds`; the checkpoint's thread calls :meth:`document`.
+
+    Settled keys are kept per event time (one set per distinct ``last_timestamp``; the events of a burst
+    share a few), so settling costs no hashing and no time conversion per event, and the cap drops whole
+    seconds from the oldest. Digests are made only for the keys a document carries."""
 
     def __init__(self, *, grace: float = GRACE, cap: int = KEYS_CAP) -> None:
         self.grace = grace
         self.cap = cap
         self.floor: float | None = None  # every event with an earlier time is settled; None: nothing known
-        self.max_time: float | None = None  # the newest settled time
         self.hole: float | None = None  # the oldest time of an event dropped by the overflow policy
-        self.keys: dict[bytes, float] = {}  # settled keys at or above the floor -> their times
         self.changes = 0  # bumped whenever the document would differ
-        self.forgotten = 0  # keys dropped past the cap (a re-list may send those events again)
+        self.forgotten = 0  # keys dropped past the cap below an undelivered event (a re-list may repeat those)
+        # settled (uid, resourceVersion) at or above the floor, by event time
+        self._buckets: dict[datetime, set[tuple[str, str]]] = {}
+        self._size = 0  # keys in the buckets (an upper bound: a key settled twice counts twice)
+        self._digests: dict[tuple[str, str], bytes] = {}  # made for documents, kept while the key is
+        self._restored: set[bytes] = set()  # digests from the checkpoint
+        self._restored_max: float | None = None
         self._lock = threading.Lock()
+        self._warned_at = -math.inf
+        # the time of the oldest event the sink has not settled yet (set by its runner)
+        self.oldest_unsettled: Callable[[], float | None] = lambda: None
 
-    def settle(self, events: Iterable[Event]) -> None:
-        keys = self.keys
-        newest = self.max_time
+    @property
+    def max_time(self) -> float | None:
+        """The newest settled time known."""
+        newest = max(self._buckets, default=None)
+        times = [t for t in (newest.timestamp() if newest else None, self._restored_max) if t is not None]
+        return max(times) if times else None
+
+    def settle(self, events: Sequence[Event]) -> None:
+        buckets = self._buckets
         with self._lock:
-            for event in events:
-                t = event.last_timestamp.timestamp()
-                keys[event_key(event)] = t
-                if newest is None or t > newest:
-                    newest = t
-            self.max_time = newest
+            # a batch is mostly runs of one time: one set per run, the keys made in C
+            for when, run in groupby(events, _TIME):
+                bucket = buckets.get(when)
+                if bucket is None:
+                    buckets[when] = bucket = set()
+                bucket.update(map(_KEY, run))
+            self._size += len(events)
             self.changes += 1
-            if len(keys) > 8 * self.cap:  # a long burst between two checkpoints: bound the memory
-                self._trim(self._floor(None))
+            if self._size > 2 * self.cap:  # a long burst between two checkpoints: bound the memory
+                oldest = self.oldest_unsettled()
+                self.floor = self._trim(self._floor(oldest), oldest)
 
     def dropped(self, events: Iterable[Event]) -> None:
         """Events the overflow policy dropped: the floor stays below them."""
-        with self._lock:
-            for event in events:
-                t = event.last_timestamp.timestamp()
-                if self.hole is None or t < self.hole:
-                    self.hole = t
-            self.changes += 1
+        for event in events:
+            self.dropped_time(event.last_timestamp.timestamp())
 
     def dropped_time(self, earliest: float) -> None:
         """Events dropped by the overflow policy, the earliest of them at ``earliest``."""
@@ -93,34 +117,44 @@ class SinkPosition:
 
     def holds(self, event: Event) -> bool:
         floor = self.floor
-        if floor is not None and event.last_timestamp.timestamp() < floor:
+        when = event.last_timestamp
+        if floor is not None and when.timestamp() < floor:
             return True
-        return event_key(event) in self.keys
+        bucket = self._buckets.get(when)
+        if bucket is not None and (event.uid, event.resource_version) in bucket:
+            return True
+        return bool(self._restored) and event_key(event) in self._restored
 
     def document(self, oldest_unsettled: float | None) -> dict[str, Any]:
         """The JSON-safe position; ``oldest_unsettled`` is the time of the oldest event not yet delivered."""
         with self._lock:
-            floor = self._floor(oldest_unsettled)
-            self._trim(floor)
+            floor = self._trim(self._floor(oldest_unsettled), oldest_unsettled)
             self.floor = floor
-            keys = sorted(self.keys)
+            digests = self._digests
+            out = set(self._restored)
+            for bucket in self._buckets.values():
+                for key in bucket:
+                    digest = digests.get(key)
+                    if digest is None:
+                        digests[key] = digest = _digest(*key)
+                    out.add(digest)
             return {"floor": floor, "max": self.max_time,
-                    "keys": base64.b64encode(b"".join(keys)).decode("ascii")}
+                    "keys": base64.b64encode(b"".join(sorted(out))).decode("ascii")}
 
     def restore(self, doc: dict[str, Any]) -> None:
         """Take a position from a checkpoint (before any event is dispatched)."""
         floor, newest, blob = doc.get("floor"), doc.get("max"), doc.get("keys") or ""
         with self._lock:
             self.floor = float(floor) if isinstance(floor, (int, float)) else None
-            self.max_time = float(newest) if isinstance(newest, (int, float)) else self.floor
+            self._restored_max = float(newest) if isinstance(newest, (int, float)) else self.floor
             raw = base64.b64decode(blob) if isinstance(blob, str) else b""
-            t = self.max_time if self.max_time is not None else 0.0
-            self.keys = {raw[i:i + DIGEST_SIZE]: t for i in range(0, len(raw) - DIGEST_SIZE + 1, DIGEST_SIZE)}
+            self._restored = {raw[i:i + DIGEST_SIZE] for i in range(0, len(raw) - DIGEST_SIZE + 1, DIGEST_SIZE)}
 
     def _floor(self, oldest_unsettled: float | None) -> float | None:
         candidates = [t for t in (oldest_unsettled, self.hole) if t is not None]
-        if self.max_time is not None:
-            candidates.append(self.max_time - self.grace)
+        newest = self.max_time
+        if newest is not None:
+            candidates.append(newest - self.grace)
         if not candidates:
             return self.floor
         floor = min(candidates)
@@ -129,15 +163,56 @@ class SinkPosition:
             floor = self.floor
         return floor
 
-    def _trim(self, floor: float | None) -> None:
-        keys = self.keys
+    def _trim(self, floor: float | None, oldest_unsettled: float | None) -> float | None:
+        """Drop the keys below ``floor``; past the cap, raise the floor instead (the grace shrinks during a
+        burst). Returns the floor."""
+        buckets, digests = self._buckets, self._digests
         if floor is not None:
-            for key in [k for k, t in keys.items() if t < floor]:
-                del keys[key]
-        excess = len(keys) - self.cap
-        if excess > 0:
-            self.forgotten += excess
-            for key, _ in sorted(keys.items(), key=lambda kv: kv[1])[:excess]:
-                del keys[key]
-            log.warning("position: %d exact keys above the floor, %d forgotten so far; a re-list may send "
-                        "those events again", len(keys), self.forgotten)
+            if self._restored and self._restored_max is not None and self._restored_max < floor:
+                self._restored = set()
+            for when in [w for w in buckets if w.timestamp() < floor]:
+                for key in buckets.pop(when):
+                    digests.pop(key, None)
+        size = sum(len(b) for b in buckets.values()) + len(self._restored)
+        self._size = size
+        if size <= self.cap:
+            return floor
+        # drop whole seconds (times), oldest first, until the keys fit
+        at_risk = 0  # dropped keys newer than the oldest undelivered event
+        cut: datetime | None = None
+        for when in sorted(buckets):
+            if size <= self.cap:
+                break
+            bucket = buckets.pop(when)
+            size -= len(bucket)
+            for key in bucket:
+                digests.pop(key, None)
+            cut = when
+            if oldest_unsettled is not None and when.timestamp() >= oldest_unsettled:
+                at_risk += len(bucket)
+        self._size = size
+        if cut is None:  # only restored keys: keep them (they are at most one document's worth)
+            return floor
+        # every settled event up to ``cut`` is now below the floor
+        remaining = min(buckets, default=None)
+        raised = remaining.timestamp() if remaining is not None else math.nextafter(cut.timestamp(), math.inf)
+        limits = [t for t in (oldest_unsettled, self.hole) if t is not None and t < raised]
+        if not limits:
+            return raised
+        # an undelivered (or dropped) event is older: the floor must stay below it, and the keys dropped
+        # between the two can make a re-list send those events again (never skip one)
+        self.forgotten += at_risk
+        now = time.monotonic()
+        if at_risk and now - self._warned_at >= 60.0:
+            self._warned_at = now
+            log.warning("position: more than %d settled events newer than the oldest undelivered one; %d forgotten "
+                        "so far (a re-list may send those again)", self.cap, self.forgotten)
+        return min(limits)
+
+
+def _digest(uid: str, resource_version: str) -> bytes:
+    return hashlib.blake2b(f"{uid}\x00{resource_version}".encode(), digest_size=DIGEST_SIZE).digest()
+
+
+_KEY = attrgetter("uid", "resource_version")
+_TIME = attrgetter("last_timestamp")

@@ -35,7 +35,7 @@ from eventrouter.event import Event
 from eventrouter.filters import EventFilter
 from eventrouter.logutil import ThrottledLog
 from eventrouter.options import Secret
-from eventrouter.positions import SinkPosition, event_key
+from eventrouter.positions import KEYS_CAP, KEYS_TOTAL, SinkPosition, event_key
 from eventrouter.sink import Sink
 from eventrouter.sinkurl import redact_text
 
@@ -107,6 +107,7 @@ class SinkRunner:
         self.buffer = buffer
         self._spilling = buffer is not None and buffer.pending > 0
         self.position = SinkPosition()
+        self.position.oldest_unsettled = self.oldest_unsettled_time
         # keys of the events held but not settled, taken when a re-list starts (see holds)
         self._held_keys: set[bytes] | None = None
         self._held_keys_at = 0.0
@@ -583,6 +584,8 @@ class Router:
 
     def __init__(self, runners: Iterable[SinkRunner]) -> None:
         self.runners = list(runners)
+        for runner in self.runners:  # the checkpoint holds every sink's keys: share one budget
+            runner.position.cap = max(KEYS_CAP // 2, KEYS_TOTAL // max(1, len(self.runners)))
         # a step every event takes before it is numbered (the enricher: eventrouter/enrich.py)
         self.prepare: Callable[[Event], Event] | None = None
         self.enricher: Any = None  # the Enricher behind prepare, for /metrics
