@@ -177,9 +177,10 @@ def _log_totals(router: Router, drained: bool, seconds: float) -> None:
         s = runner.stats
         chat = getattr(runner.sink, "chat_stats", None)  # a chat sink: one message may stand for many events
         log.info(
-            "sink %s: %s, filtered %d, failed %d, dropped %d (overflow) %d (shutdown)%s",
+            "sink %s: %s, filtered %d, failed %d, dropped %d (overflow) %d (shutdown)%s%s",
             runner.label, f"sent {s.sent}" if not callable(chat) else f"handled {s.sent} events: {chat().summary()}",
             s.filtered, s.failed, s.dropped_overflow, s.dropped_shutdown,
+            f", {s.spilled} went through the disk buffer" if s.spilled else "",
             f", {s.buffered_at_exit} kept in the disk buffer for the next start" if s.buffered_at_exit else "",
         )
     if not drained:

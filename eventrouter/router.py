@@ -61,6 +61,7 @@ class SinkStats:
     dropped_shutdown: int = 0
     relist_skipped: int = 0  # relisted events this sink already had (settled, queued or buffered)
     buffered_at_exit: int = 0  # undelivered at the shutdown deadline, kept in the disk buffer for the next start
+    spilled: int = 0  # events written to the disk buffer (the sink was behind by more than queue_size)
     batch_seconds: list[float] = field(default_factory=list)
     # per LATENCY_BUCKETS bound, then one overflow slot (not cumulative); updated once per batch
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -216,6 +217,7 @@ class SinkRunner:
         assert buffer is not None
         t, key, payload = _serialized(event)
         if buffer.append(seq, t, key, payload):
+            self.stats.spilled += 1
             return
         if self.delivery.overflow == "drop_oldest":
             dropped, oldest = buffer.drop_oldest()
@@ -225,6 +227,7 @@ class SinkRunner:
                     self.position.dropped_time(oldest)
                 self._report_overflow()
                 if buffer.append(seq, t, key, payload):
+                    self.stats.spilled += 1
                     return
         self.stats.dropped_overflow += 1
         self.position.dropped((event,))
