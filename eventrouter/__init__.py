@@ -9,16 +9,13 @@ if TYPE_CHECKING:
     from eventrouter.chat import (
         CHAT_OPTIONS,
         ChatFlow,
-        ChatLayout,
         ChatStats,
         Digest,
         DigestPart,
         Notice,
         RateLimitedError,
-        chat_tz,
-        json_size,
-        truncate_bytes,
     )
+    from eventrouter.chat_layout import ChatLayout, chat_tz, json_size, truncate_bytes
     from eventrouter.chat_transport import ChatSink, ErrorCodes, api_base, chat_endpoint
     from eventrouter.errors import (
         ConfigError,
@@ -44,9 +41,9 @@ _LAZY = {
     "api_base": "eventrouter.chat_transport",
     "chat_endpoint": "eventrouter.chat_transport",
     "CHAT_OPTIONS": "eventrouter.chat",
-    "chat_tz": "eventrouter.chat",
+    "chat_tz": "eventrouter.chat_layout",
     "ChatFlow": "eventrouter.chat",
-    "ChatLayout": "eventrouter.chat",
+    "ChatLayout": "eventrouter.chat_layout",
     "ChatRates": "eventrouter.rates",
     "ChatSink": "eventrouter.chat_transport",
     "ChatStats": "eventrouter.chat",
@@ -63,7 +60,7 @@ _LAZY = {
     "HTTP_OPTIONS": "eventrouter.http",
     "InvolvedObject": "eventrouter.event",
     "json_line": "eventrouter.records",
-    "json_size": "eventrouter.chat",
+    "json_size": "eventrouter.chat_layout",
     "Notice": "eventrouter.chat",
     "Option": "eventrouter.options",
     "Options": "eventrouter.options",
@@ -84,7 +81,7 @@ _LAZY = {
     "template_source": "eventrouter.templates",
     "TLS_OPTIONS": "eventrouter.http",
     "transport_error": "eventrouter.http",
-    "truncate_bytes": "eventrouter.chat",
+    "truncate_bytes": "eventrouter.chat_layout",
     "URL": "eventrouter.options",
     "use_rates": "eventrouter.rates",
 }

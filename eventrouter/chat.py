@@ -19,12 +19,8 @@ The flow never sleeps and starts no threads: the router calls ``Sink.tick()`` at
 ``flush_interval``. Time comes from an injectable clock, so tests need no sleeping. :class:`ChatStats`
 counts messages and events apart.
 
-:class:`ChatLayout` renders the default text layout (kube-eventer's ``Level:/Kind:/Namespace:/Name:/
-Reason:/Timestamp:/Message:`` shape, labels first, then ``Count``, ``Cluster``, ``Host``), a
-markdown layout, digests, or the user's Jinja2 template, with times in ``tz`` (:func:`chat_tz`: the
-option, else the ``TZ`` environment variable, else UTC); :func:`truncate_bytes` keeps a message
-under a size limit with a visible marker. The HTTP side every chat sink shares is
-:class:`eventrouter.chat_transport.ChatSink`.
+:mod:`eventrouter.chat_layout` renders the messages (kube-eventer's text layout, markdown, templates,
+digest parts, ``tz``); :class:`eventrouter.chat_transport.ChatSink` is the HTTP side every chat sink shares.
 """
 
 from __future__ import annotations
@@ -37,22 +33,18 @@ import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import datetime
 from typing import Any
 
 import orjson
 
-from eventrouter.errors import PartialError, PermanentError, RetryableError, SinkConfigError, SinkError
+from eventrouter.errors import PartialError, PermanentError, RetryableError, SinkError
 from eventrouter.event import Event
-from eventrouter.logutil import ThrottledLog
 from eventrouter.options import Duration, Option
-from eventrouter.templates import EventTemplate, parse_tz, template_source
 
 log = logging.getLogger("eventrouter.chat")
 
 RATE_WINDOW = 60.0
-TRUNCATED = "\n… (truncated)"
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S %Z"
 
 CHAT_OPTIONS: tuple[Option, ...] = (
     Option("label", list, default=[], split_commas=False,
@@ -67,27 +59,6 @@ CHAT_OPTIONS: tuple[Option, ...] = (
     Option("rate_limit", int, default=20, min=0,
            help="messages per minute to this robot, digest included (0: no limit)"),
 )
-
-
-def truncate_bytes(text: str, limit: int, marker: str = TRUNCATED,
-                   measure: Callable[[str], int] | None = None) -> str:
-    """``text`` if it fits in ``limit`` (UTF-8 bytes, or ``measure``), else its head plus ``marker``."""
-    size = measure or (lambda s: len(s.encode()))
-    if size(text) <= limit:
-        return text
-    low, high = 0, len(text)  # longest prefix that fits with the marker: binary search on characters
-    while low < high:
-        mid = (low + high + 1) // 2
-        if size(text[:mid] + marker) <= limit:
-            low = mid
-        else:
-            high = mid - 1
-    return text[:low] + marker
-
-
-def json_size(text: str) -> int:
-    """Bytes ``text`` takes as a JSON string (escapes included): for limits on the request body."""
-    return len(orjson.dumps(text))
 
 
 # ---- repeats --------------------------------------------------------------------------------------
@@ -389,177 +360,6 @@ class DigestPart(Digest):
         return self.total
 
 
-# ---- layout ---------------------------------------------------------------------------------------
-def chat_tz(sink: str, name: str | None) -> tzinfo:
-    """The zone of human-facing times: ``tz=`` if given (an error names the option), else the ``TZ``
-    environment variable (kube-eventer's manifests set ``TZ=Asia/Shanghai``; ``:Zone`` and
-    ``/usr/share/zoneinfo/Zone`` forms are understood), else UTC. A ``TZ`` that is not an IANA name is
-    logged and UTC is used. Stored and exported times are UTC whatever this says."""
-    if name:
-        return parse_tz(sink, name)
-    env = os.environ.get("TZ", "").strip().lstrip(":")
-    if "zoneinfo/" in env:
-        env = env.split("zoneinfo/", 1)[1]
-    if not env:
-        return UTC
-    try:
-        return parse_tz(sink, env)
-    except SinkConfigError:
-        logging.getLogger(f"eventrouter.sinks.{sink}").warning(
-            "TZ=%s is not an IANA time zone name: chat times are shown in UTC (set tz= on the sink)", env)
-        return UTC
-
-
-class ChatLayout:
-    """Message text for events and digests: the default layouts or the user's template."""
-
-    def __init__(self, sink: str, opts: Any, *, line_break: str = "\n\n", cluster_id: str = "") -> None:
-        self.msg_type: str = opts["msg_type"]
-        self.labels: list[str] = list(opts["label"])
-        self.tz: tzinfo = chat_tz(sink, opts.get("tz"))
-        self.cluster_id = cluster_id
-        self.region = ""  # shown with the cluster (DingTalk's kube-eventer option region=)
-        self.line_break = line_break  # markdown line break (DingTalk needs a blank line)
-        source = template_source(sink, opts)
-        self.template = EventTemplate(sink, source, tz=self.tz) if source else None
-        self._template_errors = ThrottledLog(logging.getLogger(f"eventrouter.sinks.{sink}"), 300.0)
-
-    def time(self, when: datetime | None) -> str:
-        if when is None:
-            return ""
-        return when.astimezone(self.tz).strftime(TIME_FORMAT)
-
-    def cluster(self, event: Event | None) -> str:
-        return (event.cluster if event else "") or self.cluster_id
-
-    def title(self, event: Event) -> str:
-        obj = event.involved_object
-        where = f"{obj.namespace}/{obj.name}" if obj.namespace else obj.name
-        return f"[{event.type or 'Event'}] {event.reason} {obj.kind} {where}"[:120]
-
-    def event(self, event: Event, notice: Notice | None = None) -> str:
-        notice = notice or Notice()
-        if self.template is not None:
-            try:
-                return self.template.render(event, labels=self.labels, reminder=notice.reminder,
-                                            suppressed=notice.suppressed, cluster=self.cluster(event))
-            except Exception as exc:
-                # checked on a sample at start-up, but this event's data broke it: the alert still goes out
-                obj = event.involved_object
-                self._template_errors.log(
-                    logging.WARNING, "template", "the template does not render for %s %s (%s: %s); "
-                    "this message uses the default layout", obj.kind or "event", obj.name or event.name,
-                    type(exc).__name__, exc)
-        if self.msg_type == "markdown":
-            return self._event_markdown(event, notice)
-        return self._event_text(event, notice)
-
-    def _count(self, event: Event, notice: Notice) -> str:
-        if not notice.reminder:
-            return str(event.count)
-        held = f"; {notice.suppressed} updates held back since the last message" if notice.suppressed else ""
-        return f"{event.count} (reminder: still happening{held})"
-
-    def _event_text(self, event: Event, notice: Notice) -> str:
-        obj = event.involved_object
-        lines = [*self.labels,
-                 f"Level:{event.type}",
-                 f"Kind:{obj.kind}",
-                 f"Namespace:{obj.namespace or '(cluster-scoped)'}",
-                 f"Name:{obj.name}",
-                 f"Reason:{event.reason}",
-                 f"Timestamp:{self.time(event.last_timestamp)}",
-                 f"Message:{event.message}",
-                 f"Count:{self._count(event, notice)}"]
-        if event.count > 1 and event.first_timestamp != event.last_timestamp:
-            lines.append(f"FirstTimestamp:{self.time(event.first_timestamp)}")
-        if self.cluster(event):
-            lines.append(f"Cluster:{self.cluster(event)}")
-        if self.region:
-            lines.append(f"Region:{self.region}")
-        if event.source_host:
-            lines.append(f"Host:{event.source_host}")
-        return "\n".join(lines)
-
-    def _event_markdown(self, event: Event, notice: Notice) -> str:
-        obj = event.involved_object
-        head = f"### {'⚠️ ' if event.type == 'Warning' else ''}{event.type} {event.reason}"
-        lines = [head, *self.labels]
-        if self.cluster(event):
-            lines.append(f"**Cluster:** {self.cluster(event)}")
-        if self.region:
-            lines.append(f"**Region:** {self.region}")
-        lines += [f"**Level:** {event.type}",
-                  f"**Kind:** {obj.kind}",
-                  f"**Namespace:** {obj.namespace or '(cluster-scoped)'}",
-                  f"**Name:** {obj.name}",
-                  f"**Reason:** {event.reason}",
-                  f"**Count:** {self._count(event, notice)}",
-                  f"**First seen:** {self.time(event.first_timestamp)}",
-                  f"**Last seen:** {self.time(event.last_timestamp)}"]
-        if event.source_host:
-            lines.append(f"**Host:** {event.source_host}")
-        lines.append("> " + event.message.replace("\n", " "))
-        return self.line_break.join(lines)
-
-    def digest(self, digest: Digest, rate_limit: int) -> str:
-        """The whole digest as one message (no size limit): every group named."""
-        return self._digest_text(digest, digest.ranked(), digest.other, rate_limit)
-
-    def digest_parts(self, digest: Digest, rate_limit: int, max_size: int = 0,
-                     measure: Callable[[str], int] | None = None) -> list[DigestPart]:
-        """The digest as messages that each fit ``max_size`` (as ``measure`` counts, UTF-8 bytes by
-        default; 0: one message), ranked, every group named in exactly one of them."""
-        size = measure or (lambda text: len(text.encode()))
-        groups = digest.ranked()
-        batches: list[list[DigestGroup]] = []
-        current: list[DigestGroup] = []
-        used = 0
-        for group in groups:
-            line = size(group.line()) + 2
-            if current and max_size and used + line > max_size:
-                batches.append(current)
-                current, used = [], 0
-            if not current:  # what every part has: labels, cluster, headline, footer (+ slack for numbers)
-                used = size(self._digest_text(digest, [group], digest.other, rate_limit, 99, 99)) + 200
-            else:
-                used += line
-            current.append(group)
-        batches.append(current)
-        count = len(batches)
-        parts = []
-        for index, batch in enumerate(batches, 1):
-            other = digest.other if index == count else 0
-            text = self._digest_text(digest, batch, other, rate_limit, index, count)
-            if max_size:
-                text = truncate_bytes(text, max_size, measure=size)
-            parts.append(DigestPart(digest, batch, other, text, digest.headline(2, batch, other)))
-        return parts
-
-    def _digest_text(self, digest: Digest, groups: Sequence[DigestGroup], other: int, rate_limit: int,
-                     index: int = 1, count: int = 1) -> str:
-        markdown = self.msg_type == "markdown"
-        cluster = digest.cluster or self.cluster_id
-        of = f" (part {index} of {count})" if count > 1 else ""
-        lines: list[str] = []
-        if markdown:
-            lines.append(f"### {digest.headline(3, groups, other)}{of}")
-        lines += self.labels
-        if cluster:
-            lines.append(f"**Cluster:** {cluster}" if markdown else f"Cluster:{cluster}")
-        if self.region:
-            lines.append(f"**Region:** {self.region}" if markdown else f"Region:{self.region}")
-        if not markdown:
-            lines.append(digest.headline(5, groups, other) + of)
-        lines += [group.line() for group in groups]
-        if other:
-            lines.append(f"- {other} more events in groups beyond the first {len(digest.groups)}")
-        events = sum(g.count for g in groups) + other
-        lines.append(f"From {self.time(digest.since)} to {self.time(digest.until)}; one message instead of "
-                     f"{events} to stay under {rate_limit} messages a minute.")
-        return (self.line_break if markdown else "\n").join(lines)
-
-
 # ---- the flow -------------------------------------------------------------------------------------
 class RateLimitedError(RetryableError):
     """The robot said "too fast" (DingTalk 130101, WeCom 45009): the flow pauses its window too."""
@@ -844,7 +644,7 @@ class ChatFlow:
         while self.digest and self.rate.room(self.clock()) >= 1:
             try:
                 self._post_digest(post_event, post_digest)
-            except SinkError as exc:
+            except Exception as exc:  # a refusal, or a bug in the poster: either way the digest is kept
                 reason = f"{type(exc).__name__}: {exc}"
                 break
         if self.rate.room(self.clock()) < 1 and self.clock() < self.rate.paused_until:  # (ChatRates has it too)
@@ -923,7 +723,6 @@ class ChatFlow:
 __all__ = [
     "CHAT_OPTIONS",
     "ChatFlow",
-    "ChatLayout",
     "ChatStats",
     "Digest",
     "DigestGroup",
@@ -932,8 +731,5 @@ __all__ = [
     "RateLimitedError",
     "RateWindow",
     "RepeatFilter",
-    "chat_tz",
     "is_urgent",
-    "json_size",
-    "truncate_bytes",
 ]

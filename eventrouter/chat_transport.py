@@ -36,7 +36,8 @@ from typing import Any, ClassVar
 import httpx
 import orjson
 
-from eventrouter.chat import ChatFlow, ChatLayout, ChatStats, Digest, DigestPart, Notice, RateLimitedError
+from eventrouter.chat import ChatFlow, ChatStats, Digest, DigestPart, Notice, RateLimitedError
+from eventrouter.chat_layout import ChatLayout
 from eventrouter.errors import PermanentError, RetryableError, SinkConfigError, SinkError
 from eventrouter.event import Event
 from eventrouter.http import http_client, raise_for_status, retry_after_seconds, transport_error

@@ -538,6 +538,15 @@ def test_a_busy_answer_at_shutdown_keeps_the_digest_with_the_true_reason(tmp_pat
     assert orjson.loads((tmp_path / "chat-pending.json").read_bytes())["digest"]["groups"][0]["count"] == 34
 
 
+def test_a_poster_bug_at_shutdown_still_keeps_the_digest(tmp_path):
+    flow = ChatFlow(rate_limit=20, repeat_interval=0, clock=FakeClock(), sink="dingtalk")
+    rec = Recorder()
+    flow.send([make_event(n) for n in range(10)], rec.event)
+    rec.fail = [AttributeError("'NoneType' object has no attribute 'text'")]
+    flow.close(rec.event, rec.digest, str(tmp_path))
+    assert orjson.loads((tmp_path / "chat-pending.json").read_bytes())["digest"]["groups"][0]["count"] == 7
+
+
 def test_without_a_state_dir_what_is_left_is_logged_group_by_group(caplog):
     flow = ChatFlow(rate_limit=20, repeat_interval=0, clock=FakeClock(), sink="dingtalk")
     rec = Recorder()
