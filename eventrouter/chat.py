@@ -131,6 +131,20 @@ class RepeatFilter:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def to_json(self, now: float, epoch: float) -> list[list[Any]]:
+        """The problems remembered, times as epoch seconds (to carry them over a restart)."""
+        return [[*key, epoch - (now - shown), int(held), epoch - (now - active)]
+                for key, (shown, held, active) in self._seen.items()]
+
+    def restore(self, items: list[list[Any]], now: float, epoch: float) -> None:
+        """Take back :meth:`to_json`: a problem shown before the restart is still held back or reminded."""
+        for kind, namespace, name, reason, shown, held, active in items:
+            if epoch - float(active) < self.forget_after and self.interval > 0:
+                key = (str(kind), str(namespace), str(name), str(reason))
+                self._seen[key] = [now - (epoch - float(shown)), int(held), now - (epoch - float(active))]
+        while len(self._seen) > self.max_keys:
+            self._seen.popitem(last=False)
+
 
 # ---- rate -----------------------------------------------------------------------------------------
 class RateWindow:
@@ -663,12 +677,15 @@ class ChatFlow:
         self.digest = None
 
     def save(self, state_dir: str, wall: Callable[[], float] = time.time) -> None:
-        """Write the pending digest and the window's recent posts to ``state_dir`` (atomically)."""
+        """Write the pending digest, the window's recent posts and the problems already shown (so their
+        repeats stay held back and reminders keep their count) to ``state_dir``, atomically."""
         now, epoch = self.clock(), wall()
         doc = {"version": STATE_VERSION, "saved_at": epoch,
                "posts": [epoch - (now - t) for t in self.rate.posts(now)],
                "paused_until": epoch + max(0.0, self.rate.paused_until - now),
-               "digest": self.digest.to_json() if self.digest else None}
+               "digest": self.digest.to_json() if self.digest else None,
+               "repeats": self.repeats.to_json(now, epoch),
+               "reasons": {reason: epoch - (now - t) for reason, t in self._reasons_seen.items()}}
         path = os.path.join(state_dir, STATE_FILE)
         try:
             tmp = path + ".tmp"
@@ -683,8 +700,8 @@ class ChatFlow:
             self.log.error("cannot keep the chat state in %s (%s); lost: %s", path, exc.strerror or exc, held)
 
     def restore(self, state_dir: str, wall: Callable[[], float] = time.time) -> None:
-        """Take back what :meth:`save` kept: the digest (posted first, when the window allows) and the
-        posts of the last window. An unreadable file is logged and left for a person to look at."""
+        """Take back what :meth:`save` kept: the digest (posted first, when the window allows), the posts
+        of the last window and the problems shown. An unreadable file is logged and left for a person."""
         path = os.path.join(state_dir, STATE_FILE)
         self._state_path = path
         try:
@@ -699,6 +716,10 @@ class ChatFlow:
             paused = float(doc.get("paused_until") or 0.0) - epoch
             if paused > 0:
                 self.rate.pause(now, paused)
+            self.repeats.restore(list(doc.get("repeats") or ()), now, epoch)
+            for reason, seen in dict(doc.get("reasons") or {}).items():
+                if epoch - float(seen) < FORGET_AFTER:
+                    self._reasons_seen[str(reason)] = now - (epoch - float(seen))
             digest = Digest.from_json(doc["digest"]) if doc.get("digest") else None
         except FileNotFoundError:
             return

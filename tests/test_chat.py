@@ -526,6 +526,23 @@ def test_a_digest_left_at_shutdown_is_kept_and_posted_first_after_the_restart(tm
     assert not (tmp_path / "chat-pending.json").exists()  # posted: nothing to post twice
 
 
+def test_repeats_stay_held_back_and_reminded_across_a_restart(tmp_path):
+    clock, wall = FakeClock(), FakeClock(1_800_000_000.0)
+    flow = ChatFlow(rate_limit=20, repeat_interval=600, clock=clock)
+    rec = Recorder()
+    flow.send([make_event(1), replace(make_event(1), count=2)], rec.event)
+    flow.close(rec.event, rec.digest, str(tmp_path), wall)
+    wall.advance(120)  # restarted two minutes later
+    clock2, rec2 = FakeClock(5.0), Recorder()
+    again = ChatFlow(rate_limit=20, repeat_interval=600, clock=clock2)
+    again.restore(str(tmp_path), wall)
+    again.send([replace(make_event(1), count=3)], rec2.event)
+    assert rec2.posts == [] and again.tier(make_event(2), clock2()) == 2  # held back; BackOff is known
+    clock2.advance(481)
+    again.send([replace(make_event(1), count=4)], rec2.event)
+    assert rec2.posts == [("event", ("app-1", Notice(reminder=True, suppressed=2)))]
+
+
 def test_a_busy_answer_at_shutdown_keeps_the_digest_with_the_true_reason(tmp_path, caplog):
     flow = ChatFlow(rate_limit=20, repeat_interval=0, clock=FakeClock(), sink="dingtalk")
     rec = Recorder()
