@@ -44,6 +44,12 @@ _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
 
 
 class _Parser(argparse.ArgumentParser):
+    def format_help(self) -> str:
+        if self.epilog is None and self.prog == "eventrouter":
+            # the command list reads the plugins' entry points: only when help is shown (start-up time)
+            self.epilog = _commands_help()
+        return super().format_help()
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -135,7 +141,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="eventrouter", description="Route Kubernetes Events to sinks (kube-eventer compatible).",
                 usage="eventrouter --source=SOURCE [--sink=SINK ...] [options]\n"
                       "       eventrouter COMMAND [--help | ...]",
-                epilog=_commands_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", required=True, help="kubernetes:URL?opts or file:PATH (file:- reads stdin)")
     p.add_argument("--sink", action="append", default=[], help="NAME:URL?opts; repeat for more sinks")
     p.add_argument("--cluster-name", default="", help="cluster name shown in messages and stored with events")
