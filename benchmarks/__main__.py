@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from benchmarks import influxdb, memory, pipeline, restart, sinks
+from benchmarks import idle, influxdb, memory, pipeline, restart, sinks, startup
 
 
 def _notes(r: dict) -> str:
@@ -13,6 +13,11 @@ def _notes(r: dict) -> str:
         return f"lost {r['lost']}, duplicated {r['duplicated']}, resumed in {r['time_to_resume_s']}s"
     if "rss_growth_second_half_mb" in r:
         return f"RSS growth over the second half {r['rss_growth_second_half_mb']} MB, dropped {r['dropped_overflow']}"
+    if "startup_s_median" in r:
+        return f"spawn to first watch request: median {r['startup_s_median']}s of {r['runs']} runs " \
+               f"(min {r['startup_s_min']}s, max {r['startup_s_max']}s), CPU {r['cpu_s_median']}s"
+    if "cpu_s" in r and "sent_by_sink" in r:
+        return f"{r['seconds']}s at {r['events'] // r['seconds']} events/s: RSS {r['rss_mb']} MB, CPU {r['cpu_s']}s"
     if "dropped" in r:
         return f"dropped {r['dropped']}"
     return ""
@@ -22,7 +27,7 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
     names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "restart",
-                                                              "sinks", "influxdb"]
+                                                              "sinks", "influxdb", "startup", "idle"]
     results = []
     for name in names:
         if name == "pipeline":
@@ -42,6 +47,11 @@ def main(argv: list[str]) -> int:
             results.extend(sinks.run(5_000 if small else 50_000))
         elif name == "influxdb":
             results.extend(influxdb.run(10_000 if small else 100_000))
+        elif name == "startup":
+            results.append(("startup, log sink", startup.run(3 if small else 9)))
+        elif name == "idle":
+            results.append(("idle 10 events/s, log sink", idle.run(10 if small else 60)))
+            results.append(("idle 10 events/s, 9 built-in sinks", idle.run(10 if small else 60, all_sinks=True)))
         elif name.startswith("sinks:"):  # one sink only, e.g. sinks:kafka
             results.extend(sinks.run(5_000 if small else 50_000, name.split(":", 1)[1].split(",")))
         else:
