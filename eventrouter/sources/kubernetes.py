@@ -258,8 +258,10 @@ class KubernetesSource(ListWatch):
             self._last_write = time.monotonic()
             if not (progress.changed or router.position_changed() or force):
                 return  # nothing moved: no write (a ConfigMap write is an API call)
-            if not progress.positions:
-                return  # no resume point yet (the first list is not settled)
+            if not progress.positions and not router.position_changed():
+                # no resume point yet (the first list is not settled), and no sink position to keep either
+                # (when one sink lags from the start, the others' positions are kept: a restart lists again)
+                return
             progress.changed = False
             doc = progress.document(self.api.host, self.settings.api, self.settings.namespaces, router.positions())
             try:
