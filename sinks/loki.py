@@ -4,12 +4,12 @@ Talks to Loki's distributor (or a gateway in front of it, or Grafana Cloud Logs)
 /loki/api/v1/push`` with a snappy-compressed protobuf ``PushRequest`` (default; ``pip install
 'eventrouter[loki]'`` for ``protobuf`` and ``cramjam``) or the JSON form (``encoding=json``).
 
-Streams: each event goes to the stream named by a small, bounded set of labels (``stream_labels=``, by default
-cluster, namespace, kind, type and reason) plus fixed ``static_label=NAME=VALUE`` pairs. Labels that are
-unique per object (uid, name, message, ...) are refused: each value would create a new stream, which is
-what makes a Loki slow and expensive. Those fields are in the log line, a JSON object of the normalized
-event, for LogQL's ``| json``. Entries within a stream are sent sorted by time; the entry time is the
-event's time (``last_timestamp``).
+Streams: each event goes to the stream named by a small, bounded set of labels (``stream_labels=``, by
+default cluster, namespace, kind, type and reason) plus fixed ``static_label=NAME=VALUE`` pairs (by default
+``job=eventrouter``). Labels that are unique per object (uid, name, message, ...) are refused: each value
+would create a new stream, which is what makes a Loki slow and expensive. Those fields are in the log
+line, a JSON object of the normalized event, for LogQL's ``| json``. Entries within a stream are sent
+sorted by time; the entry time is the event's time (``last_timestamp``).
 
 Credentials: ``username``/``password`` (basic auth; Grafana Cloud: the instance id and an access policy
 token) or ``bearer_token``; ``tenant`` sets ``X-Scope-OrgID`` for a multi-tenant Loki. Secrets are masked in
@@ -23,7 +23,7 @@ URL forms (kube-eventer has no Loki sink)::
 
 Example::
 
-    --sink=loki:http://loki.monitoring:3100?tenant=prod&static_label=job=eventrouter
+    --sink=loki:http://loki.monitoring:3100?tenant=prod&static_label=env=prod
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _check_labels(values: list[str]) -> str | None:
 
 
 def _check_static_labels(values: list[str]) -> str | None:
-    for value in values:
+    for value in filter(None, values):
         name, sep, _ = value.partition("=")
         if not sep or not _LABEL_NAME.match(name):
             return "expected static_label=NAME=VALUE with a Loki label name ([a-zA-Z_][a-zA-Z0-9_]*)"
@@ -105,8 +105,8 @@ class LokiSink(Sink):
     options: ClassVar = (
         Option("stream_labels", list, default=DEFAULT_LABELS, validate=_check_labels,
                help=f"stream labels, from {', '.join(LABELS)} (empty values are left out)"),
-        Option("static_label", list, default=[], split_commas=False, validate=_check_static_labels,
-               help="a fixed stream label NAME=VALUE, e.g. job=eventrouter; repeat for more"),
+        Option("static_label", list, default=["job=eventrouter"], split_commas=False, validate=_check_static_labels,
+               help="a fixed stream label NAME=VALUE; repeat for more; static_label= (empty) for none"),
         Option("encoding", str, default="protobuf", choices=("protobuf", "json"),
                help="request body: snappy-compressed protobuf or JSON"),
         Option("line_format", str, default="json", choices=("json", "message"),
@@ -125,7 +125,7 @@ class LokiSink(Sink):
             raise SinkConfigError(self.name, "needs Loki's URL as http:// or https://, for example loki:http://loki:3100")
         self.target = _push_url(url)
         self.label_names: list[str] = list(dict.fromkeys(filter(None, opts["stream_labels"])))
-        self.static_labels = dict(v.partition("=")[::2] for v in opts["static_label"])
+        self.static_labels = dict(v.partition("=")[::2] for v in opts["static_label"] if v)
         clash = set(self.static_labels) & set(self.label_names)
         if clash:
             raise SinkConfigError(self.name, f"{sorted(clash)[0]!r} is both in stream_labels and a static_label",
@@ -201,11 +201,33 @@ class LokiSink(Sink):
         if self._client is None:
             self._client = self._new_client()
         streams = self.streams(batch)
+        # Loki refuses a stream without labels, and with it the whole push: such events fail alone
+        unlabelled = [event for _, _, event in streams.pop((), [])]
+        why = (f"{len(unlabelled)} events have no value for any stream label ({', '.join(self.label_names)}) "
+               "and there is no static_label")
+        if not streams:
+            raise PermanentError(why)
+        sent = [event for entries in streams.values() for _, _, event in entries]
         try:
-            response = self._client.post(self.target, content=self.encode(streams), headers=self.headers)
-        except httpx.HTTPError as exc:
-            raise RetryableError(self._redact(str(transport_error(exc, "Loki server")))) from None
-        self.classify(response, streams)
+            try:
+                response = self._client.post(self.target, content=self.encode(streams), headers=self.headers)
+            except httpx.HTTPError as exc:
+                raise RetryableError(self._redact(str(transport_error(exc, "Loki server")))) from None
+            self.classify(response, streams)
+        except RetryableError as exc:
+            if not unlabelled:
+                raise
+            raise PartialError(f"{exc}; {why}", retry=sent, rejected=unlabelled, retry_after=exc.retry_after) from None
+        except PartialError as exc:
+            if not unlabelled:
+                raise
+            raise PartialError(f"{exc}; {why}", retry=exc.retry, rejected=[*exc.rejected, *unlabelled]) from None
+        except PermanentError as exc:
+            if not unlabelled:
+                raise
+            raise PermanentError(f"{exc}; {why}") from None
+        if unlabelled:
+            raise PartialError(why, rejected=unlabelled)
 
     def classify(self, response: httpx.Response,
                  streams: Streams) -> None:

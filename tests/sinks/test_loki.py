@@ -71,7 +71,7 @@ def test_flags(flag: str, target: str, labels: list[str], headers: dict[str, str
         ("loki:http://loki:3100?static_label=job", "option 'static_label': expected static_label=NAME=VALUE"),
         ("loki:http://loki:3100?static_label=my-job=x", "option 'static_label'"),
         ("loki:http://loki:3100?static_label=reason=x", "'reason' is both in stream_labels and a static_label"),
-        ("loki:http://loki:3100?stream_labels=", "at least one stream label"),
+        ("loki:http://loki:3100?stream_labels=&static_label=", "at least one stream label"),
         ("loki:http://loki:3100?password=p", "password= needs username="),
         ("loki:http://loki:3100?username=u&bearer_token=t", "either bearer_token or username/password"),
         ("loki:http://loki:3100?encoding=snappy", "option 'encoding'"),
@@ -140,7 +140,7 @@ def test_too_far_behind_rejects_only_the_entries_loki_named() -> None:
     new = make_event(2)
     other = make_event(3, involved_object=replace(make_event(3).involved_object, namespace="web"))
     streams = streams_of(sink, new, old, other)
-    body = too_far_behind([old], '{namespace="default", service_name="unknown_service"}', 1, 2)
+    body = too_far_behind([old], '{job="eventrouter", namespace="default", service_name="unknown_service"}', 1, 2)
     with pytest.raises(PartialError) as info:
         sink.classify(httpx.Response(400, text=body), streams)
     assert info.value.rejected == [old] and info.value.retry == []  # new and other were stored
@@ -150,7 +150,7 @@ def test_loki_2_out_of_order_lines_are_understood() -> None:
     sink = build("loki:http://loki:3100?stream_labels=namespace")
     a, b = make_event(1), make_event(2)
     body = (f"entry with timestamp {go_time(ns(a.last_timestamp))} ignored, reason: 'entry out of order' for stream: "
-            '{namespace="default"},\ntotal ignored: 1 out of 2')
+            '{job="eventrouter", namespace="default"},\ntotal ignored: 1 out of 2')
     with pytest.raises(PartialError) as info:
         sink.classify(httpx.Response(400, text=body), streams_of(sink, a, b))
     assert info.value.rejected == [a]
@@ -162,8 +162,9 @@ def test_too_old_rejects_every_entry_before_the_bound() -> None:
     older = make_event(2, last_timestamp=datetime(2026, 3, 1, tzinfo=UTC),
                        involved_object=replace(make_event(2).involved_object, namespace="web"))
     fresh = make_event(3)
-    body = ("entry for stream '{namespace=\"default\"}' has timestamp too old: 2026-04-01T00:00:00Z, oldest acceptable "
-            "timestamp is: 2026-04-07T09:30:00Z")  # Loki may name only one stream: the bound holds for all
+    # Loki may name only one stream: the bound holds for all
+    body = ("entry for stream '{job=\"eventrouter\", namespace=\"default\"}' has timestamp too old: "
+            "2026-04-01T00:00:00Z, oldest acceptable timestamp is: 2026-04-07T09:30:00Z")
     with pytest.raises(PartialError) as info:
         sink.classify(httpx.Response(400, text=body), streams_of(sink, old, older, fresh))
     assert sorted(e.uid for e in info.value.rejected) == sorted([old.uid, older.uid])
@@ -172,7 +173,8 @@ def test_too_old_rejects_every_entry_before_the_bound() -> None:
 def test_an_answer_that_does_not_name_every_ignored_entry_fails_the_batch() -> None:
     sink = build("loki:http://loki:3100?stream_labels=namespace")
     a, b, c = make_event(1), make_event(2), make_event(3)
-    body = too_far_behind([a], '{namespace="default"}', 2, 3)  # 2 ignored, 1 listed: which other is unknown
+    # 2 ignored, 1 listed: which other is unknown
+    body = too_far_behind([a], '{job="eventrouter", namespace="default"}', 2, 3)
     with pytest.raises(PermanentError, match="Loki refused entries for their time"):
         sink.classify(httpx.Response(400, text=body), streams_of(sink, a, b, c))
 
@@ -181,7 +183,7 @@ def test_time_rejection_of_every_entry_is_permanent() -> None:
     sink = build("loki:http://loki:3100?stream_labels=namespace")
     a = make_event(1)
     with pytest.raises(PermanentError):
-        sink.classify(httpx.Response(400, text=too_far_behind([a], '{namespace="default"}', 1, 1)),
+        sink.classify(httpx.Response(400, text=too_far_behind([a], '{job="eventrouter", namespace="default"}', 1, 1)),
                       streams_of(sink, a))
 
 
@@ -220,7 +222,8 @@ def test_message_lines_and_basic_auth() -> None:
         sink = build(f"loki:{server.url}?username=123&password=glc-token&line_format=message&stream_labels=reason")
         sink.send([make_event(1), make_event(2, reason="Pulled", type="Normal", message="pulled")])
         assert [(e.labels, e.line) for e in server.entries] == [
-            ({"reason": "BackOff"}, make_event(1).message), ({"reason": "Pulled"}, "pulled")]
+            ({"job": "eventrouter", "reason": "BackOff"}, make_event(1).message),
+            ({"job": "eventrouter", "reason": "Pulled"}, "pulled")]
         wrong = build(f"loki:{server.url}?username=123&password=wrong&stream_labels=reason")
         with pytest.raises(PermanentError, match="HTTP 401"):
             wrong.send([make_event(3)])
@@ -237,6 +240,22 @@ def test_a_multi_tenant_loki_refuses_a_push_without_a_tenant() -> None:
         assert [e.tenant for e in server.entries] == ["t1"]
     finally:
         server.stop()
+
+
+def test_an_event_without_any_label_value_fails_alone(loki: FakeLoki) -> None:
+    """Without static labels, a Node event has no namespace: Loki would refuse the whole push for its stream."""
+    sink = build(f"loki:{loki.url}?stream_labels=namespace&static_label=")
+    node = make_event(1, involved_object=replace(make_event(1).involved_object, kind="Node", namespace=""))
+    pod = make_event(2)
+    with pytest.raises(PartialError, match="1 events have no value for any stream label") as info:
+        sink.send([node, pod])
+    assert info.value.rejected == [node] and info.value.retry == []
+    assert [(e.labels, orjson.loads(e.line)["uid"]) for e in loki.entries] == [({"namespace": "default"}, pod.uid)]
+    with pytest.raises(PermanentError, match="no value for any stream label"):
+        sink.send([node])
+    # with the default static label job=eventrouter, the Node event has a stream
+    build(f"loki:{loki.url}?stream_labels=namespace").send([node])
+    assert loki.entries[-1].labels == {"job": "eventrouter"}
 
 
 def test_rate_limited_then_delivered_once(loki: FakeLoki) -> None:
