@@ -13,8 +13,9 @@ the sink relies on:
 - unordered writes: per stream, an entry older than the newest one minus ``max_chunk_age / 2`` is
   ignored by the ingester with Loki 3's ``entry with timestamp ... ignored, reason: 'entry too far
   behind, ...'`` lines and ``user '...', total ignored: N out of M for stream: {...}`` (400); the others
-  are stored. Loki prints the stream with the labels it added (``service_name``), and lists at most
-  ``max_listed`` entries;
+  are stored. Loki prints the stream with the labels it added (``service_name``), lists at most
+  ``max_listed`` entries, and answers with the outcome of the push's last stream only (its
+  ``instance.Push`` keeps the last stream's error, or none if the last stream was fine);
 - scripted answers (:class:`Reply`): a 429 with Loki's rate-limit text, 5xx, ...
 """
 
@@ -209,7 +210,8 @@ class FakeLoki:
         if any(not labels for labels, _ in streams):
             return 400, "error at least one label pair is required per stream"
         now = time.time_ns()
-        errors: list[str] = []
+        errors: list[str] = []  # the distributor's validation errors: all of them
+        ingester_error = ""  # the ingester's answer: the outcome of the LAST stream only (Loki's instance.Push)
         with self._lock:
             for labels, entries in streams:
                 key = (tenant, label_text(labels))
@@ -229,14 +231,17 @@ class FakeLoki:
                         continue
                     self._newest[key] = max(newest, ns)
                     self.entries.append(Entry(labels, ns, line, tenant))
+                if kept:  # a stream the distributor emptied never reaches the ingester
+                    ingester_error = ""
                 if ignored:
                     shown = {**labels, "service_name": labels.get("service_name", "unknown_service")}
                     listed = [f"entry with timestamp {go_time(ns)} ignored, reason: 'entry too far behind, entry "
                               f"timestamp is: {rfc3339(ns)}, oldest acceptable timestamp is: "
                               f"{rfc3339(self._newest[key] - int(self.max_chunk_age / 2 * 1e9))}',"
                               for ns in ignored[: self.max_listed]]
-                    errors.append("\n".join(listed) + f"\nuser '{tenant or 'fake'}', total ignored: {len(ignored)} "
-                                  f"out of {len(entries)} for stream: {label_text(shown)}")
+                    ingester_error = ("\n".join(listed) + f"\nuser '{tenant or 'fake'}', total ignored: "
+                                      f"{len(ignored)} out of {len(entries)} for stream: {label_text(shown)}")
+        errors += [ingester_error] if ingester_error else []
         return (400, "\n".join(errors)) if errors else (204, "")
 
     @staticmethod
