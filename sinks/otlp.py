@@ -230,7 +230,29 @@ def resource_attributes(event: Event) -> tuple[tuple[str, str], ...]:
         ("k8s.object.api_version", involved.api_version),
         ("k8s.object.resource_version", _raw_involved(event).get("resourceVersion") or ""),
     ]
+    if event.labels or event.annotations or event.owner is not None:
+        attrs += _enrichment_attributes(event)
     return tuple(attrs)
+
+
+# workload kinds whose name has a semantic-conventions attribute (k8s.deployment.name, ...)
+_SEMCONV_KINDS = frozenset({"Pod", "Node", "Namespace", "Deployment", "ReplicaSet", "StatefulSet", "DaemonSet",
+                            "Job", "CronJob"})
+
+
+def _enrichment_attributes(event: Event) -> list[tuple[str, str]]:
+    """With --enrich: the involved object's labels and annotations as ``k8s.<kind>.label.<key>`` /
+    ``k8s.<kind>.annotation.<key>`` (as the semantic conventions name a Pod's), and the owning workload
+    as ``k8s.<kind>.name`` (``k8s.deployment.name``) plus ``k8s.owner.kind``/``k8s.owner.name``."""
+    kind = event.involved_object.kind.lower() or "object"
+    attrs = [(f"k8s.{kind}.label.{key}", value) for key, value in sorted(event.labels.items())]
+    attrs += [(f"k8s.{kind}.annotation.{key}", value) for key, value in sorted(event.annotations.items())]
+    owner = event.owner
+    if owner is not None:
+        if owner.kind in _SEMCONV_KINDS and owner.kind != event.involved_object.kind:
+            attrs.append((f"k8s.{owner.kind.lower()}.name", owner.name))
+        attrs += [("k8s.owner.kind", owner.kind), ("k8s.owner.name", owner.name)]
+    return attrs
 
 
 def log_attributes(event: Event) -> list[tuple[str, str | int]]:

@@ -270,3 +270,29 @@ def test_json_and_protobuf_encodings_carry_the_same_request() -> None:
         decoded.append(request)
     assert decoded[0] == decoded[1]
     assert sum(len(r.scope_logs[0].log_records) for r in decoded[1].resource_logs) == len(events)
+
+
+def test_enriched_events_carry_labels_annotations_and_owner(otlp: FakeOTLP) -> None:
+    """With --enrich: labels/annotations as k8s.<kind>.label.<key>, the workload as k8s.deployment.name."""
+    from eventrouter.event import FrozenDict, Owner
+
+    event = make_event(1, labels=FrozenDict({"team": "payments", "app": "api"}),
+                       annotations=FrozenDict({"team.example.com/oncall": "pay-oncall"}),
+                       owner=Owner("Deployment", "default", "api", "apps/v1"))
+    plain = make_event(2)
+    for encoding in ("protobuf", "json"):
+        otlp.received.clear()
+        sink = build(f"otlp:{otlp.url}?encoding={encoding}")
+        sink.send([event, plain])
+        sink.close()
+        resources = [resource for resource, _ in otlp.records()]
+        enriched = {k: v for k, v in resources[0].items() if not k.startswith(("k8s.object.", "k8s.node.", "k8s.cl"))}
+        assert enriched == {
+            "k8s.pod.label.app": "api",
+            "k8s.pod.label.team": "payments",
+            "k8s.pod.annotation.team.example.com/oncall": "pay-oncall",
+            "k8s.deployment.name": "api",
+            "k8s.owner.kind": "Deployment",
+            "k8s.owner.name": "api",
+        }
+        assert not [k for k in resources[1] if ".label." in k or "owner" in k or "deployment" in k]
