@@ -841,4 +841,7 @@ def test_grafana_dashboard_is_valid_and_queries_only_exported_metrics() -> None:
     # every metric family appears on the dashboard (a new metric needs a panel)
     families = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in exported}
     shown = {re.sub(r"_(total|bucket|sum|count)$", "", n) for n in used}
-    assert families - shown == set(), f"metrics without a panel: {sorted(families - shown)}"
+    assert families - shown == set(), (
+        f"metrics without a panel: {sorted(families - shown)}; add one to deploy/helm/eventrouter/files/"
+        "dashboard.json and copy the file to deploy/monitoring/grafana-dashboard.json"
+    )
