@@ -14,6 +14,7 @@ and may name only metrics the router's collector exports.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -745,15 +746,27 @@ def test_rbac_covers_exactly_what_two_replicas_call(
 
 
 # ---- the dashboard and the alerts ---------------------------------------------------------------------
+_SUFFIXES = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
+_FAMILY_TYPES = {"CounterMetricFamily": "counter", "GaugeMetricFamily": "gauge", "HistogramMetricFamily": "histogram"}
+
+
 def exported_metrics() -> set[str]:
-    """Every sample name the router's /metrics can carry, read from its collector (eventrouter/metrics.py)."""
+    """Every sample name the router's /metrics can carry, read from eventrouter/ itself: what its
+    collector (eventrouter/metrics.py) yields for a bare router, plus every metric family created
+    with a literal name anywhere in the package (those yielded only with a chat sink or --enrich)."""
     state = SourceState()
     state.checkpoint_written = time.time()  # the checkpoint age is exported once a checkpoint was written
-    suffixes = {"counter": ["_total"], "gauge": [""], "histogram": ["_bucket", "_sum", "_count"]}
     names = set()
     for family in RouterCollector(Router([]), state).collect():
-        names |= {family.name + suffix for suffix in suffixes[family.type]}
-    assert len(names) > 15
+        names |= {family.name + suffix for suffix in _SUFFIXES[family.type]}
+    for path in (ROOT / "eventrouter").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in _FAMILY_TYPES and node.args:
+                first = node.args[0]
+                if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                    kind = _FAMILY_TYPES[node.func.id]
+                    names |= {first.value + suffix for suffix in _SUFFIXES[kind]}
+    assert len(names) > 15 and "eventrouter_sink_events_sent_total" in names
     return names
 
 
