@@ -40,7 +40,8 @@ RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
  && useradd --system --uid 10001 --gid 10001 --no-create-home \
       --home-dir /var/lib/eventrouter --shell /usr/sbin/nologin eventrouter \
  && install -d -o 10001 -g 10001 -m 0750 /var/lib/eventrouter
-# Everything the process writes lives under /var/lib/eventrouter (file checkpoint, sink spools)
+# Everything the process writes lives under /var/lib/eventrouter (the working directory, so the
+# default --data-dir: durable sink buffers and sink state; a file checkpoint; sink spools)
 # or /tmp: mount both writable (emptyDir, --tmpfs) and the root filesystem can be read-only.
 # No .pyc files are written at run time; logs go to stderr as JSON.
 ENV HOME=/var/lib/eventrouter \
