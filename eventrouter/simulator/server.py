@@ -20,6 +20,7 @@ import base64
 import bisect
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,9 @@ class Faults:
     # are watched from etcd without a watch cache and get no bookmarks even with allowWatchBookmarks=true
     bookmark_interval: float = 0.0
     forbid: list[str] = field(default_factory=list)  # 403 for paths containing any of these (missing RBAC)
+    # run before answering the next list requests that carry a continue token, one each (None: nothing);
+    # e.g. changes and a compaction between two pages, as a list slower than etcd's history
+    on_continue: list[Callable[[], object] | None] = field(default_factory=list)
 
     def take_error(self) -> int | None:
         return self.errors.pop(0) if self.errors else None
@@ -183,6 +187,10 @@ class Handler(BaseHTTPRequestHandler):
         limit = int(query.get("limit") or 0)
         token = query.get("continue")
         after = ""
+        if token and sim.faults.on_continue:
+            action = sim.faults.on_continue.pop(0)
+            if action is not None:
+                action()
         if token:
             try:
                 state = orjson.loads(base64.urlsafe_b64decode(token))

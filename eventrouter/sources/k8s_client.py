@@ -90,12 +90,18 @@ class ApiClient:
     def request(self, method: str, path: str, *, params: Any = None, json: Any = None,
                 timeout: float | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
         """One request; a 401 reloads the credentials and retries once. Transport errors propagate."""
+        stale_retried = False
         for attempt in (1, 2):
             sent = self._auth() if headers is None else {**headers, **self._auth()}
-            if timeout is None:
-                resp = self.client.request(method, path, params=params, json=json, headers=sent)
-            else:
-                resp = self.client.request(method, path, params=params, json=json, headers=sent, timeout=timeout)
+            wait: Any = httpx.USE_CLIENT_DEFAULT if timeout is None else timeout
+            try:
+                resp = self.client.request(method, path, params=params, json=json, headers=sent, timeout=wait)
+            except httpx.RemoteProtocolError:
+                if stale_retried:
+                    raise
+                # a kept-alive connection the server had closed between requests: once more, on a fresh one
+                stale_retried = True
+                resp = self.client.request(method, path, params=params, json=json, headers=sent, timeout=wait)
             if resp.status_code != 401 or attempt == 2:
                 return resp
             resp.close()

@@ -99,6 +99,8 @@ class KubernetesSource(ListWatch):
         self._write_failures = 0
         self._errors = ThrottledLog(log, 30.0)
         self._dispatch_lock = threading.Lock()
+        self._listing = 0
+        self._listing_lock = threading.Lock()
         prefix = "/api/v1" if settings.api == "v1" else "/apis/events.k8s.io/v1"
         self._paths = {ns: f"{prefix}/namespaces/{ns}/events" for ns in settings.namespaces} or {"": f"{prefix}/events"}
 
@@ -255,6 +257,10 @@ class KubernetesSource(ListWatch):
             return
         with self._write_lock:
             progress.advance(router.settled_seq())
+            if self._listing:
+                # not while a list is dispatched (see ListWatch._list), not even the final write: after a
+                # restart the list runs again from the last checkpoint (repeats are possible, losses not)
+                return
             self._last_write = time.monotonic()
             if not (progress.changed or router.position_changed() or force):
                 return  # nothing moved: no write (a ConfigMap write is an API call)
