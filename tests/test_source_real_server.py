@@ -149,7 +149,8 @@ def test_a_restart_while_one_sink_lags_sends_nothing_twice_to_the_others(sim: Si
 
     healthy = first.sink.keys + second.sink.keys
     no_duplicates(healthy)
-    assert [u for u, _ in second.sink.keys] == [*while_down, after]
+    got = [u for u, _ in second.sink.keys]
+    assert sorted(got[:2]) == sorted(while_down) and got[2:] == [after]  # listed (key order), then watched
     # the webhook got every occurrence it had not had, once: the re-list shows the latest of each
     no_duplicates(gate2.keys)
     assert set(gate2.keys) == live_keys(sim)
