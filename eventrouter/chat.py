@@ -459,6 +459,7 @@ class ChatFlow:
         self._digest_retry_at = 0.0
         self._digest_backoff = 0.0
         self._restored = False  # the digest came from the state file: remove it once posted
+        self._state_path: str | None = None
 
     # compatibility: the counters before ChatStats
     @property
@@ -735,7 +736,7 @@ class ChatFlow:
             self._drop_state()
 
     def _drop_state(self) -> None:
-        path = getattr(self, "_state_path", None)
+        path = self._state_path
         if path:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)

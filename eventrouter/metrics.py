@@ -184,10 +184,10 @@ _CHAT_OUTCOMES = {"events_posted": "posted", "events_folded": "folded", "events_
 def _chat_metrics(runners: list[Any]) -> Iterator[Metric]:
     """Chat sinks (those with ``chat_stats()``, see eventrouter.chat_transport.ChatSink): messages posted
     and what happened to the events, apart, since one message may stand for many events (a digest)."""
-    chats = [(r.label, r.sink.chat_stats()) for r in runners if callable(getattr(r.sink, "chat_stats", None))]
-    if not chats:
-        return
     from prometheus_client.core import CounterMetricFamily
+
+    # the families exist (empty) without a chat sink too: dashboards and alerts see a stable set of names
+    chats = [(r.label, r.sink.chat_stats()) for r in runners if callable(getattr(r.sink, "chat_stats", None))]
 
     messages = CounterMetricFamily("eventrouter_chat_messages", "Chat messages posted: single events and digest "
                                    "messages", labels=["sink", "kind"])
