@@ -5,10 +5,17 @@ from __future__ import annotations
 import logging
 import sys
 
-from benchmarks import idle, influxdb, memory, pipeline, restart, sinks, startup
+from benchmarks import delivery, idle, influxdb, memory, pipeline, restart, sinks, startup
 
 
 def _notes(r: dict) -> str:
+    if "rss_mb_after_drain" in r:
+        return (f"lost {r['lost']}, duplicated {r['duplicated']}; disk buffer peak {r['disk_buffer_peak_mb']} MB, "
+                f"RSS after the drain {r['rss_mb_after_drain']} MB")
+    if "seconds_until_both_have_all" in r:
+        return (f"lost {r['lost']}, duplicated {r['duplicated']}; both sinks complete after "
+                f"{r['seconds_until_both_have_all']}s, {r['slow_sink_spilled_to_disk']} through the slow sink's "
+                "disk buffer")
     if "lost" in r:
         return f"lost {r['lost']}, duplicated {r['duplicated']}, resumed in {r['time_to_resume_s']}s"
     if "rss_growth_second_half_mb" in r:
@@ -26,8 +33,8 @@ def _notes(r: dict) -> str:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
-    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "restart",
-                                                              "sinks", "influxdb", "startup", "idle"]
+    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "burst", "stall",
+                                                              "restart", "sinks", "influxdb", "startup", "idle"]
     results = []
     for name in names:
         if name == "pipeline":
@@ -40,6 +47,12 @@ def main(argv: list[str]) -> int:
         elif name == "memory":
             results.append(("stalled sink, 500k events", memory.run(50_000 if small else 500_000,
                                                                     5_000 if small else 50_000)))
+        elif name == "burst":
+            results.append(("burst: 100k events, a fast and a slow sink",
+                            delivery.burst(10_000 if small else 100_000)))
+        elif name == "stall":
+            results.append(("stall: 600k events while a sink stalls", delivery.stall(60_000 if small else 600_000,
+                                                                                     5_000 if small else 50_000)))
         elif name == "restart":
             results.append(("restart (SIGTERM) mid-stream", restart.run(2_000 if small else 20_000)))
             results.append(("restart (SIGKILL) mid-stream", restart.run(2_000 if small else 20_000, kill=True)))

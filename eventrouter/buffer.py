@@ -218,6 +218,7 @@ class DiskBuffer:
         self._reader: IO[bytes] | None = None
         self._reader_id = -1
         self._commit_point = (0, 0)  # segment index and offset where the undelivered records start
+        self._ack_dirty = False  # the commit point moved since the ack file was written
         self._read_lock = threading.Lock()  # read() against drop_oldest(): both move through the segments
         self._last_restored_id = -1  # records in segments up to this one are an earlier run's (seq 0 here)
 
@@ -424,11 +425,12 @@ class DiskBuffer:
 
     def sync(self, *, force: bool = False) -> None:
         """Flush and fsync what was appended, if ``sync_interval`` passed since the last time (or ``force``)."""
-        if not self._unsynced and not force:
+        if not self._unsynced and not force and not self._ack_dirty:
             return
         with self._lock:
             if force or time.monotonic() - self._synced_at >= self.sync_interval:
                 self._sync_locked()
+            self._write_ack_locked(force=force)  # a delivery position not yet written (due after a second)
 
     def _sync_locked(self) -> None:
         writer = self._writer
@@ -557,13 +559,16 @@ class DiskBuffer:
         else:
             ack = (self._segments[-1].id + 1 if self._segments else self._ack_written[0] + 1, 0)
         if ack == self._ack_written:
+            self._ack_dirty = False
             return
         now = time.monotonic()
         if not force and now - self._ack_at < self.sync_interval:
+            self._ack_dirty = True
             return
         _write_atomic(os.path.join(self.path, "ack"), orjson.dumps({"segment": ack[0], "offset": ack[1]}))
         self._ack_written = ack
         self._ack_at = now
+        self._ack_dirty = False
 
     # ---- close -----------------------------------------------------------------------------
     def close(self) -> None:

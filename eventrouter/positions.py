@@ -203,9 +203,9 @@ class SinkPosition:
         # between the two can make a re-list send those events again (never skip one)
         self.forgotten += at_risk
         now = time.monotonic()
-        if at_risk and now - self._warned_at >= 60.0:
+        if at_risk and now - self._warned_at >= 600.0:
             self._warned_at = now
-            log.warning("position: more than %d settled events newer than the oldest undelivered one; %d forgotten "
+            log.info("position: more than %d settled events newer than the oldest undelivered one; %d forgotten "
                         "so far (a re-list may send those again)", self.cap, self.forgotten)
         return min(limits)
 

@@ -661,9 +661,14 @@ class Router:
         return route
 
     def settled_seq(self) -> int:
-        """Every event numbered up to this has been settled by every sink."""
+        """Every event numbered up to this has been settled by every sink.
+
+        The source asks several times a second: the disk buffers are fsynced here when due (a buffer that
+        is no longer appended to still gets its last records to disk within a second)."""
         settled = self.seq
         for runner in self.runners:
+            if runner.buffer is not None:
+                runner.buffer.sync()
             oldest = runner.oldest_unsettled()
             if oldest is not None and oldest - 1 < settled:
                 settled = oldest - 1

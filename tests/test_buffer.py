@@ -2,6 +2,7 @@
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -299,3 +300,19 @@ def test_only_a_full_disk_buffer_drops_and_it_says_so(tmp_path, caplog, policy):
         assert got == [e.key for e in evs[: len(got)]]
     else:
         assert got[-1] == evs[-1].key
+
+
+def test_the_delivery_position_reaches_disk_within_a_sync_interval_without_more_traffic(tmp_path):
+    """What a crash (no close) can repeat is bounded by sync_interval, even when the sink then goes quiet."""
+    evs = [make_event(i) for i in range(30)]
+    buffer = DiskBuffer(str(tmp_path / "b"), 1 << 30, sync_interval=0.05)
+    buffer.open()
+    append_all(buffer, evs)
+    for _ in range(3):  # delivered in three batches, quicker than the interval
+        buffer.commit(buffer.read(10))
+    time.sleep(0.1)
+    buffer.sync()  # the router's periodic call (Router.settled_seq)
+    # a SIGKILL now: no close()
+    again = DiskBuffer(str(tmp_path / "b"), 1 << 30)
+    again.open()
+    assert again.restored == 0 and again.read(10) is None
