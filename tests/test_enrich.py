@@ -309,3 +309,43 @@ def test_text_lines_and_templates_name_the_owner_and_labels(workloads: Simulator
     assert template.render(event) == "Deployment api team=payments"
     assert template.render(plain) == "  team="  # not enriched: empty, never an error
     enricher.close()
+
+
+# ---- the chart grants exactly what enrichment reads -----------------------------------------------
+
+def test_chart_grants_get_on_exactly_the_kinds_enrichment_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tests.helpers import real_objects
+    from tests.test_deploy import Replica, allowed, api_calls, helm_lint, helm_objects, router_args, rules_of
+
+    helm_lint(enrich={"features": ["labels", "owner"]})
+    objs = helm_objects(enrich={"features": ["labels", "owner"], "annotations": ["team.example.com/*"]})
+    args = router_args(objs)
+    assert "--enrich=labels,owner" in args and "--enrich-annotations=team.example.com/*" in args
+    granted = rules_of(objs)
+    enrich_rules = {(g, r, v) for (s, g, r, v, _) in granted if s == "*" and v == "get" and r != "events"}
+    assert enrich_rules == {("", "pods", "get"), ("", "nodes", "get"), ("apps", "replicasets", "get"),
+                            ("apps", "deployments", "get"), ("apps", "statefulsets", "get"),
+                            ("apps", "daemonsets", "get"), ("batch", "jobs", "get"), ("batch", "cronjobs", "get")}
+    assert not {r for (_, _, r, _, _) in rules_of(helm_objects()) if r in ("pods", "deployments")}  # off: none
+
+    objects = [o for o in real_objects() if (o.get("involvedObject") or {}).get("kind") in
+               ("Pod", "ReplicaSet", "Deployment", "Job", "CronJob", "StatefulSet", "DaemonSet", "Node")]
+    sim = Simulator(objects).start()
+    try:
+        monkeypatch.setenv("POD_NAMESPACE", "eventrouter")
+        replica = Replica([*args, "--enrich-qps=500", "--enrich-burst=500"], sim.write_kubeconfig(tmp_path / "kc"),
+                          tmp_path / "out.jsonl")
+        try:
+            stored = len(sim.store.events)  # the recording repeats a few uids
+            wait_for(lambda: replica.metric("eventrouter_sink_events_sent_total") == stored, timeout=30,
+                     what="every event delivered")
+            wait_for(lambda: replica.metric("eventrouter_enrich_cache_objects") == len(sim.workloads), timeout=30,
+                     what="every served object looked up")
+        finally:
+            replica.finish()
+        calls = [c for c in api_calls(sim) if c[2] not in ("events", "leases", "configmaps")]
+        assert calls and all(call[3] == "get" for call in calls)
+        denied = [call for call in calls if not allowed(granted, call)]
+        assert not denied, f"enrichment calls the chart's RBAC does not allow: {denied}"
+    finally:
+        sim.stop()
