@@ -32,6 +32,8 @@ Example::
 
 from __future__ import annotations
 
+import difflib
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -58,6 +60,8 @@ from eventrouter import (
     truncate_bytes,
     use_rates,
 )
+
+log = logging.getLogger("eventrouter.sinks.teams")
 
 CARD = "application/vnd.microsoft.card.adaptive"
 SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
@@ -119,6 +123,7 @@ class TeamsSink(ChatSink):
         if not url.host:
             raise SinkConfigError(self.name, "give the Workflows webhook URL: teams:https://...logic.azure.com/"
                                   "workflows/.../invoke?...&sig=...")
+        _warn_near_misses(url)
         query = url.query_without(_own_keys())
         self.endpoint = chat_endpoint(self.name, url, "") + (f"?{query}" if query else "")
         if "sig=" not in query:
@@ -200,3 +205,13 @@ class TeamsSink(ChatSink):
 
 def _own_keys() -> frozenset[str]:
     return frozenset(k for option in TeamsSink.all_options() for k in option.keys)
+
+
+def _warn_near_misses(url: SinkURL) -> None:
+    """A parameter that looks like a misspelt option is sent to the workflow, but not silently."""
+    ours = _own_keys()
+    for key in url.query:
+        close = [] if key in ours else difflib.get_close_matches(key, ours, n=1, cutoff=0.8)
+        if close:
+            log.warning("teams: query parameter %r is not an option, so it is sent to the workflow; did you "
+                        "mean %r?", key, close[0])

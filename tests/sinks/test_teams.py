@@ -59,6 +59,14 @@ def test_flag_errors(flag, option, words):
     assert info.value.option == option and words in str(info.value) and SIG not in str(info.value)
 
 
+def test_a_misspelt_option_is_forwarded_with_a_warning(caplog):
+    with caplog.at_level("WARNING"):
+        sink = build_sink(f"teams:{URL}&lable=prod")
+    assert isinstance(sink, TeamsSink) and sink.endpoint.endswith("&lable=prod")
+    assert "'lable' is not an option" in caplog.text and "did you mean 'label'" in caplog.text
+    assert SIG not in caplog.text
+
+
 def test_redaction():
     sink = build_sink(f"teams:{URL}&label=prod")
     for text in (sink.describe(), repr(sink), str(sink.opts)):
