@@ -49,6 +49,7 @@ import orjson
 
 from eventrouter import (
     HTTP_OPTIONS,
+    ChatStats,
     Digest,
     Duration,
     Event,
@@ -180,7 +181,11 @@ class WebhookSink(Sink):
         elif not opts["custom_body_configmap"]:
             self._loaded = True
         self.chat = self._build_chat(clock)
+        if self.chat is not None:
+            # /metrics and the shutdown summary count a chat sink's messages and events apart (ChatStats)
+            self.chat_stats: Callable[[], ChatStats] = lambda: self.chat.flow.stats  # type: ignore[union-attr]
         self._restored = False
+        self._chat_closed = False
         self._wall = wall
         # built now so that unreadable TLS files fail at start-up; no connection is made yet
         self._client: httpx.Client | None = http_client(self.name, opts)
@@ -428,9 +433,11 @@ class WebhookSink(Sink):
         return redact_text(text, self._secrets)
 
     def close(self) -> None:
-        if self.chat is not None and self._loaded:
+        if self.chat is not None and self._loaded and not self._chat_closed:
+            self._chat_closed = True
             # what the rate does not allow now is kept in state_dir and posted first after a restart
             self.chat.flow.close(self._post_event, self._post_digest, self.state_dir, self._wall)
+            self.chat.flow.log.info("%s", self.chat.flow.stats.summary())
         client, self._client = self._client, None
         if client is not None:
             client.close()

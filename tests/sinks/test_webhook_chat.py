@@ -93,6 +93,11 @@ def test_burst_over_the_rate_gives_messages_then_one_digest_naming_the_groups(ho
     digest = bodies[5]
     assert digest["digest"] is True and digest["total"] == 30
     assert "BackOff x27 in ns default" in digest["text"] and "FailedMount x3 in ns db" in digest["text"]
+    stats = sink.chat_stats()  # what /metrics and the shutdown summary show
+    assert (stats.messages, stats.digests, stats.events_posted, stats.events_in_digests) == (6, 1, 5, 30)
+    sink.close()
+    sink.close()  # safe twice
+    assert len(hook.requests) == 6
 
 
 def test_a_burst_cap_folds_into_the_digest_and_sends_it_next_second(hook, clock):
