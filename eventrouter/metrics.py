@@ -37,6 +37,8 @@ _SINK_COUNTERS = {
     "filtered": "Events the sink's filters (level, namespaces, kinds, reasons, ...) left out",
     "failed": "Events that failed permanently or ran out of retries",
     "retried": "Event sends retried after a retryable error",
+    "spilled": "Events written to the sink's disk buffer (it was behind by more than queue_size)",
+    "relist_skipped": "Re-listed events the sink already had (settled, queued or buffered): not sent again",
 }
 
 # source counters: SourceState field -> (metric name, help text)
@@ -129,6 +131,19 @@ class RouterCollector:
                 value=max(0.0, time.time() - state.checkpoint_written),
             )
 
+    def _buffer_metrics(self) -> Iterator[Metric]:
+        """Each sink's disk buffer (part core): bytes on disk against buffer_max_bytes."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        used = GaugeMetricFamily("eventrouter_sink_buffer_bytes", "Bytes in the sink's disk buffer", labels=["sink"])
+        limit = GaugeMetricFamily("eventrouter_sink_buffer_capacity_bytes", "The sink's buffer_max_bytes (0: none)",
+                                  labels=["sink"])
+        for runner in self.router.runners:
+            used.add_metric([runner.label], runner.buffer.size if runner.buffer is not None else 0)
+            limit.add_metric([runner.label], runner.delivery.buffer_max_bytes)
+        yield used
+        yield limit
+
     # ---- each sink: outcomes, queue, latency, worker ------------------------------------------
     def _sink_metrics(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -161,6 +176,7 @@ class RouterCollector:
         yield depth
         yield capacity
         yield up
+        yield from self._buffer_metrics()
         latency = HistogramMetricFamily(
             "eventrouter_sink_batch_duration_seconds",
             "Time from a batch's first send attempt until it settled (delivered or failed), retries included",

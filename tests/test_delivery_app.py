@@ -35,3 +35,33 @@ def test_each_sink_gets_its_own_state_dir_under_the_data_dir_before_it_opens(tmp
 def test_the_data_dir_flag_defaults_to_eventrouter_in_the_working_directory():
     assert run_config(run_parser().parse_args(["--source=file:x"])).data_dir == ".eventrouter"
     assert run_config(run_parser().parse_args(["--source=file:x", "--data-dir=/var/lib/x"])).data_dir == "/var/lib/x"
+
+
+def test_metrics_count_every_undelivered_event_and_the_disk_buffer(tmp_path):
+    """Issue 15: the queue depth counted a batch in flight as one event; now memory, batch and disk all count."""
+    import threading
+
+    from eventrouter.health import SourceState
+    from eventrouter.metrics import RouterCollector
+    from eventrouter.router import Router, SinkRunner
+    from tests.helpers import make_event
+    from tests.test_router import BlockingSink, build, wait_for
+
+    stalled = build(BlockingSink, "queue_size=20&batch_size=7&buffer_max_bytes=64MiB")
+    stalled.release = threading.Event()
+    runner = SinkRunner.build(stalled, label="slow", data_dir=str(tmp_path))
+    router = Router([runner])
+    router.start()
+    for i in range(3):
+        router.dispatch(make_event(i))
+    assert wait_for(lambda: runner._inflight)  # a batch of 3 from memory, stuck in send
+    for i in range(3, 500):
+        router.dispatch(make_event(i))
+    samples = {(s.name, s.labels.get("sink")): s.value
+               for family in RouterCollector(router, SourceState()).collect() for s in family.samples}
+    stalled.release.set()
+    router.stop(5.0)
+    assert samples[("eventrouter_sink_queue_depth", "slow")] == 500
+    assert samples[("eventrouter_sink_events_spilled_total", "slow")] == 497
+    assert samples[("eventrouter_sink_buffer_capacity_bytes", "slow")] == 64 << 20
+    assert 0 < samples[("eventrouter_sink_buffer_bytes", "slow")] < 64 << 20
