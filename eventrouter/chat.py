@@ -25,7 +25,6 @@ digest parts, ``tz``); :class:`eventrouter.chat_transport.ChatSink` is the HTTP 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -391,6 +390,7 @@ STATE_VERSION = 1
 SAME_REASON_POSTS = 3  # single messages of one reason per window; more of it is folded into the digest
 DIGEST_RETRY_MAX = 60.0  # longest wait before a digest refused as busy is posted again
 DIGEST_GATHER = 5.0  # a digest of known reasons gathers this long first: a storm arrives over seconds
+AUTOSAVE_EVERY = 10.0  # with a state dir, a changed digest is written at least this often (a crash loses less)
 
 
 @dataclass
@@ -458,8 +458,12 @@ class ChatFlow:
         self._digest_started = 0.0
         self._digest_retry_at = 0.0
         self._digest_backoff = 0.0
-        self._restored = False  # the digest came from the state file: remove it once posted
-        self._state_path: str | None = None
+        self._restored = False  # the digest came from the state file: post it first
+        # set by restore(): the state dir the flow keeps its digest in while it runs (see tick)
+        self._autosave: tuple[str, Callable[[], float]] | None = None
+        self._dirty = False  # the digest changed since the last save
+        self._saved_digest = False  # the last save holds a digest (so posting it must be saved at once)
+        self._last_save = -1e18
 
     # compatibility: the counters before ChatStats
     @property
@@ -548,6 +552,7 @@ class ChatFlow:
                     self.digest, self._digest_started = Digest(), now
                 self.digest.add(event, tier)
                 self.stats.events_folded += 1
+                self._dirty = True
                 self.repeats.commit(event, now)
                 self._seen(event.reason, now)
                 continue
@@ -606,8 +611,12 @@ class ChatFlow:
     def tick(self, post_event: PostEvent, post_digest: PostDigest) -> None:
         """Post the next part of the pending digest if it is due and the window allows; a digest of one
         event is posted as that event. A busy answer is retried later with a growing wait (2 s .. 60 s)."""
-        if self._digest_due(self.clock()):
-            self._post_digest(post_event, post_digest)
+        try:
+            if self._digest_due(self.clock()):
+                self._post_digest(post_event, post_digest)
+        finally:
+            if self._dirty and self._autosave and self.clock() - self._last_save >= AUTOSAVE_EVERY:
+                self.save(*self._autosave)
 
     def _post_digest(self, post_event: PostEvent, post_digest: PostDigest) -> None:
         digest = self.digest
@@ -645,9 +654,10 @@ class ChatFlow:
         digest.remove(part.keys, part.other > 0)
         if not digest:
             self.digest = None
-            if self._restored:
-                self._restored = False
-                self._drop_state()
+            self._restored = False
+        self._dirty = True
+        if self._saved_digest and self._autosave:  # the file names what was just posted: not twice
+            self.save(*self._autosave)
 
     # ---- shutdown and restart -----------------------------------------------------------------
     def close(self, post_event: PostEvent, post_digest: PostDigest, state_dir: str | None = None,
@@ -695,16 +705,19 @@ class ChatFlow:
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(tmp, path)
-            self._state_path = path
+            self._dirty, self._saved_digest, self._last_save = False, bool(self.digest), now
         except OSError as exc:
             held = self.digest.headline(len(self.digest.groups)) if self.digest else "nothing pending"
             self.log.error("cannot keep the chat state in %s (%s); lost: %s", path, exc.strerror or exc, held)
 
     def restore(self, state_dir: str, wall: Callable[[], float] = time.time) -> None:
         """Take back what :meth:`save` kept: the digest (posted first, when the window allows), the posts
-        of the last window and the problems shown. An unreadable file is logged and left for a person."""
+        of the last window and the problems shown. An unreadable file is logged and left for a person.
+        From then on the flow keeps its digest in ``state_dir`` while it runs too: written at least every
+        ``AUTOSAVE_EVERY`` seconds while it changes, and at once when a saved digest was posted, so a
+        process killed without SIGTERM loses at most those seconds and posts nothing twice."""
         path = os.path.join(state_dir, STATE_FILE)
-        self._state_path = path
+        self._autosave = (state_dir, wall)
         try:
             with open(path, "rb") as file:
                 doc = orjson.loads(file.read())
@@ -729,17 +742,9 @@ class ChatFlow:
                            path, exc)
             return
         if digest:
-            self.digest, self._restored = digest, True
+            self.digest, self._restored, self._saved_digest = digest, True, True
             self.log.info("%d folded events kept at the last shutdown will be posted first: %s", digest.total,
                           digest.headline(3))
-        else:
-            self._drop_state()
-
-    def _drop_state(self) -> None:
-        path = self._state_path
-        if path:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
 
 
 __all__ = [

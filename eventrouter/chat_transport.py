@@ -11,15 +11,23 @@ its protocol; the base class owns the rest, once:
   :class:`ErrorCodes`, with hints) and secret masking in every error;
 - the back-off when the service keeps saying "too fast" (``rate_limited_backoff``).
 
-A minimal sink::
+A minimal sink (a Discord channel webhook; ``?wait=true`` makes Discord answer JSON)::
 
-    class MattermostSink(ChatSink):
-        name = "mattermost"
-        options = (Option("url", str, required=True), *CHAT_OPTIONS, *HTTP_OPTIONS)
-        max_content = 16000                      # bytes of one message; digests are split to fit
+    class DiscordSink(ChatSink):
+        name = "discord"
+        options = (*CHAT_OPTIONS, *HTTP_OPTIONS)
+        errors = ErrorCodes("discord", code_key="code", message_key="message")  # how refusals look
+        max_content = 1900                       # bytes of one message; digests are split to fit
+
+        def __init__(self, url: SinkURL, opts: Options, **kwargs: Any) -> None:
+            super().__init__(url, opts, **kwargs)  # builds self.layout and self.flow; no I/O
+            self.endpoint = chat_endpoint(self.name, url, "") + "?wait=true"
 
         def deliver(self, content: str, title: str) -> None:
-            self.post_json(self.opts["url"], {"text": content})
+            self.post_json(self.endpoint, {"content": content})
+
+A service whose answers are not ``{code, message}`` JSON subclasses :class:`ErrorCodes` and overrides
+``classify`` (see ``sinks/slack.py``).
 
 Endpoints: :func:`chat_endpoint` turns the flag's URL into the endpoint (a default host, ``http://``
 upgraded to ``https://`` except for a loopback test server) and :func:`api_base` checks a base URL

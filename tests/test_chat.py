@@ -523,7 +523,7 @@ def test_a_digest_left_at_shutdown_is_kept_and_posted_first_after_the_restart(tm
     again.tick(rec2.event, rec2.digest)
     [(kind, part)] = rec2.posts
     assert kind == "digest" and part.events == 31 and part.text.startswith("31 more Warning events: NodeNotReady x1")
-    assert not (tmp_path / "chat-pending.json").exists()  # posted: nothing to post twice
+    assert orjson.loads((tmp_path / "chat-pending.json").read_bytes())["digest"] is None  # posted: not twice
 
 
 def test_repeats_stay_held_back_and_reminded_across_a_restart(tmp_path):
@@ -541,6 +541,31 @@ def test_repeats_stay_held_back_and_reminded_across_a_restart(tmp_path):
     clock2.advance(481)
     again.send([replace(make_event(1), count=4)], rec2.event)
     assert rec2.posts == [("event", ("app-1", Notice(reminder=True, suppressed=2)))]
+
+
+def test_a_process_killed_without_sigterm_loses_at_most_seconds_and_posts_nothing_twice(tmp_path):
+    clock, wall = FakeClock(), FakeClock(1_800_000_000.0)
+    flow = ChatFlow(rate_limit=20, repeat_interval=0, clock=clock)
+    flow.restore(str(tmp_path), wall)  # what ChatSink.open does with a state dir
+    rec = Recorder()
+    flow.send([_node(f"Node{n}", n) for n in range(20)], rec.event)  # the window is full
+    flow.send([make_event(n) for n in range(30)], rec.event)  # folded
+    clock.advance(10)
+    flow.tick(rec.event, rec.digest)  # no room to post; the digest is written down
+    saved = orjson.loads((tmp_path / "chat-pending.json").read_bytes())["digest"]
+    assert sum(g["count"] for g in saved["groups"]) == 30
+    # SIGKILL now: a new process takes it back and posts it
+    wall.advance(60)
+    clock2, rec2 = FakeClock(), Recorder()
+    again = ChatFlow(rate_limit=20, repeat_interval=0, clock=clock2)
+    again.restore(str(tmp_path), wall)
+    again.tick(rec2.event, rec2.digest)
+    assert [p[1].events for p in rec2.posts] == [30]
+    # and SIGKILL right after posting: the next process has nothing to post again
+    third, rec3 = ChatFlow(rate_limit=20, repeat_interval=0, clock=FakeClock()), Recorder()
+    third.restore(str(tmp_path), wall)
+    third.tick(rec3.event, rec3.digest)
+    assert rec3.posts == [] and third.pending() == 0
 
 
 def test_a_busy_answer_at_shutdown_keeps_the_digest_with_the_true_reason(tmp_path, caplog):
