@@ -610,3 +610,15 @@ def test_check_says_which_server_open_contacted(capsys):
     assert code == 0, out
     opens = [line for line in out.splitlines() if "open:" in line]
     assert opens == [f"    open: ok (connected to 127.0.0.1:{es_port})", "    open: ok (connected)"]
+
+
+@pytest.mark.parametrize("query", ["inClusterConfig=maybe", "insecure=2", "useServiceAccount=yes", "kubeconfig=",
+                                   "context=", "namespaces=Bad_NS", "namespaces=,", "api=v2", "page_size=0",
+                                   "page_size=many", "page_size=10001", "stall_timeout=0.5s", "stall_timeout=soon",
+                                   "watch_timeout=-1s", "nosuchoption=1"])
+def test_every_source_option_rejects_malformed_values_with_exit_2_and_one_line(capsys, query):
+    code, out, err = run_cli(capsys, f"--source=kubernetes:https://127.0.0.1:6443?{query}",
+                             "--sink=log", "--healthz-port=0")
+    assert code == 2, err
+    assert err.startswith("eventrouter: error: --source=kubernetes: ") and len(err.strip().splitlines()) == 1
+    assert out == "" and "Traceback" not in err
