@@ -14,7 +14,7 @@ from eventrouter.errors import ConfigError, SinkError
 from eventrouter.event import sample_event
 from eventrouter.options import MASK, Duration, Secret
 from eventrouter.sink import CORE_OPTION_NAMES
-from eventrouter.sinkurl import redact_text
+from eventrouter.sinkurl import is_sensitive_name, redact_text
 
 
 def sinks_command(argv: Sequence[str]) -> int:
@@ -90,7 +90,9 @@ def check_command(argv: Sequence[str]) -> int:
             value = sink.opts.get(option.name)
             if option.name in CORE_OPTION_NAMES and option.name not in sink.opts.given:
                 continue
-            if isinstance(value, Secret) or option.secret:
+            if isinstance(value, Secret) or option.secret or (is_sensitive_name(option.name) and value
+                                                              and not isinstance(value, (bool, int, float))):
+                # a plugin's credential option that forgot secret=True (token=, api_key=) is masked too
                 shown: object = MASK if value else ""
             elif isinstance(value, list):
                 # a value of label= or header= may hold a comma: show the list as it is, credentials masked

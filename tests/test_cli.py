@@ -622,3 +622,24 @@ def test_every_source_option_rejects_malformed_values_with_exit_2_and_one_line(c
     assert code == 2, err
     assert err.startswith("eventrouter: error: --source=kubernetes: ") and len(err.strip().splitlines()) == 1
     assert out == "" and "Traceback" not in err
+
+
+def test_check_masks_an_undeclared_credential_option_of_a_plugin(capsys, monkeypatch):
+    """A plugin option named like a credential but not declared secret is still shown masked."""
+    from eventrouter import Option, Sink
+    from eventrouter import registry as reg
+
+    class Plain(Sink):
+        name = "plain"
+        options = (Option("api_token", str, help="declared without secret=True"),
+                   Option("key_format", str, default="%Y", help="not a credential"))
+
+        def send(self, batch):  # type: ignore[no-untyped-def]
+            pass
+
+    monkeypatch.setattr(reg, "load", lambda name: Plain)
+    code, out, _ = run_cli(capsys, "check", "--sink=plain:?api_token=tok-SECRET-5&key_format=%25H")
+    assert code == 0
+    assert "SECRET" not in out
+    assert "    api_token = ***" in out.splitlines() and "    key_format = %H" in out.splitlines()
+    assert "plain:?api_token=***&key_format=%25H" in out
