@@ -376,6 +376,20 @@ def test_wrong_ver_is_corrected_by_the_server_answer_not_dropped(start_es, caplo
     assert len(server.all_docs()) == 1
 
 
+def test_a_server_refusing_both_formats_is_a_loud_permanent_error(start_es):
+    class Contrary(FakeElasticsearch):
+        typed = True  # wants a mapping type, yet refuses _type as 8 does: neither format can pass
+
+    server = Contrary("8.13.4").start()
+    try:
+        sink = build(f"elasticsearch:{server.url}?template=false")
+        with pytest.raises(PermanentError, match="refuses both bulk formats"):
+            sink.send([make_event(1)])
+        assert len(server.bulk_requests()) == 3 and server.all_docs() == []
+    finally:
+        server.stop()
+
+
 def test_no_alias_for_patterns_and_data_streams(es):
     build(f"elasticsearch:{es.url}?index=k8s-{{YYYY.MM}}").open()
     build(f"elasticsearch:{es.url}?data_stream=logs-k8s-default").open()

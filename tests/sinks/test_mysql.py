@@ -408,6 +408,22 @@ def test_two_replays_of_the_real_corpus_into_kube_eventers_table_give_one_set_of
     assert len(rows) >= len({(e.uid, e.last_timestamp.replace(microsecond=0)) for e in events})
 
 
+def test_table_with_resource_version_and_no_unique_key_keeps_one_row_per_occurrence(server: MariaDB) -> None:
+    server.execute("""CREATE TABLE rv_event (id bigint AUTO_INCREMENT PRIMARY KEY, event_id varchar(64) NOT NULL,
+        resource_version varchar(64) NOT NULL, reason varchar(64) NOT NULL DEFAULT '', count int NOT NULL DEFAULT 1,
+        last_occurrence_time datetime NOT NULL) ENGINE=InnoDB""")  # a DATETIME without fraction digits
+    sink = build_sink(flag(server, "rv_event"))
+    ev = make_event(3, last_timestamp=datetime(2026, 4, 14, 9, 30, 1, 600000, tzinfo=UTC))
+    repeat = replace(ev, resource_version="2002", count=2)
+    sink.send([ev, repeat])
+    sink.send([repeat, ev])  # replayed, in another order
+    sink.send([replace(ev, reason="changed")])  # same event_id and resource_version: the same occurrence
+    sink.close()
+    rows = server.query("SELECT event_id, resource_version, count FROM rv_event ORDER BY id")
+    assert rows == [dict(event_id=ev.uid, resource_version="1003", count=1),
+                    dict(event_id=ev.uid, resource_version="2002", count=2)]
+
+
 def test_batch_whose_commit_answer_was_lost_adds_no_row_when_retried(server: MariaDB) -> None:
     server.execute(SHEMA_SQL.format(table="lost_commit"))
     sink = build_sink(flag(server, "lost_commit", "&batch_size=50&flush_interval=20ms&retry_backoff_max=100ms"))
