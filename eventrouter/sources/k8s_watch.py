@@ -90,7 +90,7 @@ class ListWatch:
     _paths: dict[str, str]
     _errors: ThrottledLog
     _dispatch_lock: threading.Lock
-    _listing: int  # lists in progress (one per stream at most)
+    _listing: set[str]  # streams whose list started and has not completed yet
     _listing_lock: threading.Lock
 
     # ---- list + watch loop for one stream (all namespaces, or one) ----------------------------
@@ -131,23 +131,22 @@ class ListWatch:
             cutoff = datetime.now(UTC) - timedelta(seconds=self.ctx.max_event_age)
         handle = self._locked(self._handle_listed) if locked else self._handle_listed
         listed: set[str] = set()
-        # While a list is dispatched, no checkpoint is written: a list comes in key order, not time order,
-        # and a sink's position taken now (a floor on event times) would claim listed events still to come
+        # From the start of a list until one completes, no checkpoint is written (not even at shutdown): a
+        # list comes in key order, not time order, and a sink's position taken meanwhile (a floor on event
+        # times) would claim listed events still to come. An interrupted list is listed again.
         with self._listing_lock:
-            self._listing += 1
-        try:
-            outcome = self._list_pass(router, stream, path, handle, cutoff, listed, None, halted, backoff)
-            if outcome is None:
+            self._listing.add(stream)
+        outcome = self._list_pass(router, stream, path, handle, cutoff, listed, None, halted, backoff)
+        if outcome is None:
+            return None
+        list_rv, cut_key = outcome
+        if cut_key is not None:
+            log.info("list %s: the keys before %s are listed again (the list was continued after a 410)",
+                     path, cut_key)
+            if self._list_pass(router, stream, path, handle, cutoff, listed, cut_key, halted, backoff) is None:
                 return None
-            list_rv, cut_key = outcome
-            if cut_key is not None:
-                log.info("list %s: the keys before %s are listed again (the list was continued after a 410)",
-                         path, cut_key)
-                if self._list_pass(router, stream, path, handle, cutoff, listed, cut_key, halted, backoff) is None:
-                    return None
-        finally:
-            with self._listing_lock:
-                self._listing -= 1
+        with self._listing_lock:
+            self._listing.discard(stream)
         if len(self._paths) == 1 and cut_key is None:
             # a full, consistent list: every uid not in it is gone; forget it (bounded memory)
             for uid in [u for u in self.seen if u not in listed]:

@@ -99,7 +99,7 @@ class KubernetesSource(ListWatch):
         self._write_failures = 0
         self._errors = ThrottledLog(log, 30.0)
         self._dispatch_lock = threading.Lock()
-        self._listing = 0
+        self._listing: set[str] = set()
         self._listing_lock = threading.Lock()
         prefix = "/api/v1" if settings.api == "v1" else "/apis/events.k8s.io/v1"
         self._paths = {ns: f"{prefix}/namespaces/{ns}/events" for ns in settings.namespaces} or {"": f"{prefix}/events"}
@@ -185,7 +185,8 @@ class KubernetesSource(ListWatch):
         resume: dict[str, str] = {}
         if doc:
             progress.load(doc)
-            resume = {k: v for k, v in progress.positions.items() if k in self._paths}
+            # a stream whose list was cut short in an earlier term lists again (see ListWatch._list)
+            resume = {k: v for k, v in progress.positions.items() if k in self._paths and k not in self._listing}
             if router.seq == 0 and isinstance(doc.get("sinks"), dict):
                 # each sink's own position: what a replayed or re-listed event it already has, it skips
                 # (a later term in this process keeps the router's own, newer positions)
@@ -258,8 +259,9 @@ class KubernetesSource(ListWatch):
         with self._write_lock:
             progress.advance(router.settled_seq())
             if self._listing:
-                # not while a list is dispatched (see ListWatch._list), not even the final write: after a
-                # restart the list runs again from the last checkpoint (repeats are possible, losses not)
+                # not while a list is dispatched or after one was cut short (see ListWatch._list), not even
+                # the final write: after a restart the list runs again from the last checkpoint (repeats are
+                # possible, losses not)
                 return
             self._last_write = time.monotonic()
             if not (progress.changed or router.position_changed() or force):
