@@ -90,6 +90,15 @@ class ChatLayout:
     def cluster(self, event: Event | None) -> str:
         return (event.cluster if event else "") or self.cluster_id
 
+    @staticmethod
+    def owner(event: Event) -> str:
+        """The owning workload (with ``--enrich=owner``) when it is not the object itself:
+        ``Deployment shop/api``; empty otherwise."""
+        owner, obj = event.owner, event.involved_object
+        if owner is None or (owner.kind, owner.name) == (obj.kind, obj.name):
+            return ""
+        return str(owner)
+
     def title(self, event: Event) -> str:
         obj = event.involved_object
         where = f"{obj.namespace}/{obj.name}" if obj.namespace else obj.name
@@ -99,7 +108,7 @@ class ChatLayout:
         notice = notice or Notice()
         if self.template is not None:
             try:
-                return self.template.render(event, labels=self.labels, reminder=notice.reminder,
+                return self.template.render(event, label_lines=self.labels, reminder=notice.reminder,
                                             suppressed=notice.suppressed, cluster=self.cluster(event))
             except Exception as exc:
                 # checked on a sample at start-up, but this event's data broke it: the alert still goes out
@@ -125,6 +134,7 @@ class ChatLayout:
                  f"Kind:{obj.kind}",
                  f"Namespace:{obj.namespace or '(cluster-scoped)'}",
                  f"Name:{obj.name}",
+                 *([f"Owner:{owner}"] if (owner := self.owner(event)) else []),
                  f"Reason:{event.reason}",
                  f"Timestamp:{self.time(event.last_timestamp)}",
                  f"Message:{event.message}",
@@ -151,6 +161,7 @@ class ChatLayout:
                   f"**Kind:** {obj.kind}",
                   f"**Namespace:** {obj.namespace or '(cluster-scoped)'}",
                   f"**Name:** {obj.name}",
+                  *([f"**Owner:** {owner}"] if (owner := self.owner(event)) else []),
                   f"**Reason:** {event.reason}",
                   f"**Count:** {self._count(event, notice)}",
                   f"**First seen:** {self.time(event.first_timestamp)}",

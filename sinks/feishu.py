@@ -175,6 +175,8 @@ class FeishuSink(ChatSink):
             count += f" (reminder: still happening{held})"
         fields = [("Kind", obj.kind or "-"), ("Object", where or "-"), ("Count", count),
                   ("Last seen", layout.time(event.last_timestamp))]
+        if layout.owner(event):
+            fields.insert(2, ("Owner", layout.owner(event)))
         if event.count > 1:
             fields.append(("First seen", layout.time(event.first_timestamp)))
         if event.source_host:

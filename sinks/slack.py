@@ -206,6 +206,8 @@ class SlackSink(ChatSink):
             count += f" (reminder: still happening{held})"
         fields = [("Type", f"{icon} {event.type}"), ("Object", f"{obj.kind} `{escape(where)}`"), ("Count", count),
                   ("Last seen", layout.time(event.last_timestamp))]
+        if layout.owner(event):
+            fields.insert(2, ("Owner", escape(layout.owner(event))))
         if event.count > 1:
             fields.append(("First seen", layout.time(event.first_timestamp)))
         if event.source_host:

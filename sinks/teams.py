@@ -175,6 +175,8 @@ class TeamsSink(ChatSink):
             count += f" (reminder: still happening{held})"
         facts = [("Kind", obj.kind), ("Object", where), ("Count", count),
                  ("Last seen", layout.time(event.last_timestamp))]
+        if layout.owner(event):
+            facts.insert(2, ("Owner", layout.owner(event)))
         if event.count > 1:
             facts.append(("First seen", layout.time(event.first_timestamp)))
         if event.source_host:

@@ -347,7 +347,7 @@ def test_markdown_layout_shows_every_field():
 
 def test_template_replaces_the_layout():
     layout = ChatLayout("dingtalk", _opts(template="{{ involved_object.name }} {{ reason }} x{{ count }} "
-                                                   "{{ last_time }} {{ labels|join(',') }} {{ reminder }}",
+                                                   "{{ last_time }} {{ label_lines|join(',') }} {{ reminder }}",
                                           label="L", tz="Asia/Shanghai"))
     assert layout.event(_event()) == "app-7 BackOff x12 2026-04-14 17:30:00 CST L False"
 
@@ -633,3 +633,17 @@ def test_a_TZ_that_is_no_zone_name_falls_back_to_utc_with_a_warning(monkeypatch,
         layout = ChatLayout("dingtalk", _opts())
     assert "Timestamp:2026-04-14 09:30:00 UTC" in layout.event(_event())
     assert "TZ=CST-8 is not an IANA time zone name" in caplog.text
+
+
+def test_layouts_name_the_owning_workload_when_enriched():
+    from eventrouter.event import FrozenDict, Owner
+
+    enriched = replace(_event(), owner=Owner("Deployment", "default", "app", "apps/v1"),
+                       labels=FrozenDict({"team": "payments"}))
+    text = ChatLayout("dingtalk", _opts()).event(enriched)
+    assert "Name:app-7\nOwner:Deployment default/app\nReason:BackOff" in text
+    assert "Owner" not in ChatLayout("dingtalk", _opts()).event(_event())
+    markdown = ChatLayout("dingtalk", _opts(msg_type="markdown")).event(enriched)
+    assert "**Owner:** Deployment default/app" in markdown
+    templated = ChatLayout("dingtalk", _opts(template="{{ owner.name }}/{{ labels.team }}")).event(enriched)
+    assert templated == "app/payments"
