@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from eventrouter import Event, PermanentError, RetryableError, SinkConfigError, SinkURL
+from eventrouter import Event, PartialError, PermanentError, RetryableError, SinkConfigError, SinkURL
 from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
@@ -477,6 +477,22 @@ def test_v2_errors_and_retry_after(fake2: FakeInflux2) -> None:
     with pytest.raises(PermanentError, match="bucket not found"):
         bad_bucket.send([make_event(1)])
     bad_bucket.close()
+
+
+def test_chunked_writes_report_what_to_retry_and_what_was_rejected(fake2: FakeInflux2) -> None:
+    sink = build_sink(v2_flag(fake2, "&points_per_write=2&concurrency=1"))  # one at a time: answers in order
+    events = [make_event(n) for n in range(6)]
+    fake2.responses += [(204, {}, b""), (400, {}, b'{"code":"invalid","message":"unable to parse"}'),
+                        (503, {}, b"")]
+    with pytest.raises(PartialError) as info:
+        sink.send(events)
+    assert info.value.rejected == events[2:4] and info.value.retry == events[4:]
+    assert "2 of 6 points written, 2 to retry, 2 rejected" in str(info.value)
+    fake2.responses += [(204, {}, b""), (503, {}, b""), (204, {}, b"")]
+    with pytest.raises(RetryableError):  # only retryable failures: the whole batch again, rewriting is harmless
+        sink.send(events)
+    sink.close()
+    assert [len(r.body.splitlines()) for r in fake2.writes] == [2] * 6
 
 
 def test_v2_end_to_end_through_the_router(fake2: FakeInflux2) -> None:
