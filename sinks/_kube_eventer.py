@@ -243,7 +243,9 @@ _GO_SHORT = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t", "\
 def go_time_string(value: datetime) -> str:
     """Go's ``time.String()`` of a UTC time, the text kube-eventer wrote into MySQL's varchar time columns
     (kube-eventer used the pod's local zone; eventrouter writes UTC)."""
-    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    utc = value.astimezone(UTC)
+    fraction = f".{utc.microsecond:06d}".rstrip("0") if utc.microsecond else ""
+    return f"{utc.strftime('%Y-%m-%d %H:%M:%S')}{fraction} +0000 UTC"
 
 
 def go_escape(match: re.Match[str]) -> str:

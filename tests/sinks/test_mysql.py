@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import orjson
@@ -456,6 +456,15 @@ def test_batch_whose_commit_answer_was_lost_adds_no_row_when_retried(server: Mar
 
 UPSERT_COLUMNS = [Column(n, t, None, None, None, 6 if t == "datetime" else 0) for n, t in [
     ("event_id", "varchar"), ("count", "int"), ("message", "mediumtext"), ("last_occurrence_time", "datetime")]]
+
+
+def test_text_time_columns_get_gos_time_string_in_utc() -> None:
+    from sinks._kube_eventer import go_time_string
+
+    # Go's time.String(): the fraction without trailing zeros, none for whole seconds
+    assert go_time_string(datetime(2026, 4, 14, 9, 35, 10, 500000, tzinfo=UTC)) == "2026-04-14 09:35:10.5 +0000 UTC"
+    assert go_time_string(datetime(2026, 4, 14, 17, 30, tzinfo=timezone(timedelta(hours=8)))) == \
+        "2026-04-14 09:30:00 +0000 UTC"
 
 
 def test_upsert_uses_the_row_alias_on_mysql_8_0_20_and_values_on_mariadb() -> None:
