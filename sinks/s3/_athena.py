@@ -41,6 +41,10 @@ COLUMNS: tuple[tuple[str, str], ...] = (
     ("reporting_controller", "string"),
     ("reporting_instance", "string"),
     ("action", "string"),
+    # with --enrich (docs/enrichment.md); NULL for events written without it
+    ("labels", "map<string,string>"),
+    ("annotations", "map<string,string>"),
+    ("owner", "struct<kind:string,namespace:string,name:string,api_version:string>"),
 )
 
 

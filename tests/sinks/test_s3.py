@@ -525,7 +525,9 @@ def test_ddl_matches_what_the_sink_writes(moto, bucket, tmp_path, capsys):
     columns = _ddl_columns(ddl)
     key = moto.keys(bucket)[0]
     line = moto.lines(bucket, key)[0]
-    assert list(columns) == list(line)  # one column per field, in the written order
+    # one column per field, in the written order; the enrichment columns last (those fields are written
+    # only with --enrich: test_enriched_fields_are_columns_athena_can_query)
+    assert list(columns) == [*line, "labels", "annotations", "owner"]
     struct = re.findall(r"(\w+):string", columns["involved_object"])
     assert struct == list(line["involved_object"])
     assert columns["count"] == "bigint" and isinstance(line["count"], int)
@@ -590,7 +592,7 @@ def _duckdb_table(root: Path) -> Any:
         if athena.startswith("struct<"):
             fields = re.findall(r"(\w+):(\w+)", athena)
             return "STRUCT(" + ", ".join(f"{name} VARCHAR" for name, _ in fields) + ")"
-        return {"string": "VARCHAR", "bigint": "BIGINT"}[athena]
+        return {"string": "VARCHAR", "bigint": "BIGINT", "map<string,string>": "MAP(VARCHAR, VARCHAR)"}[athena]
 
     columns = "{" + ", ".join(f"'{name}': '{duck_type(kind)}'" for name, kind in COLUMNS) + "}"
     con = duckdb.connect()
@@ -687,3 +689,22 @@ def test_check_send_test_reports_a_failed_upload_instead_of_delivered(moto, buck
     assert "open: ok" in out and "send-test: delivered" not in out
     assert "failed: PermanentError: upload of s3://" in out and "InvalidStorageClass" in out
     assert moto.keys(bucket) == []
+
+
+def test_enriched_fields_are_columns_athena_can_query(moto, bucket, tmp_path):
+    """With --enrich the JSON lines carry labels, annotations and owner: the DDL's columns read them (and
+    read NULL for events written without enrichment)."""
+    from eventrouter.event import FrozenDict, Owner
+
+    sink = build(flag_for(moto, bucket, tmp_path / "spool"))
+    enriched = make_event(1, labels=FrozenDict({"team": "payments"}), owner=Owner("Deployment", "default", "api"))
+    sink.send([enriched, make_event(2)])
+    sink.close()
+    root = tmp_path / "objects"
+    for key in moto.keys(bucket):
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(moto.body(bucket, key))
+    con = _duckdb_table(root)
+    rows = con.execute("SELECT uid, labels['team'], owner.kind, owner.name FROM k8s.events ORDER BY uid").fetchall()
+    assert rows == [(enriched.uid, "payments", "Deployment", "api"), (make_event(2).uid, None, None, None)]
