@@ -17,7 +17,7 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, NoReturn
 
@@ -150,7 +150,7 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("EVENTROUTER_LOG_FORMAT", "text"),
                    help="log line format (default: $EVENTROUTER_LOG_FORMAT, else text)")
     p.add_argument("--checkpoint", type=_checkpoint, default=None,
-                   help="configmap:NAMESPACE/NAME or file:PATH (default: configmap in-cluster, else a file)")
+                   help="configmap:NAMESPACE/NAME, file:PATH or none (default: configmap in-cluster, else a file)")
     p.add_argument("--data-dir", default=".eventrouter",
                    help="writable directory for the sinks' disk buffers and state (default .eventrouter)")
     p.add_argument("--max-event-age", type=_duration, default=None,
@@ -166,7 +166,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--healthz-ip", type=_address, default="0.0.0.0", help="address of /healthz, /readyz, /metrics")
     p.add_argument("--healthz-port", type=_port, default=8084, help="port of /healthz, /readyz, /metrics (0: off)")
     p.add_argument("--healthz-window", type=_duration, default=600.0,
-                   help="/healthz fails after this long without an event or bookmark")
+                   help="/healthz fails after this long without an answer from the API server (default 10m; "
+                   "a quiet cluster stays live)")
     p.add_argument("--event-metrics", nargs="?", const=True, default=True, type=_bool,
                    help="kube-eventer flag, accepted (event counts are always exported, by type only)")
     p.add_argument("--frequency", type=_duration, default=30.0,
@@ -261,6 +262,16 @@ def _commands_help() -> str:
     return "\n".join(lines)
 
 
+def _into_pipe(command: Callable[[list[str]], int], rest: list[str]) -> int:
+    """Run a sub-command whose output may be piped into ``head`` or ``grep -m1``: when the reader stops
+    reading, end quietly as ``ls`` does, not with a BrokenPipeError traceback."""
+    try:
+        return command(rest)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the interpreter's last flush too
+        return 141  # what a shell reports for a command ended by SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and not args[0].startswith("-"):
@@ -268,18 +279,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "sinks":
             from eventrouter.commands import sinks_command
 
-            return sinks_command(rest)
+            return _into_pipe(sinks_command, rest)
         if command == "check":
             from eventrouter.commands import check_command
 
-            return check_command(rest)
+            return _into_pipe(check_command, rest)
         if command == "simulate":
             from eventrouter.simulator.cli import main as simulate
 
             return simulate(rest)
         plugin = _plugin_commands().get(command)
         if plugin is not None:
-            return int(plugin.load()(rest) or 0)  # type: ignore[attr-defined]
+            return _into_pipe(lambda a: int(plugin.load()(a) or 0), rest)  # type: ignore[attr-defined]
         print(f"eventrouter: error: unknown command {command!r}; commands: {', '.join(COMMANDS)}"
               + "".join(f", {n}" for n in _plugin_commands()) + " (or run flags, see --help)", file=sys.stderr)
         return 2

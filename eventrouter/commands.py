@@ -13,7 +13,7 @@ from eventrouter.config import build_sink
 from eventrouter.errors import ConfigError, SinkError
 from eventrouter.event import sample_event
 from eventrouter.options import MASK, Duration, Secret
-from eventrouter.sink import CORE_OPTION_NAMES
+from eventrouter.sink import CORE_OPTION_NAMES, core_options
 from eventrouter.sinkurl import is_sensitive_name, redact_text
 
 
@@ -42,10 +42,19 @@ def sinks_command(argv: Sequence[str]) -> int:
             flags += " secret" if option.secret else ""
             print(f"    {option.name} ({option.describe()}{default}){flags}  {option.help}")
         if not args.all_options:
-            print("    + filter and delivery options: level, namespaces, kinds, reasons, exclude_*, min_count, "
-                  "queue_size, batch_size, flush_interval, max_retries, retry_backoff_max, overflow")
+            print(f"    + filter and delivery options: {common_option_names()} (--all-options shows them)")
         print()
     return 0
+
+
+def common_option_names() -> str:
+    """The options every sink takes, from their declaration (so the list cannot go stale); exclude_* for short."""
+    names: list[str] = []
+    for option in core_options(None, {}):
+        name = "exclude_*" if option.name.startswith("exclude_") else option.name
+        if name not in names:
+            names.append(name)
+    return ", ".join(names)
 
 
 def flag_value(value: object) -> str:

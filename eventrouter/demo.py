@@ -1,11 +1,12 @@
 """``make demo``: a fake cluster serving real recorded Events, watched by the router, printed on the console.
 
-Starts the simulator on 127.0.0.1 (the 1219 recorded events, plus a few new or repeated ones per
+Starts the simulator on 127.0.0.1 (the recorded real events, plus a few new or repeated ones per
 second), writes a kubeconfig for it in a temporary directory, and runs the router exactly as on a
 real cluster::
 
     eventrouter --source='kubernetes:?inClusterConfig=false&auth=<tmp>/kubeconfig' \\
-                --sink='log:?format=text' --checkpoint=file:<tmp>/checkpoint.json --healthz-port=0
+                --sink='log:?format=text' --checkpoint=file:<tmp>/checkpoint.json --data-dir=<tmp>/data \\
+                --healthz-port=0
 
 It stops by itself after ``DEMO_SECONDS`` (default 15; 0 runs until Ctrl-C) and exits 0.
 """
@@ -48,6 +49,7 @@ def main() -> int:
                 f"--source=kubernetes:?inClusterConfig=false&auth={kubeconfig}",
                 "--sink=log:?format=text",
                 f"--checkpoint=file:{Path(tmp) / 'checkpoint.json'}",
+                f"--data-dir={Path(tmp) / 'data'}",  # nothing left in the checkout (disk buffers, chat state)
                 "--healthz-port=0",
                 "--cluster-name=demo",
                 "--enrich=labels,owner",  # the simulator serves the Pods' and workloads' metadata

@@ -138,6 +138,31 @@ def test_sinks_lists_builtins_aliases_and_plugins(capsys):
     assert "format (one of json, text = json)" in out
 
 
+def test_sinks_names_every_option_every_sink_takes(capsys):
+    """The short listing's "+ filter and delivery options" line names each of them (it once lacked the
+    enrichment filters and buffer_max_bytes); --all-options shows each with its default."""
+    from eventrouter.sink import core_options
+
+    code, out, _ = run_cli(capsys, "sinks")
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("    + filter and delivery options: "))
+    named = set(line.split(": ", 1)[1].split(" (")[0].split(", "))
+    for option in core_options(None, {}):
+        assert option.name in named or (option.name.startswith("exclude_") and "exclude_*" in named), option.name
+    code, out, _ = run_cli(capsys, "sinks", "--all-options")
+    assert "    buffer_max_bytes (a string = 2GiB)" in out and "    owner_kinds (a list" in out
+
+
+def test_sinks_piped_into_head_ends_quietly():
+    """`eventrouter sinks | head -1`: the reader closes the pipe; no BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "eventrouter", "sinks"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().startswith(b"dingtalk  (eventrouter ")
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 141 and err == b"", err.decode()
+
+
 def test_check_masks_secrets_and_sends_a_test_event(capsys):
     code, out, _ = run_cli(capsys, "check", "--sink=log:?level=Warning", "--send-test")
     assert code == 0
