@@ -65,3 +65,16 @@ def test_metrics_count_every_undelivered_event_and_the_disk_buffer(tmp_path):
     assert samples[("eventrouter_sink_events_spilled_total", "slow")] == 497
     assert samples[("eventrouter_sink_buffer_capacity_bytes", "slow")] == 64 << 20
     assert 0 < samples[("eventrouter_sink_buffer_bytes", "slow")] < 64 << 20
+
+
+def test_a_data_dir_that_cannot_be_used_stops_start_up_with_one_line(tmp_path, capsys):
+    from eventrouter.cli import main
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    source = tmp_path / "events.jsonl"
+    source.write_bytes(b"")
+    code = main([f"--source=file:{source}", "--sink=log", f"--data-dir={blocker}", "--healthz-port=0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"eventrouter: error: --data-dir={blocker}: cannot ") and len(err.splitlines()) == 1
