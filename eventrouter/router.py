@@ -205,12 +205,22 @@ class SinkRunner:
                     self.stats.queued += 1
                     self._wake()
                     return
-                self._spilling = True
-                while queue:
-                    self._write(seqs.popleft(), queue.popleft())
+                self._spill_window_locked()
             self._write(seq, event)
             self.stats.queued += 1
         self._wake()
+
+    def _spill_window(self) -> None:
+        """Move the memory window to the disk buffer now, and queue behind it from here on."""
+        with self._lock:
+            if not self._spilling:
+                self._spill_window_locked()
+
+    def _spill_window_locked(self) -> None:
+        self._spilling = True
+        queue, seqs = self._queue, self._seqs
+        while queue:
+            self._write(seqs.popleft(), queue.popleft())
 
     def _write(self, seq: int, event: Event) -> None:
         buffer = self.buffer
@@ -464,6 +474,8 @@ class SinkRunner:
                 break
             delay = self._backoff(attempt, retry_after)
             self._log_error("retry", f"send failed, retry {attempt} in {delay:.1f}s", error)
+            if self.buffer is not None and self._queue and not self._spilling:
+                self._spill_window()  # the sink is down or refusing: what waits for it needs no RAM
             if self._hard_stop.wait(delay):
                 # shutdown deadline: leave the batch unsettled so a restart sends it again
                 self._abandoned = events

@@ -316,3 +316,24 @@ def test_the_delivery_position_reaches_disk_within_a_sync_interval_without_more_
     again = DiskBuffer(str(tmp_path / "b"), 1 << 30)
     again.open()
     assert again.restored == 0 and again.read(10) is None
+
+
+def test_a_sink_that_refuses_moves_its_memory_window_to_disk_at_once(tmp_path):
+    """A down sink holds no events in RAM but the batch being retried: the rest waits on disk."""
+    down = build(DownSink, "queue_size=1000&batch_size=5&flush_interval=10ms")
+    runner = SinkRunner.build(down, label="s", data_dir=str(tmp_path))
+    router = Router([runner])
+    router.start()
+    evs = [make_event(i) for i in range(5)]
+    for e in evs:
+        router.dispatch(e)
+    assert wait_for(lambda: runner.stats.retried > 0 or runner._inflight)
+    more = [make_event(i) for i in range(5, 200)]
+    for e in more:
+        router.dispatch(e)
+    assert wait_for(lambda: runner._spilling and not runner._queue)
+    assert runner.depth == 200 and runner.buffer.pending == 195
+    down.up = True
+    assert wait_for(lambda: len(down.received) == 200)
+    assert router.stop(5.0)
+    assert [e.key for e in down.received] == [e.key for e in evs + more]
