@@ -151,8 +151,9 @@ def run_parser() -> argparse.ArgumentParser:
                    help="log line format (default: $EVENTROUTER_LOG_FORMAT, else text)")
     p.add_argument("--checkpoint", type=_checkpoint, default=None,
                    help="configmap:NAMESPACE/NAME, file:PATH or none (default: configmap in-cluster, else a file)")
-    p.add_argument("--data-dir", default=".eventrouter",
-                   help="writable directory for the sinks' disk buffers and state (default .eventrouter)")
+    p.add_argument("--data-dir", default=os.environ.get("EVENTROUTER_DATA_DIR", ".eventrouter"),
+                   help="writable directory for the sinks' disk buffers and state "
+                        "(default: $EVENTROUTER_DATA_DIR, else .eventrouter)")
     p.add_argument("--max-event-age", type=_duration, default=None,
                    help="first start without a checkpoint: skip events older than this")
     p.add_argument("--leader-elect", nargs="?", const=True, default=False, type=_bool,

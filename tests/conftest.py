@@ -22,4 +22,6 @@ def _data_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     never the repository's ``.eventrouter`` (a buffer left by one test would be replayed by the next)."""
     import eventrouter.app
 
-    monkeypatch.setattr(eventrouter.app, "DEFAULT_DATA_DIR", str(tmp_path_factory.mktemp("data")))
+    data = str(tmp_path_factory.mktemp("data"))
+    monkeypatch.setattr(eventrouter.app, "DEFAULT_DATA_DIR", data)
+    monkeypatch.setenv("EVENTROUTER_DATA_DIR", data)  # the default of --data-dir, also in a child process

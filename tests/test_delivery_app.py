@@ -32,8 +32,11 @@ def test_each_sink_gets_its_own_state_dir_under_the_data_dir_before_it_opens(tmp
     assert len(out.read_bytes().splitlines()) == 3
 
 
-def test_the_data_dir_flag_defaults_to_eventrouter_in_the_working_directory():
+def test_the_data_dir_flag_defaults_to_eventrouter_in_the_working_directory(monkeypatch):
+    monkeypatch.delenv("EVENTROUTER_DATA_DIR")
     assert run_config(run_parser().parse_args(["--source=file:x"])).data_dir == ".eventrouter"
+    monkeypatch.setenv("EVENTROUTER_DATA_DIR", "/var/lib/eventrouter")
+    assert run_config(run_parser().parse_args(["--source=file:x"])).data_dir == "/var/lib/eventrouter"
     assert run_config(run_parser().parse_args(["--source=file:x", "--data-dir=/var/lib/x"])).data_dir == "/var/lib/x"
 
 
