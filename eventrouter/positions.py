@@ -91,12 +91,20 @@ class SinkPosition:
     def settle(self, events: Sequence[Event]) -> None:
         buckets = self._buckets
         with self._lock:
-            # a batch is mostly runs of one time: one set per run, the keys made in C
-            for when, run in groupby(events, _TIME):
-                bucket = buckets.get(when)
-                if bucket is None:
-                    buckets[when] = bucket = set()
-                bucket.update(map(_KEY, run))
+            if events and events[0].last_timestamp is events[-1].last_timestamp:
+                # a burst: runs of one time (parsed times are shared objects); one set update per run, in C
+                for when, run in groupby(events, _TIME):
+                    bucket = buckets.get(when)
+                    if bucket is None:
+                        buckets[when] = bucket = set()
+                    bucket.update(map(_KEY, run))
+            else:
+                get = buckets.get
+                for key, when in zip(map(_KEY, events), map(_TIME, events), strict=True):
+                    bucket = get(when)
+                    if bucket is None:
+                        buckets[when] = bucket = set()
+                    bucket.add(key)
             self._size += len(events)
             self.changes += 1
             if self._size > 2 * self.cap:  # a long burst between two checkpoints: bound the memory
