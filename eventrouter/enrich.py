@@ -87,6 +87,9 @@ def rbac_rule(api_version: str, kind: str) -> str:
     return f'apiGroups: ["{group}"], resources: ["{resource}"], verbs: ["get"]'
 
 
+_Answer = tuple[float, str, Mapping[str, str], Mapping[str, str], Owner | None]
+
+
 class ObjectKey(NamedTuple):
     api_version: str
     kind: str
@@ -243,7 +246,10 @@ class Enricher:
     def __init__(self, api: Any, settings: EnrichSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.settings = settings
+        self._clock = clock
         self.cache = MetaCache(settings.cache_size, settings.cache_ttl, clock)
+        # per involved object, the finished answer: (valid until, result, labels, annotations, owner)
+        self._answers: dict[tuple[str, str, str, str], _Answer] = {}
         self.bucket = TokenBucket(settings.qps, settings.burst, clock)
         self.waits = WaitBudget(settings.timeout, clock=clock)
         self.stats = EnrichStats()
@@ -261,6 +267,11 @@ class Enricher:
     def enrich(self, event: Event) -> Event:
         """The same Event with labels/annotations/owner set when its object's metadata is at hand."""
         ref = event.involved_object
+        # hot path: the finished answer for this object (most events name an object seen before)
+        memo_key = (ref.api_version, ref.kind, ref.namespace, ref.name)
+        done = self._answers.get(memo_key)
+        if done is not None and done[0] > self._clock():
+            return self._apply(event, done)
         if not ref.kind or not ref.name:
             return event
         key = ObjectKey(ref.api_version or "v1", ref.kind, ref.namespace, ref.name)
@@ -269,18 +280,29 @@ class Enricher:
             self.stats.events["late"] += 1
             return event
         if meta.deleted:
-            self.stats.events["not_found"] += 1
-            return event
-        owner = self._top_owner(key, meta) if self._want_owner else None
+            answer: _Answer = (self._clock() + self.settings.cache_ttl, "not_found", NO_LABELS, NO_LABELS, None)
+        else:
+            owner, complete = self._top_owner(key, meta) if self._want_owner else (None, True)
+            answer = (self._clock() + self.settings.cache_ttl if complete else 0.0, "enriched",
+                      meta.labels if self._want_labels else NO_LABELS,
+                      meta.annotations if self._want_annotations else NO_LABELS, owner)
+        if answer[0]:
+            if len(self._answers) >= self.settings.cache_size:
+                self._answers.clear()
+            self._answers[memo_key] = answer
+        return self._apply(event, answer)
+
+    def _apply(self, event: Event, answer: _Answer) -> Event:
+        _, result, labels, annotations, owner = answer
+        self.stats.events[result] += 1
         # The event was just built by the source and no sink has seen it yet: setting its slots here is
         # part of its construction (dataclasses.replace would copy all 20 fields per event).
-        if self._want_labels and meta.labels:
-            object.__setattr__(event, "labels", meta.labels)
-        if self._want_annotations and meta.annotations:
-            object.__setattr__(event, "annotations", meta.annotations)
+        if labels:
+            object.__setattr__(event, "labels", labels)
+        if annotations:
+            object.__setattr__(event, "annotations", annotations)
         if owner is not None:
             object.__setattr__(event, "owner", owner)
-        self.stats.events["enriched"] += 1
         return event
 
     def _resolve(self, key: ObjectKey) -> ObjectMeta | None:
@@ -313,8 +335,9 @@ class Enricher:
         finally:
             self.waits.spend(time.monotonic() - started)
 
-    def _top_owner(self, key: ObjectKey, meta: ObjectMeta) -> Owner:
-        """The top of the ownership chain (controller references), or the object itself."""
+    def _top_owner(self, key: ObjectKey, meta: ObjectMeta) -> tuple[Owner, bool]:
+        """The top of the ownership chain (controller references), or the object itself; and whether the
+        chain was followed to its end (False: a link is still being looked up)."""
         top = key
         current = meta
         for _ in range(MAX_OWNER_DEPTH):
@@ -323,10 +346,12 @@ class Enricher:
                 break
             top = ref
             parent = self._resolve(ref)
-            if parent is None or parent.deleted:
-                break  # not at hand yet, or gone: name the owner known so far
+            if parent is None:
+                return _owner(top), False  # not at hand yet: name the owner known so far
+            if parent.deleted:
+                break  # gone: it is the top
             current = parent
-        return _owner(top)
+        return _owner(top), True
 
     # ---- lookups (pool threads) -------------------------------------------------------------
     def _lookup(self, key: ObjectKey, token: bool = False) -> Future[ObjectMeta]:
