@@ -638,6 +638,7 @@ class Replica:
             healthz_ip="127.0.0.1",
             healthz_port=self.port,
             shutdown_timeout=5.0,
+            data_dir=str(out.parent / f"data-{self.port}"),  # each replica its own volume, as each pod has
         )
         self.result: list[int] = []
         self.thread = threading.Thread(target=lambda: self.result.append(run(self.config, self.stop)), daemon=True)
