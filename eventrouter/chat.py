@@ -325,7 +325,8 @@ class Digest:
             head = f"{total} more {noun} (" + " and ".join(f"{n} {t}" for t, n in types.most_common()) + ")"
         parts = [f"{g.reason} x{g.count} {where(g.namespace)}" for g in groups[:limit]]
         if len(groups) > limit:
-            parts.append(f"and {len(groups) - limit} more groups")
+            more = len(groups) - limit
+            parts.append(f"and {more} more {'group' if more == 1 else 'groups'}")
         if other:
             parts.append(f"{other} in groups beyond {_MAX_GROUPS}")
         return head + ": " + ", ".join(parts)

@@ -143,6 +143,15 @@ def test_digest_headline_groups_by_reason_and_namespace():
     assert digest.headline() == "37 more Warning events: BackOff x30 in ns a, FailedScheduling x7 in ns b"
 
 
+def test_digest_headline_counts_the_groups_it_does_not_name_in_good_english():
+    digest = Digest()
+    for n, reason in enumerate(("BackOff", "Failed", "Unhealthy", "FailedMount", "FailedScheduling", "Evicted")):
+        digest.add(make_event(n, reason=reason))
+    assert digest.headline().endswith(", and 1 more group")  # was "and 1 more groups"
+    digest.add(make_event(9, reason="Killing"))
+    assert digest.headline().endswith(", and 2 more groups")
+
+
 def test_digest_mixed_types_and_cluster_scoped_objects():
     digest = Digest()
     node = make_event(1, reason="NodeNotReady", namespace="", type="Normal")
