@@ -150,7 +150,8 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-format", choices=("text", "json"), default=os.environ.get("EVENTROUTER_LOG_FORMAT", "text"),
                    help="log line format (default: $EVENTROUTER_LOG_FORMAT, else text)")
     p.add_argument("--checkpoint", type=_checkpoint, default=None,
-                   help="configmap:NAMESPACE/NAME, file:PATH or none (default: configmap in-cluster, else a file)")
+                   help="configmap:[NAMESPACE/]NAME (own namespace by default), file:PATH or none (default: configmap "
+                   "in-cluster, else a file)")
     p.add_argument("--data-dir", default=os.environ.get("EVENTROUTER_DATA_DIR", ".eventrouter"),
                    help="writable directory for the sinks' disk buffers and state "
                         "(default: $EVENTROUTER_DATA_DIR, else .eventrouter)")
