@@ -1,4 +1,6 @@
-"""A sink's disk backlog belongs to that sink: after a restart with a changed --sink (another URL, or two
+"""Defects QA found in parts still being edited this round, as strict xfails (each marker goes with its fix).
+
+A sink's disk backlog belongs to that sink: after a restart with a changed --sink (another URL, or two
 sinks of one kind in another order), events kept for one destination must not be delivered to another.
 
 Found by QA (this round): the buffer directory is named after the sink's label (``webhook``, ``webhook-2``),
@@ -54,3 +56,15 @@ def test_a_backlog_kept_for_one_destination_never_reaches_another(tmp_path: Path
         receiver.stop()
     wanted = [line.split('"uid":"', 1)[1].split('"', 1)[0] for line in (tmp_path / "b.jsonl").read_text().splitlines()]
     assert got == wanted
+
+
+@pytest.mark.xfail(strict=True, reason="stores: the MySQL DSN's tcp(host:port) is not range-checked")
+@pytest.mark.parametrize("address", ["h:99999", "h:0", "[bad"])
+def test_a_mysql_dsn_address_that_is_not_host_port_stops_start_up(address: str) -> None:
+    """Every other host:port in a flag exits 2 naming it (README, docs/operations.md); found by QA: these
+    MySQL addresses are accepted and the sink retries a connection that can never succeed."""
+    from eventrouter.config import build_sink
+    from eventrouter.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"port|host"):
+        build_sink(f"mysql:?root:pw@tcp({address})/db")
