@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from eventrouter.config import build_sink
+from eventrouter.datadir import claim
 from eventrouter.enrich import EnrichSettings, attach_enricher
 from eventrouter.errors import ConfigError, SinkError
 from eventrouter.options import Secret
@@ -50,6 +51,8 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
     labels = _labels([s.name for s in sinks])
     data_dir = config.data_dir or DEFAULT_DATA_DIR
     try:
+        for sink, label, flag in zip(sinks, labels, config.sinks, strict=True):
+            claim(data_dir, label, flag, sink.describe())  # a changed destination never gets old events
         router = Router(SinkRunner.build(sink, label=label, data_dir=data_dir)
                         for sink, label in zip(sinks, labels, strict=True))
     except OSError as exc:

@@ -27,7 +27,6 @@ def _lines(path: Path, count: int, first: int = 0) -> Path:
     return path
 
 
-@pytest.mark.xfail(strict=True, reason="core: disk buffers are keyed by sink label, not by destination")
 def test_a_backlog_kept_for_one_destination_never_reaches_another(tmp_path: Path) -> None:
     data = tmp_path / "data"
     common = ["--healthz-port=0", "--checkpoint=none", f"--data-dir={data}", "--shutdown-timeout=1s"]
