@@ -41,6 +41,15 @@ log = logging.getLogger("eventrouter.enrich")
 FEATURES = ("labels", "annotations", "owner")
 # The Accept header that makes the API server answer with metadata only (no spec, no data).
 METADATA_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+METADATA_LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+# listed at start-up to warm the cache, owners first: (apiVersion, kind, resource, namespaced)
+WARM_KINDS = (
+    ("apps/v1", "Deployment", "deployments", True), ("apps/v1", "StatefulSet", "statefulsets", True),
+    ("apps/v1", "DaemonSet", "daemonsets", True), ("batch/v1", "CronJob", "cronjobs", True),
+    ("batch/v1", "Job", "jobs", True), ("apps/v1", "ReplicaSet", "replicasets", True),
+    ("v1", "Node", "nodes", False), ("v1", "Pod", "pods", True),
+)
+WARM_PAGE = 500
 MAX_OWNER_DEPTH = 5  # Pod -> ReplicaSet -> Deployment is 3; a loop in ownerReferences must end
 WAIT_SHARE = 0.1  # at most this share of the wall time is spent by the watch waiting for lookups
 MAX_PENDING = 10_000  # lookups queued at once (a storm of new objects); past it, events go on unenriched
@@ -421,6 +430,54 @@ class Enricher:
                 break
         return ObjectMeta(labels, annotations, controller)
 
+    # ---- start-up ----------------------------------------------------------------------------
+    def warm(self, namespaces: Iterable[str] = (), deadline: float = 10.0) -> int:
+        """List the metadata of the usual kinds (owners first) into the cache before the first events, so
+        a start or a re-list is enriched from the first event instead of after a per-object warm-up. Pages
+        take rate tokens like lookups; stops at ``deadline`` seconds or a full cache. A kind the RBAC does
+        not let us list is skipped (per-object lookups then fill in). Returns the objects cached."""
+        stop_at = time.monotonic() + deadline
+        cached = 0
+        scopes = list(namespaces) or [""]
+        for api_version, kind, resource, namespaced in WARM_KINDS:
+            for namespace in scopes if namespaced else [""]:
+                group = api_version.rpartition("/")[0]
+                base = f"/apis/{api_version}" if group else f"/api/{api_version}"
+                path = f"{base}/namespaces/{namespace}/{resource}" if namespace else f"{base}/{resource}"
+                params: dict[str, Any] = {"limit": WARM_PAGE}
+                while True:
+                    if time.monotonic() >= stop_at or len(self.cache) >= self.settings.cache_size:
+                        log.info("enrich: cache warmed with %d objects (stopped early: %s)", cached,
+                                 "time" if time.monotonic() >= stop_at else "cache full")
+                        return cached
+                    if not self.bucket.take(self._stop):
+                        return cached
+                    try:
+                        resp = self.api.request("GET", path, params=params,
+                                                headers={"Accept": METADATA_LIST_ACCEPT}, timeout=10.0)
+                    except Exception as exc:
+                        log.info("enrich: listing %s for the cache failed (%s); per-object lookups instead",
+                                 resource, type(exc).__name__)
+                        break
+                    if resp.status_code != 200:
+                        log.info("enrich: listing %s metadata answered %d%s; per-object lookups instead", resource,
+                                 resp.status_code, f" (grant list: {rbac_rule(api_version, kind)} with "
+                                 f'"list")' if resp.status_code == 403 else "")
+                        break
+                    doc = orjson.loads(resp.content)
+                    for item in doc.get("items") or ():
+                        meta = item.get("metadata") if isinstance(item, dict) else None
+                        if isinstance(meta, dict) and meta.get("name"):
+                            key = ObjectKey(api_version, kind, str(meta.get("namespace") or ""), str(meta["name"]))
+                            self.cache.put(key, self._meta(item))
+                            cached += 1
+                    token = (doc.get("metadata") or {}).get("continue")
+                    if not token:
+                        break
+                    params["continue"] = token
+        log.info("enrich: cache warmed with %d objects", cached)
+        return cached
+
     def metrics(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # at scrape time: start-up
 
@@ -487,6 +544,7 @@ def attach_enricher(router: Any, source: Any, settings: EnrichSettings) -> Enric
         raise ConfigError(f"--enrich={','.join(sorted(features))} (or a labels=/owner_kinds= filter) needs "
                           "--source=kubernetes: the labels and owners are read from the API server")
     enricher = Enricher(api, EnrichSettings(**{**settings.__dict__, "features": frozenset(features)}))
+    enricher.warm(getattr(getattr(source, "settings", None), "namespaces", None) or ())
     router.prepare = enricher.enrich
     router.enricher = enricher
     log.info("enrichment on: %s (at most %g requests/s, burst %d; cache %d objects, %gs)",

@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from eventrouter.simulator.store import Conflict, Expired, NotFound, list_key, to_events_v1
+from eventrouter.simulator.workloads import list_path
 
 if TYPE_CHECKING:
     from eventrouter.simulator.sim import Simulator
@@ -168,7 +169,7 @@ class Handler(BaseHTTPRequestHandler):
                         sim.open_watches -= 1
             return self._list(sim, api, namespace, query)
         if method == "GET":  # Pods, Deployments, ... metadata (for --enrich): simulator/workloads.py
-            served = sim.workloads.answer(parts, self.headers.get("Accept") or "")
+            served = sim.workloads.answer(parts, self.headers.get("Accept") or "", query)
             if served is not None:
                 self._send_json(*served)
                 return served[0]
@@ -437,7 +438,8 @@ def _verb(method: str, parts: list[str], query: dict[str, str]) -> str:
         return "update"
     if query.get("watch") in ("1", "true", "True"):
         return "watch"
-    if _events_path(parts) is not None or (_object_path(parts) or ("", "", "x"))[2] is None:
+    if (_events_path(parts) is not None or list_path(parts) is not None
+            or (_object_path(parts) or ("", "", "x"))[2] is None):
         return "list"
     return "get"
 

@@ -46,7 +46,8 @@ class Workloads:
         self._objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
         self.answered: list[tuple[float, str]] = []  # (time.monotonic(), path) of each object GET answered
-        self.full_reads = 0  # GETs answered with the full object (a metadata-only client makes none)
+        self.full_reads = 0  # objects answered in full (a metadata-only client gets none)
+        self.lists = 0  # list requests answered
 
     def add(self, kind: str, namespace: str, name: str, *, labels: dict[str, str] | None = None,
             annotations: dict[str, str] | None = None, owner: tuple[str, str] | None = None) -> dict[str, Any]:
@@ -81,8 +82,13 @@ class Workloads:
         return len(self._objects)
 
     # ---- the HTTP side --------------------------------------------------------------------------
-    def answer(self, parts: list[str], accept: str) -> tuple[int, dict[str, Any]] | None:
-        """(status, body) for a GET of one served object, or None if the path is not a workload path."""
+    def answer(self, parts: list[str], accept: str, query: dict[str, str] | None = None,
+               ) -> tuple[int, dict[str, Any]] | None:
+        """(status, body) for a GET of one served object or a list of one kind, or None if the path is
+        not a workload path."""
+        listed = list_path(parts)
+        if listed is not None:
+            return self._list(*listed, accept, query or {})
         found = _parse(parts)
         if found is None:
             return None
@@ -100,6 +106,28 @@ class Workloads:
             return 200, {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
         self.full_reads += 1
         return 200, obj
+
+    def _list(self, kind: str, namespace: str | None, accept: str, query: dict[str, str],
+              ) -> tuple[int, dict[str, Any]]:
+        """A list of one kind (all namespaces when ``namespace`` is None), paged by ``limit``/``continue``."""
+        with self._lock:
+            self.lists += 1
+            objs = [o for (k, ns, _), o in sorted(self._objects.items())
+                    if k == kind and (namespace is None or ns == namespace)]
+        start = int(query.get("continue") or 0)
+        limit = int(query.get("limit") or 0) or len(objs) or 1
+        page = objs[start:start + limit]
+        meta: dict[str, Any] = {"resourceVersion": "1"}
+        if start + limit < len(objs):
+            meta["continue"] = str(start + limit)
+        if "as=PartialObjectMetadataList" in accept:
+            items = [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
+                     for o in page]
+            return 200, {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
+                         "items": items}
+        self.full_reads += len(page)
+        return 200, {"kind": f"{kind}List", "apiVersion": RESOURCES[_KIND_RESOURCE[kind]][0], "metadata": meta,
+                     "items": page}
 
     # ---- the owner chains the recorded events imply -------------------------------------------------
     def infer(self, events: Iterable[dict[str, Any]]) -> None:
@@ -163,6 +191,27 @@ class Workloads:
 
 
 _ORDER = ["CronJob", "Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet", "Node", "Pod"]
+
+
+def list_path(parts: list[str]) -> tuple[str, str | None] | None:
+    """(kind, namespace or None for all) of a list path of a served kind, else None."""
+    for prefix in _GROUP_VERSIONS.values():
+        n = len(prefix)
+        if tuple(parts[:n]) != prefix:
+            continue
+        rest = parts[n:]
+        if len(rest) == 3 and rest[0] == "namespaces":
+            namespace: str | None = rest[1]
+            resource = rest[2]
+        elif len(rest) == 1:
+            namespace, resource = None, rest[0]
+        else:
+            return None
+        spec = RESOURCES.get(resource)
+        if spec is None or "/".join(prefix[1:]) != spec[0] or (namespace is not None and not spec[2]):
+            return None
+        return spec[1], namespace
+    return None
 
 
 def _parse(parts: list[str]) -> tuple[str, str, str, str] | None:
