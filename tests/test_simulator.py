@@ -213,7 +213,9 @@ def test_make_demo_shows_events_and_stops_by_itself() -> None:
     lines = done.stdout.splitlines()
     assert len(lines) >= 1217
     # listed in etcd's key order (namespace/name), as a real API server lists
-    assert "Pod/message-container-creating-failed-mount/crashpod-f9b59484-7828f Scheduled" in done.stdout
+    # with the owning workload: the demo runs with --enrich=labels,owner and a warm cache
+    assert ("Pod/message-container-creating-failed-mount/crashpod-f9b59484-7828f (Deployment crashpod) Scheduled"
+            in done.stdout)
     assert "Pod/ci/busybox Pulling" in lines[0]
     assert "received SIGINT: stopping the watch" in done.stderr
 
