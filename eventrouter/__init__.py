@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     )
     from eventrouter.event import Event, InvolvedObject, format_time
     from eventrouter.http import HTTP_OPTIONS, TLS_OPTIONS, http_client, raise_for_status, transport_error
-    from eventrouter.options import URL, Duration, HostPort, Option, Options, Secret
+    from eventrouter.options import URL, Duration, HostPort, Option, Options, Secret, check_authority
     from eventrouter.rates import ChatRates, Rate, parse_rates, use_rates
     from eventrouter.records import json_line
     from eventrouter.sink import Sink
@@ -56,6 +56,7 @@ _LAZY = {
     "EventTemplate": "eventrouter.templates",
     "format_time": "eventrouter.event",
     "HostPort": "eventrouter.options",
+    "check_authority": "eventrouter.options",
     "http_client": "eventrouter.http",
     "HTTP_OPTIONS": "eventrouter.http",
     "InvolvedObject": "eventrouter.event",
@@ -140,6 +141,7 @@ __all__ = [
     "api_base",
     "chat_endpoint",
     "chat_tz",
+    "check_authority",
     "format_time",
     "http_client",
     "json_line",

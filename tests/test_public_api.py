@@ -10,7 +10,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 PUBLIC = {
     # the Sink API
-    "Sink", "Option", "Options", "Secret", "Duration", "HostPort", "URL", "SinkURL", "Event", "InvolvedObject",
+    "Sink", "Option", "Options", "Secret", "Duration", "HostPort", "URL", "check_authority", "SinkURL", "Event",
+    "InvolvedObject",
     "format_time", "json_line",
     "ConfigError", "SinkConfigError", "SinkError", "RetryableError", "PermanentError", "PartialError",
     # shared option groups and helpers a sink may use

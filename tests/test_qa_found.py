@@ -57,7 +57,6 @@ def test_a_backlog_kept_for_one_destination_never_reaches_another(tmp_path: Path
     assert got == wanted
 
 
-@pytest.mark.xfail(strict=True, reason="stores: the MySQL DSN's tcp(host:port) is not range-checked")
 @pytest.mark.parametrize("address", ["h:99999", "h:0", "[bad"])
 def test_a_mysql_dsn_address_that_is_not_host_port_stops_start_up(address: str) -> None:
     """Every other host:port in a flag exits 2 naming it (README, docs/operations.md); found by QA: these

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from eventrouter import check_authority
+
 ADDRESS = re.compile(r"@(?:(\w+)\(([^)]*)\))?/")
 NO_USER = re.compile(r"^(?:(\w+)\(([^)]*)\))?/")
 
@@ -40,6 +42,10 @@ def parse_dsn(text: str) -> DSN:
         raise ValueError(f"network {net!r} is not supported; use tcp(host:port) or unix(/path/to/socket)")
     if net == "unix" and not address:
         raise ValueError("unix() needs the socket path, for example unix(/run/mysqld/mysqld.sock)")
+    if net != "unix" and address:
+        problem = check_authority(address)  # the one host:port check every flag gets (exit 2, one line)
+        if problem:
+            raise ValueError(f"tcp({address}): {problem}")
     return DSN(user, password, net, address or "127.0.0.1:3306", database, params)
 
 

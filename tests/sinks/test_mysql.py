@@ -115,7 +115,7 @@ BAD_FLAGS = [
     ("mysql:?user:pw@tcp(h:3306)/", "names no database"),
     ("mysql:?just-some-text", "cannot read the DSN"),
     ("mysql:?user:pw@pipe(x)/db", "network 'pipe' is not supported"),
-    ("mysql:?user:pw@tcp(h:port)/db", "bad address"),
+    ("mysql:?user:pw@tcp(h:port)/db", "the port 'port' is not a number from 1 to 65535"),
     ("mysql://user:pw@h:3306/db", "expected the DSN after '?'"),
 ]
 
