@@ -100,10 +100,10 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
     started = time.monotonic()
     deadline = started + config.shutdown_timeout
     source_thread.join(config.shutdown_timeout)
+    if enricher is not None:
+        enricher.close()  # no more events to enrich; before the source closes the API client under its lookups
     drained = router.stop(max(0.0, deadline - time.monotonic()))
     source.finish(router)
-    if enricher is not None:
-        enricher.close()
     if server is not None:
         server.shutdown()
     _log_totals(router, drained, time.monotonic() - started)

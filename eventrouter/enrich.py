@@ -389,6 +389,8 @@ class Enricher:
         try:
             resp = self.api.request("GET", path, headers={"Accept": METADATA_ACCEPT}, timeout=10.0)
         except Exception as exc:
+            if self._stop.is_set():
+                raise  # shutting down: the connection was closed under this lookup, nothing to report
             self.stats.requests["error"] += 1
             self._errors.log(logging.WARNING, "transport", "enrich: GET %s failed: %s", path, type(exc).__name__)
             raise
