@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 
-from benchmarks import delivery, idle, influxdb, memory, pipeline, restart, sinks, startup
+from benchmarks import burst_rss, delivery, idle, influxdb, memory, pipeline, restart, sinks, startup
 
 
 def _notes(r: dict) -> str:
+    if "rss_mb_ready" in r:
+        return (f"{r['stored']} stored (0 lost, 0 duplicated) in {r['seconds']}s; RSS {r['rss_mb_ready']} MB "
+                f"ready, {r['rss_mb_after_drain']} MB 5 s after the drain")
     if "rss_mb_after_drain" in r:
         return (f"lost {r['lost']}, duplicated {r['duplicated']}; disk buffer peak {r['disk_buffer_peak_mb']} MB, "
                 f"RSS after the drain {r['rss_mb_after_drain']} MB")
@@ -34,7 +37,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
     names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "burst", "stall",
-                                                              "restart", "sinks", "influxdb", "startup", "idle"]
+                                                              "restart", "sinks", "influxdb", "startup", "idle",
+                                                              "burst-rss"]
     results = []
     for name in names:
         if name == "pipeline":
@@ -65,6 +69,8 @@ def main(argv: list[str]) -> int:
         elif name == "idle":
             results.append(("idle 10 events/s, log sink", idle.run(10 if small else 60)))
             results.append(("idle 10 events/s, 9 built-in sinks", idle.run(10 if small else 60, all_sinks=True)))
+        elif name == "burst-rss":
+            results.extend(burst_rss.run(2_000 if small else 20_000))
         elif name.startswith("sinks:"):  # one sink only, e.g. sinks:kafka
             results.extend(sinks.run(5_000 if small else 50_000, name.split(":", 1)[1].split(",")))
         else:

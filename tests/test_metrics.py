@@ -315,7 +315,7 @@ def test_json_logs_from_the_cli_mask_secrets_and_aggregate(faulty_plugin: Path) 
             f"-source=file:{EVENTS_FILE}",
             "--log-format=json",
             "--healthz-port=0",
-            "--sink=faulty:?mode=permanent&token=$FAULTY_TOKEN",
+            "--sink=faulty:?mode=permanent&token=$FAULTY_TOKEN&queue_size=2000",  # all 1219 in memory: no spill line
         ],
         env=dict(env, FAULTY_TOKEN=TOKEN),
         capture_output=True,

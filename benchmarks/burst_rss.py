@@ -1,0 +1,94 @@
+"""Peak RSS of a router process on a 20,000-event burst into Kafka and into MySQL (issue 20).
+
+The router runs as ``python -m eventrouter`` in its own process (only its memory is measured), with the
+real Kubernetes source against the simulator child and one sink at its **default options** writing to a
+real server (tansu for Kafka, MariaDB for MySQL). Once the router is ready, the simulator releases N =
+20,000 fresh events at once into the watch. The run ends when the sink has sent N (the router's own
+``/metrics``); the figure is the process's peak RSS (``VmHWM`` from /proc), and RSS again 5 s after the
+drain. Afterwards the server is asked what it holds: a run fails unless it is exactly N (nothing lost,
+nothing written twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from benchmarks._common import SimulatorChild, report
+from benchmarks.idle import ROOT, _free_port, _sent_by_sink, proc_rss_mb
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def measure(name: str, flag: str, n: int) -> tuple[dict[str, Any], float]:
+    sim = SimulatorChild()
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "eventrouter", f"--source={sim.source_flag()}", f"--sink={flag}",
+            "--healthz-ip=127.0.0.1", f"--healthz-port={port}", f"--checkpoint=file:{sim.dir}/checkpoint.json",
+            f"--data-dir={sim.dir}/data"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=sim.dir,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the router did not get ready: {proc.stderr.read().decode()[-2000:]}"
+                                   if proc.stderr else "the router did not get ready")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.1)
+        time.sleep(1)
+        rss_ready = proc_rss_mb(proc.pid)
+        sim.prepare(n)
+        sim.go()
+        start = time.monotonic()
+        deadline = start + 600
+        while sum(_sent_by_sink(base).values()) < n:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name}: the sink did not send {n} events: {_sent_by_sink(base)}")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - start
+        peak = _peak_rss_mb(proc.pid)
+        time.sleep(5)
+        rss_after = proc_rss_mb(proc.pid)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        sim.close()
+    return {"events": n, "seconds": round(elapsed, 2), "rss_mb_ready": round(rss_ready, 1),
+            "peak_rss_mb": round(peak, 1), "rss_mb_after_drain": round(rss_after, 1)}, elapsed
+
+
+def run(n: int = 20_000, names: tuple[str, ...] = ("kafka", "mysql")) -> list[tuple[str, dict[str, Any]]]:
+    from benchmarks.sinks import kafka_target, mysql_target
+
+    targets = {"kafka": kafka_target, "mysql": mysql_target}
+    results = []
+    for sink in names:
+        with targets[sink]() as target:
+            figures, _ = measure(f"burst-rss-{sink}", target.flag("burst"), n)
+            stored = target.stored("burst")
+        if stored != n:
+            raise RuntimeError(f"burst-rss-{sink}: the server holds {stored} of {n} events")
+        results.append((f"burst RSS: {n // 1000}k events, {sink}",
+                        report(f"burst-rss-{sink}", {"sink": sink, **figures, "stored": stored})))
+    return results
