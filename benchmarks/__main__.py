@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from benchmarks import burst_rss, delivery, idle, influxdb, memory, pipeline, restart, sinks, startup
+from benchmarks import burst_rss, delivery, idle, influxdb, memory, pipeline, relist, restart, sinks, startup
 
 
 def _notes(r: dict) -> str:
+    if "lost_lagging" in r:
+        return (f"{r['live_events_relisted']} live Events re-listed in {r['relist_s']}s; lost {r['lost_healthy']}/"
+                f"{r['lost_lagging']}, duplicated {r['duplicated_healthy']}/{r['duplicated_lagging']} (healthy/lagging "
+                f"sink); checkpoint {r['checkpoint_kb_after_hour']} KB")
     if "rss_mb_ready" in r:
         return (f"{r['stored']} stored (0 lost, 0 duplicated) in {r['seconds']}s; RSS {r['rss_mb_ready']} MB "
                 f"ready, {r['rss_mb_after_drain']} MB 5 s after the drain")
@@ -37,8 +41,8 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
     names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "burst", "stall",
-                                                              "restart", "sinks", "influxdb", "startup", "idle",
-                                                              "burst-rss"]
+                                                              "restart", "relist", "sinks", "influxdb", "startup",
+                                                              "idle", "burst-rss"]
     results = []
     for name in names:
         if name == "pipeline":
@@ -60,6 +64,8 @@ def main(argv: list[str]) -> int:
         elif name == "restart":
             results.append(("restart (SIGTERM) mid-stream", restart.run(2_000 if small else 20_000)))
             results.append(("restart (SIGKILL) mid-stream", restart.run(2_000 if small else 20_000, kill=True)))
+        elif name == "relist":
+            results.append(("410 re-list after an hour at 30 events/s, a lagging sink", relist.run(6 if small else 60)))
         elif name == "sinks":
             results.extend(sinks.run(5_000 if small else 50_000))
         elif name == "influxdb":

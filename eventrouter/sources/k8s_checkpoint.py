@@ -244,6 +244,7 @@ class Progress:
 
     positions: dict[str, str] = field(default_factory=dict)
     shown: dict[bytes, None] = field(default_factory=dict)  # settled occurrences' shown_key, oldest first
+    shown_max: datetime | None = None  # the newest lastTimestamp among them: nothing newer can be in ``shown``
     # The unsettled notes, as parallel deques rather than a tuple per note (one object less per event for
     # the garbage collector): ``pending`` holds their seqs; each seq is appended after its other fields,
     # so whoever sees a seq finds the rest. ``entry`` is the source's dedupe record (rv, count, time, hash).
@@ -295,6 +296,8 @@ class Progress:
                     key = shown_key(uid, entry[1], entry[2])
                     shown.pop(key, None)
                     shown[key] = None
+                    if self.shown_max is None or entry[2] > self.shown_max:
+                        self.shown_max = entry[2]
                 self.changed = True
         excess = len(shown) - SHOWN_CAP
         if excess > 0:
@@ -308,15 +311,22 @@ class Progress:
             raw = base64.b64decode(blob)
             for i in range(0, len(raw) - 7, 8):
                 self.shown[raw[i:i + 8]] = None
+        newest = doc.get("shown_max")
+        if isinstance(newest, (int, float)):
+            self.shown_max = datetime.fromtimestamp(newest, UTC)
         for uid, value in (doc.get("delivered") or {}).items():  # version 1: [rv, count, lastTimestamp (s)]
             if isinstance(value, list) and len(value) == 3:
-                self.shown[shown_key(uid, int(value[1]), datetime.fromtimestamp(int(value[2]), UTC))] = None
+                when = datetime.fromtimestamp(int(value[2]), UTC)
+                self.shown[shown_key(uid, int(value[1]), when)] = None
+                if self.shown_max is None or when > self.shown_max:
+                    self.shown_max = when
 
     def document(self, server: str, api: str, namespaces: list[str], sinks: dict[str, Any]) -> dict[str, Any]:
         return {
             "version": 2, "server": server, "api": api, "namespaces": namespaces,
             "positions": dict(self.positions),
             "shown": base64.b64encode(b"".join(list(self.shown))).decode("ascii"),
+            "shown_max": self.shown_max.timestamp() if self.shown_max is not None else None,
             "sinks": sinks,
             "written": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }

@@ -91,6 +91,7 @@ class ListWatch:
     _errors: ThrottledLog
     _dispatch_lock: threading.Lock
     _listing: set[str]  # streams whose list started and has not completed yet
+    _restored_until: datetime | None  # the loaded checkpoint's newest shown occurrence time
     _listing_lock: threading.Lock
 
     # ---- list + watch loop for one stream (all namespaces, or one) ----------------------------
@@ -237,8 +238,10 @@ class ListWatch:
         if prev is not None:
             same = unchanged(prev, entry)
         else:
+            until = self._restored_until  # nothing newer than the loaded checkpoint's occurrences can match
             shown = self.progress.shown if self.progress is not None else None
-            same = bool(shown) and shown_key(uid, entry[1], entry[2]) in shown  # type: ignore[operator]
+            same = (until is not None and entry[2] <= until and shown is not None
+                    and shown_key(uid, entry[1], entry[2]) in shown)
         if same:
             self.state.unchanged_suppressed += 1
         return same
@@ -332,8 +335,9 @@ class ListWatch:
         # seen_record(rv, event), inlined: one tuple, shared by the dedupe memory and the checkpoint
         entry = (rv, event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
         seen[uid] = entry
-        if (prev is not None and prev[1:] == entry[1:]) or (prev is None and progress.shown  # type: ignore[union-attr]
-                                                            and self._unchanged(None, uid, entry)):
+        until = self._restored_until  # after a restart: the checkpoint's "shown" (a datetime compare, cheap)
+        if (prev is not None and prev[1:] == entry[1:]) or (
+                prev is None and until is not None and entry[2] <= until and self._unchanged(None, uid, entry)):
             if prev is not None:
                 state.unchanged_suppressed += 1
             progress.note_entry(router.seq, stream, rv, uid, entry)  # type: ignore[union-attr]

@@ -100,6 +100,7 @@ class KubernetesSource(ListWatch):
         self._errors = ThrottledLog(log, 30.0)
         self._dispatch_lock = threading.Lock()
         self._listing: set[str] = set()
+        self._restored_until: datetime | None = None
         self._listing_lock = threading.Lock()
         prefix = "/api/v1" if settings.api == "v1" else "/apis/events.k8s.io/v1"
         self._paths = {ns: f"{prefix}/namespaces/{ns}/events" for ns in settings.namespaces} or {"": f"{prefix}/events"}
@@ -193,6 +194,7 @@ class KubernetesSource(ListWatch):
                 router.restore_positions(doc["sinks"])
         router.positions()  # the baseline of position_changed(): write only once something moves
         self.seen = {}
+        self._restored_until = progress.shown_max
         self.progress = progress
         if self.checkpoint is not None and self.state.checkpoint_written is None:
             # the age of the stored position: the loaded one's, else none stored since we started
