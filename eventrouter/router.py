@@ -34,6 +34,7 @@ from eventrouter.errors import PartialError, PermanentError, RetryableError
 from eventrouter.event import Event
 from eventrouter.filters import EventFilter
 from eventrouter.logutil import ThrottledLog
+from eventrouter.memory import RELEASE_AFTER, release_memory
 from eventrouter.options import Secret
 from eventrouter.positions import KEYS_CAP, KEYS_TOTAL, SinkPosition, event_key
 from eventrouter.sink import Sink
@@ -118,6 +119,7 @@ class SinkRunner:
         self._errors = ThrottledLog(logging.getLogger(f"eventrouter.sinks.{sink.name}"), 30.0)
         self._secrets = [v for v in sink.opts.values() if isinstance(v, Secret)] if hasattr(sink, "opts") else []
         self.died: BaseException | None = None
+        self._backlog_peak = 0  # the largest depth seen since the last drain (see _release_after_drain)
         self._abandoned: Sequence[Event] = ()  # the batch given up at the shutdown deadline
         self._passes_all = event_filter.passes_everything
         self._batch_size = delivery.batch_size
@@ -364,6 +366,7 @@ class SinkRunner:
                 if now >= next_tick:
                     next_tick = now + self.delivery.flush_interval
                     self._tick()
+                    self._release_after_drain()
         except BaseException as exc:  # a dead worker must show in /healthz, not vanish
             self.died = exc
             log.exception("sink %s: worker stopped by an unexpected error", self.label)
@@ -373,6 +376,15 @@ class SinkRunner:
             except Exception as exc:
                 log.warning("sink %s: close failed: %s", self.label, self._redact(str(exc)))
             self._errors.flush()  # the errors held back in the last interval still get their line
+
+    def _release_after_drain(self) -> None:
+        """Once a large backlog has drained, give its memory back to the system (RSS falls again)."""
+        depth = self.depth
+        if depth > self._backlog_peak:
+            self._backlog_peak = depth
+        elif depth == 0 and self._backlog_peak >= RELEASE_AFTER:
+            self._backlog_peak = 0
+            release_memory()
 
     def _take_batch(self) -> list[Event]:
         """The next batch: from memory (the older events), else from the disk buffer, else wait."""
