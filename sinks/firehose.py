@@ -49,6 +49,7 @@ from eventrouter import (
     json_line,
     redact_text,
 )
+from sinks._aws import classify_aws_error
 
 log = logging.getLogger("eventrouter.sinks.firehose")
 
@@ -58,13 +59,6 @@ MAX_CALL_BYTES = 4 * 1024 * 1024
 MAX_RECORD_BYTES = 1000 * 1024
 _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 # whole-call errors worth retrying; every other client error is permanent
-_RETRYABLE_CODES = frozenset({
-    "ServiceUnavailableException", "ThrottlingException", "LimitExceededException", "InternalFailure",
-    "InternalServerError", "RequestTimeout", "RequestLimitExceeded", "ExpiredToken", "ExpiredTokenException",
-    "RequestTimeTooSkewed",
-})
-
-
 class FirehoseSink(Sink):
     """Amazon Data Firehose: PutRecordBatch of JSON Lines records (the s3 sink's lines).  firehose:STREAM"""
 
@@ -189,20 +183,8 @@ def _calls(records: list[tuple[Event, bytes]]) -> list[list[tuple[Event, bytes]]
 def classify(exc: BaseException) -> SinkError:
     """A boto3/botocore exception of a whole call -> RetryableError (network, throttling, 5xx, credentials not
     there yet) or PermanentError (the stream does not exist, access denied, invalid request)."""
-    from botocore import exceptions as bx
-
-    if isinstance(exc, bx.ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        text = f"{code or status}: {err.get('Message') or exc}"
-        if code in _RETRYABLE_CODES or status == 429 or status >= 500:
-            return RetryableError(text)
-        return PermanentError(text)
-    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-        # kept and retried: IRSA/Pod Identity credentials can appear after start-up
-        return RetryableError(f"no AWS credentials found ({exc}); set up IRSA or Pod Identity, "
-                              "or give access_key_id and secret_access_key")
-    if isinstance(exc, bx.ParamValidationError):
-        return PermanentError(str(exc))
+    # missing credentials are retried: IRSA/Pod Identity credentials can appear after start-up
+    known = classify_aws_error(exc, missing_credentials_retryable=True)
+    if known is not None:
+        return known
     return RetryableError(f"{type(exc).__name__}: {exc}")  # connection refused, timeouts, STS failures

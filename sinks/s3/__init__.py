@@ -63,6 +63,7 @@ from eventrouter import (
     json_line,
     redact_text,
 )
+from sinks._aws import classify_aws_error
 
 from ._athena import athena_ddl, athena_ddl_command
 from ._keys import DEFAULT_KEY_FORMAT, DEFAULT_YEARS, check_key_format, check_years, group_of, parse_years, render_key
@@ -79,12 +80,6 @@ BACKOFF_INITIAL = 1.0
 MIN_PART = 5 * 1024 * 1024  # S3's smallest multipart part
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_RETRYABLE_CODES = frozenset({
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttling", "ThrottlingException",
-    "RequestLimitExceeded", "OperationAborted", "ExpiredToken", "RequestTimeTooSkewed",
-})
-
-
 def parse_size(text: str) -> int:
     """``16M``, ``512KiB``, ``1G``, ``1048576`` -> bytes (K, M, G, T are powers of 1024)."""
     match = _SIZE.match(text)
@@ -441,23 +436,11 @@ class S3Sink(Sink):
 
 def _classify(exc: BaseException) -> SinkError:
     """botocore/boto3 exception -> RetryableError (network, throttling, 5xx) or PermanentError."""
-    from botocore import exceptions as bx
-
     if type(exc).__name__ == "S3UploadFailedError" and exc.__context__ is not None:
         return _classify(exc.__context__)  # boto3 wraps the ClientError of the failed request
-    if isinstance(exc, bx.ClientError):
-        err = exc.response.get("Error", {})
-        code = str(err.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        text = f"{code or status}: {err.get('Message') or exc}"
-        if code in _RETRYABLE_CODES or status == 429 or status >= 500:
-            return RetryableError(text)
-        return PermanentError(text)
-    if isinstance(exc, (bx.NoCredentialsError, bx.PartialCredentialsError)):
-        return PermanentError(f"no AWS credentials found ({exc}); set up IRSA or Pod Identity, "
-                              "or give access_key_id and secret_access_key")
-    if isinstance(exc, bx.ParamValidationError):
-        return PermanentError(str(exc))
+    known = classify_aws_error(exc, missing_credentials_retryable=False)
+    if known is not None:
+        return known
     if isinstance(exc, OSError):
         return RetryableError(f"spool file: {exc.strerror or exc}")
     # connection refused, timeouts, credential refresh (STS) failures: try again later
