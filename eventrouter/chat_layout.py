@@ -99,6 +99,27 @@ class ChatLayout:
             return ""
         return str(owner)
 
+    def card_facts(self, event: Event, notice: Notice) -> list[tuple[str, str]]:
+        """The (title, value) facts a card shows for one event (Feishu, Teams): kind, object, owner,
+        count (with the reminder), times, host and cluster. Values may be empty."""
+        obj = event.involved_object
+        where = f"{obj.namespace}/{obj.name}" if obj.namespace else obj.name
+        count = str(event.count)
+        if notice.reminder:
+            held = f"; {notice.suppressed} updates held back" if notice.suppressed else ""
+            count += f" (reminder: still happening{held})"
+        facts = [("Kind", obj.kind), ("Object", where), ("Count", count),
+                 ("Last seen", self.time(event.last_timestamp))]
+        if self.owner(event):
+            facts.insert(2, ("Owner", self.owner(event)))
+        if event.count > 1:
+            facts.append(("First seen", self.time(event.first_timestamp)))
+        if event.source_host:
+            facts.append(("Host", event.source_host))
+        if self.cluster(event):
+            facts.append(("Cluster", self.cluster(event)))
+        return facts
+
     def title(self, event: Event) -> str:
         obj = event.involved_object
         where = f"{obj.namespace}/{obj.name}" if obj.namespace else obj.name

@@ -169,20 +169,7 @@ class FeishuSink(ChatSink):
         layout = self.layout
         obj = event.involved_object
         where = f"{obj.namespace}/{obj.name}" if obj.namespace else obj.name
-        count = str(event.count)
-        if notice.reminder:
-            held = f"; {notice.suppressed} updates held back" if notice.suppressed else ""
-            count += f" (reminder: still happening{held})"
-        fields = [("Kind", obj.kind or "-"), ("Object", where or "-"), ("Count", count),
-                  ("Last seen", layout.time(event.last_timestamp))]
-        if layout.owner(event):
-            fields.insert(2, ("Owner", layout.owner(event)))
-        if event.count > 1:
-            fields.append(("First seen", layout.time(event.first_timestamp)))
-        if event.source_host:
-            fields.append(("Host", event.source_host))
-        if layout.cluster(event):
-            fields.append(("Cluster", layout.cluster(event)))
+        fields = [(title, value or "-") for title, value in layout.card_facts(event, notice)]
         elements: list[dict[str, Any]] = []
         if layout.labels:
             elements.append({"tag": "div", "text": {"tag": "plain_text", "content": "\n".join(layout.labels)}})

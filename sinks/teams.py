@@ -169,20 +169,7 @@ class TeamsSink(ChatSink):
         layout = self.layout
         obj = event.involved_object
         where = f"{obj.namespace}/{obj.name}" if obj.namespace else obj.name
-        count = str(event.count)
-        if notice.reminder:
-            held = f"; {notice.suppressed} updates held back" if notice.suppressed else ""
-            count += f" (reminder: still happening{held})"
-        facts = [("Kind", obj.kind), ("Object", where), ("Count", count),
-                 ("Last seen", layout.time(event.last_timestamp))]
-        if layout.owner(event):
-            facts.insert(2, ("Owner", layout.owner(event)))
-        if event.count > 1:
-            facts.append(("First seen", layout.time(event.first_timestamp)))
-        if event.source_host:
-            facts.append(("Host", event.source_host))
-        if layout.cluster(event):
-            facts.append(("Cluster", layout.cluster(event)))
+        facts = layout.card_facts(event, notice)
         body: list[dict[str, Any]] = []
         if layout.labels:
             body.append({"type": "TextBlock", "text": "\n\n".join(layout.labels), "isSubtle": True, "wrap": True})
