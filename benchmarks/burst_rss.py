@@ -11,18 +11,13 @@ nothing written twice).
 
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Any
 
-import httpx
-
 from benchmarks._common import SimulatorChild, report
-from benchmarks.idle import ROOT, _free_port, _sent_by_sink, proc_rss_mb
+from benchmarks.idle import _free_port, _sent_by_sink, proc_rss_mb, spawn_ready
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -37,21 +32,8 @@ def measure(name: str, flag: str, n: int) -> tuple[dict[str, Any], float]:
     sim = SimulatorChild()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "eventrouter", f"--source={sim.source_flag()}", f"--sink={flag}",
-            "--healthz-ip=127.0.0.1", f"--healthz-port={port}", f"--checkpoint=file:{sim.dir}/checkpoint.json",
-            f"--data-dir={sim.dir}/data"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=sim.dir,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = spawn_ready(sim, [f"--sink={flag}", f"--data-dir={sim.dir}/data"], port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the router did not get ready: {proc.stderr.read().decode()[-2000:]}"
-                                   if proc.stderr else "the router did not get ready")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
         time.sleep(1)
         rss_ready = proc_rss_mb(proc.pid)
         sim.prepare(n)

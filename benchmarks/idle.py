@@ -42,6 +42,24 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def spawn_ready(sim: SimulatorChild, flags: list[str], port: int) -> subprocess.Popen[bytes]:
+    """The router as its own process against the simulator child, once its /readyz answers 200."""
+    argv = [sys.executable, "-m", "eventrouter", f"--source={sim.source_flag()}", *flags,
+            "--healthz-ip=127.0.0.1", f"--healthz-port={port}", f"--checkpoint=file:{sim.dir}/checkpoint.json"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=sim.dir,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"the router did not get ready: {proc.stderr.read().decode()[-2000:]}"
+                               if proc.stderr else "the router did not get ready")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        time.sleep(0.1)
+
+
 def proc_rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -102,20 +120,8 @@ def measure(flags: list[str], name: str, seconds: int = 60, rate: int = 10) -> d
     sim = SimulatorChild()
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "eventrouter", f"--source={sim.source_flag()}", *flags,
-            "--healthz-ip=127.0.0.1", f"--healthz-port={port}", f"--checkpoint=file:{sim.dir}/checkpoint.json"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=sim.dir,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = spawn_ready(sim, list(flags), port)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the router did not get ready: {proc.stderr.read().decode()[-2000:]}"
-                                   if proc.stderr else "the router did not get ready")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.1)
         time.sleep(2)  # sinks connected, first list done: the idle window starts now
         cpu_start = proc_cpu_s(proc.pid)
         rss: list[float] = []
