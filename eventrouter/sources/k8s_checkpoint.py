@@ -243,7 +243,11 @@ class Progress:
     """
 
     positions: dict[str, str] = field(default_factory=dict)
-    shown: dict[bytes, None] = field(default_factory=dict)  # settled occurrences' shown_key, oldest first
+    # settled occurrences' shown_key, oldest first: read it through ``shown``. advance() only queues the
+    # (uid, count, lastTimestamp) of each settled occurrence in ``_recent``; the hashing happens when the
+    # digests are needed (a checkpoint write, a restarted watch's check), not for every settled event.
+    _shown: dict[bytes, None] = field(default_factory=dict, repr=False)
+    _recent: deque[tuple[str, int, datetime]] = field(default_factory=lambda: deque(maxlen=SHOWN_CAP), repr=False)
     shown_max: datetime | None = None  # the newest lastTimestamp among them: nothing newer can be in ``shown``
     # The unsettled notes, as parallel deques rather than a tuple per note (one object less per event for
     # the garbage collector): ``pending`` holds their seqs; each seq is appended after its other fields,
@@ -284,7 +288,7 @@ class Progress:
 
     def advance(self, settled: int) -> None:
         pending = self.pending
-        shown = self.shown
+        recent = self._recent
         positions = self.positions
         pop = self._pop
         with self._pop_lock:
@@ -293,16 +297,27 @@ class Progress:
                 if position is not None:
                     positions[stream] = position
                 if uid is not None and entry is not None:
-                    key = shown_key(uid, entry[1], entry[2])
-                    shown.pop(key, None)
-                    shown[key] = None
+                    recent.append((uid, entry[1], entry[2]))
                     if self.shown_max is None or entry[2] > self.shown_max:
                         self.shown_max = entry[2]
                 self.changed = True
+
+    @property
+    def shown(self) -> dict[bytes, None]:
+        """The digests of the settled occurrences (at most SHOWN_CAP, the newest kept)."""
+        shown = self._shown
+        with self._pop_lock:
+            recent = self._recent
+            while recent:
+                uid, count, when = recent.popleft()
+                key = shown_key(uid, count, when)
+                shown.pop(key, None)
+                shown[key] = None
         excess = len(shown) - SHOWN_CAP
         if excess > 0:
             for key in _first(shown, excess):
                 del shown[key]
+        return shown
 
     def load(self, doc: dict[str, Any]) -> None:
         self.positions.update(doc.get("positions") or {})
