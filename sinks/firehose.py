@@ -49,7 +49,8 @@ from eventrouter import (
     json_line,
     redact_text,
 )
-from sinks._aws import classify_aws_error
+
+from ._aws import classify_aws_error
 
 log = logging.getLogger("eventrouter.sinks.firehose")
 

@@ -63,8 +63,8 @@ from eventrouter import (
     json_line,
     redact_text,
 )
-from sinks._aws import classify_aws_error
 
+from .._aws import classify_aws_error
 from ._athena import athena_ddl, athena_ddl_command
 from ._keys import DEFAULT_KEY_FORMAT, DEFAULT_YEARS, check_key_format, check_years, group_of, parse_years, render_key
 from ._spool import Chunk, Spool, SpoolBusy
