@@ -8,8 +8,9 @@ Streams: each event goes to the stream named by a small, bounded set of labels (
 default cluster, namespace, kind, type and reason) plus fixed ``static_label=NAME=VALUE`` pairs (by default
 ``job=eventrouter``). Labels that are unique per object (uid, name, message, ...) are refused: each value
 would create a new stream, which is what makes a Loki slow and expensive. Those fields are in the log
-line, a JSON object of the normalized event, for LogQL's ``| json``. Entries within a stream are sent
-sorted by time; the entry time is the event's time (``last_timestamp``).
+line, a JSON object of the normalized event, for LogQL's ``| json``. Each stream of a batch goes in its own push,
+its entries sorted by time (the entry time is the event's ``last_timestamp``), so that Loki's answer accounts for
+every entry: each event is stored, or counted as failed and logged with the reason Loki gives.
 
 Credentials: ``username``/``password`` (basic auth; Grafana Cloud: the instance id and an access policy
 token) or ``bearer_token``; ``tenant`` sets ``X-Scope-OrgID`` for a multi-tenant Loki. Secrets are masked in
@@ -30,8 +31,10 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
@@ -47,6 +50,7 @@ from eventrouter import (
     RetryableError,
     Sink,
     SinkConfigError,
+    SinkError,
     SinkURL,
     __version__,
     http_client,
@@ -74,8 +78,10 @@ HIGH_CARDINALITY = frozenset({
     "object", "pod", "host", "node", "source_host", "reporting_instance", "field_path", "api_version",
 })
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-# stream (its sorted label pairs) -> entries (ns since the epoch, line, event), sorted by time
-Streams = dict[tuple[tuple[str, str], ...], list[tuple[int, str, Event]]]
+# an entry of a stream: (ns since the epoch, line, event)
+StreamEntry = tuple[int, str, Event]
+# stream (its sorted label pairs) -> entries, sorted by time
+Streams = dict[tuple[tuple[str, str], ...], list[StreamEntry]]
 
 
 def _check_labels(values: list[str]) -> str | None:
@@ -198,62 +204,100 @@ class LokiSink(Sink):
 
     # ---- delivery ---------------------------------------------------------------------------
     def send(self, batch: Sequence[Event]) -> None:
+        """One push per stream. Loki answers a push of several streams with the refusals of one stream at most
+        (its ingester keeps the outcome of the last stream it appended), so a 204 can hide refused entries of the
+        others; the answer to a one-stream push accounts for each of its entries."""
         if self._client is None:
             self._client = self._new_client()
         streams = self.streams(batch)
-        # Loki refuses a stream without labels, and with it the whole push: such events fail alone
-        unlabelled = [event for _, _, event in streams.pop((), [])]
-        why = (f"{len(unlabelled)} events have no value for any stream label ({', '.join(self.label_names)}) "
-               "and there is no static_label")
-        if not streams:
-            raise PermanentError(why)
-        sent = [event for entries in streams.values() for _, _, event in entries]
-        try:
-            try:
-                response = self._client.post(self.target, content=self.encode(streams), headers=self.headers)
-            except httpx.HTTPError as exc:
-                raise RetryableError(self._redact(str(transport_error(exc, "Loki server")))) from None
-            self.classify(response, streams)
-        except RetryableError as exc:
-            if not unlabelled:
-                raise
-            raise PartialError(f"{exc}; {why}", retry=sent, rejected=unlabelled, retry_after=exc.retry_after) from None
-        except PartialError as exc:
-            if not unlabelled:
-                raise
-            raise PartialError(f"{exc}; {why}", retry=exc.retry, rejected=[*exc.rejected, *unlabelled]) from None
-        except PermanentError as exc:
-            if not unlabelled:
-                raise
-            raise PermanentError(f"{exc}; {why}") from None
+        refused: list[Refusal] = []
+        unlabelled = streams.pop((), [])  # Loki refuses a stream without labels
         if unlabelled:
-            raise PartialError(why, rejected=unlabelled)
+            why = (f"no value for any stream label ({', '.join(self.label_names)}) and no static_label, and Loki "
+                   "refuses a stream without labels")
+            refused += [Refusal(event, "without any label", why) for _, _, event in unlabelled]
+        pending = list(streams.items())
+        for done, (labels, entries) in enumerate(pending):
+            try:
+                refused += self._push_stream(labels, entries)
+            except (RetryableError, PermanentError) as exc:
+                rest = [event for _, more in pending[done:] for _, _, event in more]
+                raise self._outcome(batch, refused, exc, rest) from None
+        if refused:
+            raise self._outcome(batch, refused, None, [])
 
-    def classify(self, response: httpx.Response,
-                 streams: Streams) -> None:
-        """2xx: delivered. 429 and 5xx: RetryableError. 400 naming entries that are too old, too far behind or
-        out of order: Loki stored the others, so those entries are rejected (PartialError) and the rest is
-        delivered. Any other 4xx: PermanentError."""
+    def _outcome(self, batch: Sequence[Event], refused: list[Refusal], error: SinkError | None,
+                 rest: list[Event]) -> SinkError:
+        """What the router is told: Loki's refusals are failed (logged here, once per batch, with the reasons);
+        after an error, the streams not pushed yet (``rest``) are retried or failed with it; the others are sent."""
+        summary = _summary(refused)
+        if refused:
+            log.warning("loki: Loki refused %d of %d events, counted as failed: %s", len(refused), len(batch), summary)
+        rejected = [refusal.event for refusal in refused]
+        if isinstance(error, RetryableError):
+            if not refused and len(rest) == len(batch):
+                return error
+            return PartialError(f"{error}" + (f"; refused {summary}" if refused else ""), retry=rest,
+                                rejected=rejected, retry_after=error.retry_after)
+        message = f"Loki refused {len(refused)} of {len(batch)} events: {summary}"
+        if error is not None:  # credentials, tenant, URL: every push would be refused alike
+            message = f"{error}" + (f"; refused {summary}" if refused else "")
+            rejected += rest
+        if len(rejected) == len(batch):
+            return PermanentError(message)
+        return PartialError(message, rejected=rejected)
+
+    def _push_stream(self, labels: tuple[tuple[str, str], ...], entries: list[StreamEntry]) -> list[Refusal]:
+        """Push one stream; the entries Loki refused (the others are stored)."""
+        answer = self.classify(self._post({labels: entries}), entries)
+        if isinstance(answer, _Hidden):
+            return self._probe(labels, entries, answer)
+        return answer
+
+    def _probe(self, labels: tuple[tuple[str, str], ...], entries: list[StreamEntry], hidden: _Hidden) -> list[Refusal]:
+        """The ingester answered, so the distributor's refusals went unreported: push each entry alone to learn
+        which ones the distributor refuses (it checks each entry on its own, whatever Loki holds, so its verdict
+        is the same as before). The ingester ignored the oldest of the others. Entries already stored are not
+        stored again (Loki drops an entry identical to one it holds)."""
+        passed: list[int] = []
+        refused: list[Refusal] = []
+        for index, entry in enumerate(entries):
+            answer = self.classify(self._post({labels: [entry]}), [entry])
+            if isinstance(answer, _Hidden) or (answer and answer[0].reason not in _INGESTER_REASONS):
+                refused += answer if isinstance(answer, list) else _unaccounted([entry], hidden.first)
+            else:
+                passed.append(index)  # stored, or ignored by the ingester: past the distributor either way
+        found = None
+        if len(passed) == hidden.reached:
+            found = _ingester_refusals(entries, passed, hidden.ignored, hidden.listed, hidden.first)
+        return refused + found if found is not None else _unaccounted(entries, hidden.first)
+
+    def _post(self, streams: Streams) -> httpx.Response:
+        assert self._client is not None
+        try:
+            return self._client.post(self.target, content=self.encode(streams), headers=self.headers)
+        except httpx.HTTPError as exc:
+            raise RetryableError(self._redact(str(transport_error(exc, "Loki server")))) from None
+
+    def classify(self, response: httpx.Response, entries: list[StreamEntry]) -> list[Refusal] | _Hidden:
+        """Loki's answer to the push of one stream (``entries``, sorted by time). 2xx: all stored. 400 (and 413,
+        422): the entries it refused, the others are stored (see :func:`_read_refusals`). 429 and 5xx:
+        RetryableError. Any other 4xx (401, 403, 404): PermanentError, as every push would get it."""
         status = response.status_code
         if 200 <= status < 300:
-            return
+            return []
         text = response.text if response.content else ""
         if text:
             log.debug("loki: HTTP %d: %s", status, self._redact(text[:2048]))
-        if status == 400 and _TIME_REJECTIONS.search(text):
-            events = [event for entries in streams.values() for _, _, event in entries]
-            rejected = _rejected_entries(text, streams)
-            detail = self._redact(f"Loki refused entries for their time: {_first_line(text)}")
-            if rejected is None or len(rejected) >= len(events):
-                # the answer does not say which entries (or names them all): nothing was kept
-                raise PermanentError(detail)
-            raise PartialError(f"{len(rejected)} of {len(events)} events: {detail}", rejected=rejected)
+        if status in (400, 413, 422):
+            return _read_refusals(self._redact(text), entries, status)
         try:
             raise_for_status(response, "Loki")
         except RetryableError as exc:
             raise RetryableError(self._redact(str(exc)), exc.retry_after) from None
         except PermanentError as exc:
             raise PermanentError(self._redact(str(exc))) from None
+        return []  # not reached: raise_for_status raises for every status that is not 2xx
 
     def _new_client(self) -> httpx.Client:
         if self.auth is None:
@@ -290,57 +334,125 @@ def _nanos(when: datetime) -> int:
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
-# ---- Loki's time rejections (docs: "Troubleshoot log ingestion", out-of-order / too old) -----------
-_TIME_REJECTIONS = re.compile(r"entry too far behind|entry out of order|has timestamp too old")
-# ingester: "entry with timestamp 2024-05-06 15:58:50 +0000 UTC ignored, reason: 'entry too far behind, ...'",
-# each entry on its own line, then "user 'fake', total ignored: 1 out of 2 for stream: {app="x"}" (Loki 3), or
-# "... ignored, reason: 'entry out of order' for stream: {app="x"}," on every line (Loki 2)
-_IGNORED = re.compile(r"entry with timestamp (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ([+-]\d{4}) \S+ ignored")
-_FOR_STREAM = re.compile(r"for stream: (\{.*?\})(?:,|$)", re.M)
-_TOTAL = re.compile(r"total ignored: (\d+) out of \d+")
-# distributor (reject_old_samples): "entry for stream '{app="x"}' has timestamp too old: 2024-05-06T15:58:50Z,
-# oldest acceptable timestamp is: 2024-05-07T10:25:30Z" -- the same bound for every stream
-_TOO_OLD = re.compile(r"has timestamp too old: \S+, oldest acceptable timestamp is: (\S+?Z)")
-_LABEL_PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-_UNQUOTE = {"n": "\n", "r": "\r", "t": "\t"}
+# ---- Loki's refusals (pkg/distributor/validator.go, pkg/ingester/stream.go, pkg/validation/validate.go) ------
+@dataclass(frozen=True)
+class Refusal:
+    event: Event
+    reason: str  # short: "too old", "too far behind", ...
+    detail: str  # Loki's own words, one line
 
 
-def _rejected_entries(text: str, streams: Streams) -> list[Event] | None:
-    """The events whose entries Loki refused, or None if its answer does not account for each one."""
-    oldest = max((_parse_rfc3339(m.group(1)) for m in _TOO_OLD.finditer(text)), default=0)
-    named: list[tuple[dict[str, str], int]] = []  # (stream labels as Loki printed them, entry time)
-    pending: list[int] = []
-    totals = 0
-    for line in text.splitlines():
-        pending.extend(_parse_go_time(m.group(1), m.group(2)) for m in _IGNORED.finditer(line))
-        total = _TOTAL.search(line)
-        totals += int(total.group(1)) if total else 0
-        stream = _FOR_STREAM.search(line)
-        if stream and pending:
-            labels = _parse_labels(stream.group(1))
-            named.extend((labels, ns) for ns in pending)
-            pending = []
-    if pending or (not named and not oldest):
+@dataclass(frozen=True)
+class _Hidden:
+    """An ingester's answer that covers fewer entries than were pushed: the distributor refused the others
+    without saying so (the ingester's error replaces the distributor's)."""
+    ignored: int  # "total ignored: N ...
+    reached: int  # ... out of M": the entries the ingester got
+    listed: list[tuple[int, str]]  # (entry time, reason) of the first ones it ignored
+    first: str
+
+
+# the ingester: one line per ignored entry (at most max_returned_stream_errors, 10), then the total; Loki 3:
+#   entry with timestamp 2024-05-06 15:58:50.8 +0000 UTC ignored, reason: 'entry too far behind, entry timestamp
+#   is: 2024-05-06T15:58:50Z, oldest acceptable timestamp is: 2024-05-07T10:25:30Z',
+#   user 'fake', total ignored: 1 out of 2 for stream: {app="x", service_name="x"}
+# (Loki 2.9: "reason: 'entry too far behind, oldest acceptable timestamp is: ...'"; before 2.4: "reason: 'entry out
+# of order' for stream: {...}," and "total ignored: 1 out of 2")
+_IGNORED = re.compile(r"^entry with timestamp (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ([+-]\d{4}) \S+ ignored, "
+                      r"reason: '(.*)'", re.M)
+_TOTAL = re.compile(r"total ignored: (\d+) out of (\d+)")
+_INGESTER_REASONS = frozenset({"too far behind", "out of order", "per-stream rate limit", "ignored"})
+# the distributor checks each entry on its own and lists every refusal, grouped ("3 errors like: ...", "; ")
+_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"
+_VALIDATION = re.compile(
+    r"(?:(?P<n>\d+) errors like: )?(?P<text>"
+    rf"entry for stream '.*?' has timestamp too old: (?P<old>{_TIME}), oldest acceptable timestamp is: {_TIME}"
+    rf"|entry for stream '.*?' has timestamp too new: (?P<new>{_TIME})"
+    r"|max entry size '(?P<max>\d+)' bytes exceeded for stream '.*?' while adding an entry with length '\d+' bytes"
+    # a stream Loki skips whole (its labels): nothing of it is stored
+    r"|(?P<stream>error at least one label pair is required per stream|error parsing labels '.*?' with error: [^;]*"
+    r"|stream '.*?' has (?:label name too long|label value too long|duplicate label name): '.*?'"
+    r"|entry for stream '.*?' has \d+ label names; limit \d+"
+    r"|missing required labels '.*?' for user .*?\(policy: '.*?'\)))")
+
+
+def _read_refusals(text: str, entries: list[StreamEntry], status: int) -> list[Refusal] | _Hidden:
+    """The entries of a one-stream push that Loki refused, from its 4xx answer.
+
+    The ingester ignores entries older than its window (the stream's newest minus max_chunk_age / 2): pushed in
+    time order, those are the oldest N ("total ignored: N out of M"). The distributor refuses entries too old
+    (reject_old_samples), too new or too long and lists each; the others are stored. Any other 4xx is about the
+    request or the stream's labels: nothing was stored. An answer that does not add up fails the whole stream
+    (counted, never guessed as sent)."""
+    first = _first_line(text) or f"HTTP {status} without a body"
+    total = _TOTAL.search(text)
+    if total:
+        ignored, reached = int(total.group(1)), int(total.group(2))
+        listed = [(_parse_go_time(m.group(1), m.group(2)), m.group(3)) for m in _IGNORED.finditer(text)]
+        if reached < len(entries):
+            return _Hidden(ignored, reached, listed, first)
+        found = _ingester_refusals(entries, range(len(entries)), ignored, listed, first) \
+            if reached == len(entries) else None
+        return found if found is not None else _unaccounted(entries, first)
+    matches = list(_VALIDATION.finditer(text))
+    if not matches:
+        detail = f"HTTP {status}: {first}" if text.strip() else first
+        return [Refusal(event, "refused", detail) for _, _, event in entries]
+    if _VALIDATION.sub("", text).strip("; \n"):
+        return _unaccounted(entries, first)  # a refusal this sink does not know: which entry is unknown
+    if any(m.group("stream") for m in matches):
+        return [Refusal(event, "invalid stream", matches[0].group("text")[:300]) for _, _, event in entries]
+    old = sorted(_epoch(m.group("old")) for m in matches if m.group("old") for _ in range(int(m.group("n") or 1)))
+    new = sorted(_epoch(m.group("new")) for m in matches if m.group("new") for _ in range(int(m.group("n") or 1)))
+    long = [m for m in matches if m.group("max")]
+    order = list(range(len(entries)))  # oldest first: Loki's time bounds cut off the oldest and the newest
+    too_old, order = order[:len(old)], order[len(old):]
+    too_new, order = order[len(order) - len(new):] if new else [], order[:len(order) - len(new)]
+    too_long = [i for i in order if long and len(entries[i][1].encode()) > int(long[0].group("max"))]
+    if (sorted(entries[i][0] // 1_000_000_000 for i in too_old) != old
+            or sorted(entries[i][0] // 1_000_000_000 for i in too_new) != new
+            or len(too_long) != sum(int(m.group("n") or 1) for m in long)):
+        return _unaccounted(entries, first)
+
+    def example(group: str) -> str:
+        return next(m.group("text") for m in matches if m.group(group))[:300]
+
+    return ([Refusal(entries[i][2], "too old", example("old")) for i in too_old]
+            + [Refusal(entries[i][2], "too new", example("new")) for i in too_new]
+            + [Refusal(entries[i][2], "line too long", example("max")) for i in too_long])
+
+
+def _ingester_refusals(entries: list[StreamEntry], reached: Sequence[int], ignored: int,
+                       listed: list[tuple[int, str]], first: str) -> list[Refusal] | None:
+    """The first ``ignored`` of the entries that reached the ingester (indexes, in time order), if Loki's listing
+    of the first ones it ignored matches them; None if it does not."""
+    if ignored > len(reached) or len(listed) > ignored or (ignored and not listed):
         return None
-    too_old: list[Event] = []
-    ignored: list[Event] = []
-    for ours, entries in streams.items():
-        mine = dict(ours)
-        # Loki may print more labels than we sent (service_name): ours must be a subset
-        times = {ns for labels, ns in named if mine.items() <= labels.items()}
-        for ns, _, event in entries:
-            if ns < oldest:
-                too_old.append(event)  # refused by the distributor, whatever the stream
-            elif ns in times:
-                ignored.append(event)
-    if totals and len(ignored) != totals:
-        return None  # Loki listed only some of the entries it ignored: which others is unknown
-    return too_old + ignored
+    if any(entries[index][0] != ns for (ns, _), index in zip(listed, reached, strict=False)):
+        return None
+    reasons = [_ingester_reason(reason) for _, reason in listed]
+    return [Refusal(entries[index][2], reasons[min(n, len(reasons) - 1)], first)
+            for n, index in enumerate(reached[:ignored])]
 
 
-def _parse_labels(text: str) -> dict[str, str]:
-    return {name: re.sub(r"\\(.)", lambda m: _UNQUOTE.get(m.group(1), m.group(1)), value)
-            for name, value in _LABEL_PAIR.findall(text)}
+def _ingester_reason(text: str) -> str:
+    for key, reason in (("too far behind", "too far behind"), ("out of order", "out of order"),
+                        ("rate limit", "per-stream rate limit")):
+        if key in text:
+            return reason
+    return "ignored"
+
+
+def _unaccounted(entries: list[StreamEntry], first: str) -> list[Refusal]:
+    detail = f"Loki's answer does not say which of the {len(entries)} entries of the stream it stored: {first}"
+    return [Refusal(event, "unaccounted", detail[:400]) for _, _, event in entries]
+
+
+def _summary(refused: list[Refusal]) -> str:
+    """'3 too old (entry for stream ...), 1 too far behind (...)': a count and Loki's words for each reason."""
+    counts = Counter(refusal.reason for refusal in refused)
+    details = {refusal.reason: refusal.detail for refusal in reversed(refused)}
+    return ", ".join(f"{n} {reason} ({details[reason]})" for reason, n in counts.items())
 
 
 def _parse_go_time(text: str, offset: str) -> int:
@@ -350,10 +462,9 @@ def _parse_go_time(text: str, offset: str) -> int:
     return int(local.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
 
 
-def _parse_rfc3339(text: str) -> int:
-    whole, _, rest = text.rstrip("Z").partition(".")
-    seconds = datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
-    return int(seconds.timestamp()) * 1_000_000_000 + int((rest or "0").ljust(9, "0")[:9])
+def _epoch(text: str) -> int:
+    """Go's RFC3339 (``2024-05-06T15:58:50Z``, seconds, any offset) -> seconds since the epoch."""
+    return int(datetime.fromisoformat(text).timestamp())
 
 
 def _first_line(text: str) -> str:

@@ -1,21 +1,26 @@
-"""A local Loki push endpoint that decodes the real wire formats and answers as Loki does.
+"""A local Loki push endpoint that decodes the real wire formats and answers as Loki (2.9, 3.x) does.
 
 ``POST /loki/api/v1/push`` takes a snappy-compressed (block format) protobuf ``logproto.PushRequest``
 (decoded here by a small wire-format reader, independently of the sink's own message declaration) or the
-JSON form (optionally gzip). Stored entries are kept in :attr:`FakeLoki.entries`. Loki's behaviour that
-the sink relies on:
+JSON form (optionally gzip). Stored entries are kept in :attr:`FakeLoki.entries`. What it models, after
+Loki's source (pkg/distributor/distributor.go, validator.go, pkg/ingester/instance.go, stream.go):
 
-- 204 on success;
-- streams must have at least one label (400 otherwise), ``X-Scope-OrgID`` is required when
-  ``tenants`` is set (401 ``no org id``), basic/bearer credentials are checked when ``auth`` is set (401);
-- ``reject_old_samples``: entries older than ``max_age`` before now are refused by the distributor with
-  ``entry for stream '{...}' has timestamp too old: ...`` (400); the other entries are stored;
-- unordered writes: per stream, an entry older than the newest one minus ``max_chunk_age / 2`` is
-  ignored by the ingester with Loki 3's ``entry with timestamp ... ignored, reason: 'entry too far
-  behind, ...'`` lines and ``user '...', total ignored: N out of M for stream: {...}`` (400); the others
-  are stored. Loki prints the stream with the labels it added (``service_name``), lists at most
-  ``max_listed`` entries, and answers with the outcome of the push's last stream only (its
-  ``instance.Push`` keeps the last stream's error, or none if the last stream was fine);
+- 204 on success; ``X-Scope-OrgID`` is required when ``tenants`` is set (401 ``no org id``), basic/bearer
+  credentials are checked when ``auth`` is set (401); error bodies are ``text/plain`` with a final newline;
+- the distributor validates every entry on its own, whatever the others: older than ``max_age`` before now
+  (``reject_old_samples``), newer than now + ``grace`` (``creation_grace_period``, 10 minutes), a line longer
+  than ``max_line_size`` bytes; a stream without labels is skipped whole. The refused entries are dropped,
+  the others go on; its answer lists every refusal, grouped (``N errors like: ...``, joined by ``; ``,
+  in Go's random map order);
+- the ingester, per stream: an entry identical (time and line) to the stream's last one is skipped; an entry
+  older than the stream's newest minus ``max_chunk_age / 2`` is ignored ("entry too far behind"); the others
+  are stored, an identical entry only once (Loki dedupes it in its head block, and queries dedupe the rest).
+  Ignored entries give ``entry with timestamp ... ignored, reason: '...'`` lines, at most ``max_listed``
+  (``max_returned_stream_errors``, 10), then ``user 'T', total ignored: N out of M for stream: {...}`` with
+  the labels Loki shows (``service_name`` added);
+- the ingester answers with the outcome of the push's LAST stream only (``instance.Push`` keeps one error,
+  overwritten by each stream, nil included), and the distributor answers with the ingester's error if there
+  is one, dropping its own validation errors, else with those: refusals in other streams go unreported;
 - scripted answers (:class:`Reply`): a 429 with Loki's rate-limit text, 5xx, ...
 """
 
@@ -23,10 +28,11 @@ from __future__ import annotations
 
 import base64
 import gzip
+import random
 import re
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -43,9 +49,15 @@ _PAIR = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 @dataclass
 class Reply:
+    """A scripted answer to the next push. ``stored=True``: Loki handles the push first (stores what it
+    accepts), then this answer is what the client gets (a gateway timing out after the write, say)."""
     status: int
     body: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    stored: bool = False
+
+
+PASS = None  # in FakeLoki.replies: answer this push as Loki would
 
 
 @dataclass
@@ -139,20 +151,50 @@ def rfc3339(ns: int) -> str:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+# the labels Loki 3 looks at, in order, for the service_name it adds (limits_config.discover_service_name)
+_SERVICE_LABELS = ("service", "app", "application", "app_name", "name", "app_kubernetes_io_name", "container",
+                   "container_name", "k8s_container_name", "component", "workload", "job", "k8s_job_name")
+
+
+def with_service_name(labels: dict[str, str]) -> dict[str, str]:
+    if "service_name" in labels:
+        return labels
+    found = next((labels[name] for name in _SERVICE_LABELS if labels.get(name)), "unknown_service")
+    return {**labels, "service_name": found}
+
+
+def _grouped(errors: list[str]) -> str:
+    """util.GroupedErrors: each distinct message once, with its count unless it is the only one, in Go's
+    random map order, joined by '; '."""
+    counts = Counter(errors)
+    texts = [f"{n} errors like: {text}" if len(counts) > 1 or n > 1 else text for text, n in counts.items()]
+    random.shuffle(texts)
+    return "; ".join(texts)
+
+
+@dataclass
+class _Stream:
+    newest: int = 0
+    last: tuple[int, str] = (0, "")
+    stored: set[tuple[int, str]] = field(default_factory=set)
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
 
 class FakeLoki:
-    def __init__(self, *, max_age: float | None = None, max_chunk_age: float = 7200.0, max_listed: int = 1000,
-                 tenants: bool = False, auth: str | None = None) -> None:
+    def __init__(self, *, max_age: float | None = None, max_chunk_age: float = 7200.0, max_listed: int = 10,
+                 max_line_size: int = 0, grace: float = 600.0, tenants: bool = False, auth: str | None = None) -> None:
         self.entries: list[Entry] = []
         self.requests: list[dict[str, str]] = []  # headers of every push (lower-case names)
-        self.replies: deque[Reply] = deque()
+        self.pushes: list[list[tuple[dict[str, str], int]]] = []  # per push: (labels, entries) of each stream
+        self.replies: deque[Reply | None] = deque()
         self.max_age, self.max_chunk_age, self.max_listed = max_age, max_chunk_age, max_listed
+        self.max_line_size, self.grace = max_line_size, grace
         self.tenants, self.auth = tenants, auth
-        self._newest: dict[tuple[str, str], int] = {}  # (tenant, stream) -> newest entry time
+        self._streams: dict[tuple[str, str], _Stream] = {}  # (tenant, labels) -> the ingester's stream
         self._lock = threading.Lock()
         owner = self
 
@@ -195,9 +237,13 @@ class FakeLoki:
     def _push(self, headers: dict[str, str], body: bytes) -> tuple[int, Any]:
         with self._lock:
             self.requests.append(headers)
-            if self.replies:
-                reply = self.replies.popleft()
-                return reply.status, reply
+            reply = self.replies.popleft() if self.replies else PASS
+        if reply is not None and not reply.stored:
+            return reply.status, reply
+        status, text = self._handle(headers, body)
+        return (reply.status, reply) if reply is not None else (status, text)
+
+    def _handle(self, headers: dict[str, str], body: bytes) -> tuple[int, str]:
         tenant = headers.get("x-scope-orgid", "")
         if self.tenants and not tenant:
             return 401, "no org id"
@@ -207,42 +253,67 @@ class FakeLoki:
             streams = self._decode(headers, body)
         except Exception as exc:
             return 400, f"loghttp.PushRequest.Streams: {exc}"
-        if any(not labels for labels, _ in streams):
-            return 400, "error at least one label pair is required per stream"
-        now = time.time_ns()
-        errors: list[str] = []  # the distributor's validation errors: all of them
-        ingester_error = ""  # the ingester's answer: the outcome of the LAST stream only (Loki's instance.Push)
         with self._lock:
-            for labels, entries in streams:
-                key = (tenant, label_text(labels))
-                kept: list[tuple[int, str]] = []
-                for ns, line in entries:  # the distributor's validation
-                    if self.max_age is not None and ns < now - int(self.max_age * 1e9):
-                        errors.append(f"entry for stream '{label_text(labels)}' has timestamp too old: {rfc3339(ns)}, "
-                                      f"oldest acceptable timestamp is: {rfc3339(now - int(self.max_age * 1e9))}")
-                    else:
-                        kept.append((ns, line))
-                ignored: list[int] = []
-                for ns, line in kept:  # the ingester's unordered-writes window
-                    newest = self._newest.get(key, 0)
-                    bound = newest - int(self.max_chunk_age / 2 * 1e9)
-                    if newest and ns < bound:
-                        ignored.append(ns)
-                        continue
-                    self._newest[key] = max(newest, ns)
-                    self.entries.append(Entry(labels, ns, line, tenant))
-                if kept:  # a stream the distributor emptied never reaches the ingester
-                    ingester_error = ""
-                if ignored:
-                    shown = {**labels, "service_name": labels.get("service_name", "unknown_service")}
-                    listed = [f"entry with timestamp {go_time(ns)} ignored, reason: 'entry too far behind, entry "
-                              f"timestamp is: {rfc3339(ns)}, oldest acceptable timestamp is: "
-                              f"{rfc3339(self._newest[key] - int(self.max_chunk_age / 2 * 1e9))}',"
-                              for ns in ignored[: self.max_listed]]
-                    ingester_error = ("\n".join(listed) + f"\nuser '{tenant or 'fake'}', total ignored: "
-                                      f"{len(ignored)} out of {len(entries)} for stream: {label_text(shown)}")
-        errors += [ingester_error] if ingester_error else []
-        return (400, "\n".join(errors)) if errors else (204, "")
+            self.pushes.append([(labels, len(entries)) for labels, entries in streams])
+            valid, errors = self._validate(streams, time.time_ns())
+            ingester_error = ""
+            for labels, entries in valid:  # instance.Push: each stream's outcome replaces the last one's
+                ingester_error = self._ingest(tenant, labels, entries)
+        if ingester_error:
+            return 400, ingester_error
+        return (400, _grouped(errors)) if errors else (204, "")
+
+    def _validate(self, streams: list[tuple[dict[str, str], list[tuple[int, str]]]],
+                  now: int) -> tuple[list[tuple[dict[str, str], list[tuple[int, str]]]], list[str]]:
+        """The distributor: each entry checked on its own; the refused ones dropped, each with its message."""
+        valid, errors = [], []
+        oldest = now - int(self.max_age * 1e9) if self.max_age is not None else None
+        for labels, entries in streams:
+            if not entries:
+                continue
+            if not labels:
+                errors.append("error at least one label pair is required per stream")
+                continue
+            shown = label_text(with_service_name(labels))
+            kept = []
+            for ns, line in entries:
+                if oldest is not None and ns < oldest:
+                    errors.append(f"entry for stream '{shown}' has timestamp too old: {rfc3339(ns)}, "
+                                  f"oldest acceptable timestamp is: {rfc3339(oldest)}")
+                elif ns > now + int(self.grace * 1e9):
+                    errors.append(f"entry for stream '{shown}' has timestamp too new: {rfc3339(ns)}")
+                elif self.max_line_size and len(line.encode()) > self.max_line_size:
+                    errors.append(f"max entry size '{self.max_line_size}' bytes exceeded for stream '{shown}' while "
+                                  f"adding an entry with length '{len(line.encode())}' bytes")
+                else:
+                    kept.append((ns, line))
+            if kept:
+                valid.append((labels, kept))
+        return valid, errors
+
+    def _ingest(self, tenant: str, labels: dict[str, str], entries: list[tuple[int, str]]) -> str:
+        """One stream's push in the ingester: its error text, or "" if no entry failed."""
+        stream = self._streams.setdefault((tenant, label_text(labels)), _Stream())
+        window = int(self.max_chunk_age / 2 * 1e9)
+        ignored: list[tuple[int, int]] = []  # (entry time, the oldest time acceptable then)
+        for ns, line in entries:
+            if (ns, line) == stream.last:
+                continue  # the same as the stream's last entry: already there
+            cutoff = stream.newest - window
+            if stream.newest and ns < cutoff:
+                ignored.append((ns, cutoff))
+                continue
+            stream.last, stream.newest = (ns, line), max(stream.newest, ns)
+            if (ns, line) not in stream.stored:
+                stream.stored.add((ns, line))
+                self.entries.append(Entry(labels, ns, line, tenant))
+        if not ignored:
+            return ""
+        listed = ignored[: self.max_listed] if self.max_listed else ignored
+        lines = [f"entry with timestamp {go_time(ns)} ignored, reason: 'entry too far behind, entry timestamp is: "
+                 f"{rfc3339(ns)}, oldest acceptable timestamp is: {rfc3339(cutoff)}'," for ns, cutoff in listed]
+        return "\n".join([*lines, f"user '{tenant or 'fake'}', total ignored: {len(ignored)} out of {len(entries)} "
+                                   f"for stream: {label_text(with_service_name(labels))}"])
 
     @staticmethod
     def _decode(headers: dict[str, str], body: bytes) -> list[tuple[dict[str, str], list[tuple[int, str]]]]:

@@ -14,8 +14,8 @@ import httpx
 import orjson
 import pytest
 
-from eventrouter import PartialError, PermanentError, RetryableError, SinkConfigError, SinkURL
-from sinks.loki import LokiSink, label_string
+from eventrouter import Event, PartialError, PermanentError, RetryableError, SinkConfigError, SinkURL
+from sinks.loki import LokiSink, StreamEntry, _Hidden, label_string
 from tests.helpers import DATA, make_event, real_events, real_objects
 from tests.servers.fake_loki import RATE_LIMITED, FakeLoki, Reply, basic, go_time
 
@@ -103,88 +103,114 @@ def test_label_string_quotes_as_go() -> None:
     assert label_string((("a", 'say "hi"\\'), ("b", "x\ny"))) == '{a="say \\"hi\\"\\\\", b="x\\ny"}'
 
 
-# ---- classification -------------------------------------------------------------------------------
-def streams_of(sink: LokiSink, *events):  # type: ignore[no-untyped-def]
-    return sink.streams(list(events))
+# ---- classification: Loki's answer to the push of ONE stream ------------------------------------------
+def entries_of(sink: LokiSink, *events: Event) -> list[StreamEntry]:
+    streams = sink.streams(list(events))
+    assert len(streams) == 1, "one stream per push"
+    return next(iter(streams.values()))
 
 
-def test_classification() -> None:
-    sink = build("loki:http://loki:3100?stream_labels=namespace")
-    e1, e2 = make_event(1), make_event(2)
-    streams = streams_of(sink, e1, e2)
-    assert sink.classify(httpx.Response(204), streams) is None
+def refusals(answer: object) -> list[tuple[str, str]]:
+    assert isinstance(answer, list)
+    return [(refusal.event.uid[-2:], refusal.reason) for refusal in answer]
+
+
+def at(minute: int, second: int = 0, micro: int = 0) -> datetime:
+    return datetime(2026, 4, 14, 9, minute, second, micro, tzinfo=UTC)
+
+
+SINK = "loki:http://loki:3100?stream_labels=namespace"
+# five entries of one stream, 09:01 ... 09:05, sorted by time by the sink
+FIVE = [make_event(n, last_timestamp=at(6 - n, 0, 250000 * (n % 2))) for n in (5, 4, 3, 2, 1)]  # 01 is newest
+STREAM = "{job=\"eventrouter\", namespace=\"default\", service_name=\"eventrouter\"}"
+
+
+def ignored_lines(events: list[Event], loki3: bool = True) -> list[str]:
+    if loki3:
+        return [f"entry with timestamp {go_time(ns(e.last_timestamp))} ignored, reason: 'entry too far behind, entry "
+                f"timestamp is: {e.last_timestamp:%Y-%m-%dT%H:%M:%SZ}, oldest acceptable timestamp is: "
+                "2026-04-14T09:03:00Z'," for e in events]
+    return [f"entry with timestamp {go_time(ns(e.last_timestamp))} ignored, reason: 'entry too far behind, oldest "
+            "acceptable timestamp is: 2026-04-14T09:03:00Z'," for e in events]
+
+
+def too_old(e: Event) -> str:
+    return (f"entry for stream '{STREAM}' has timestamp too old: {e.last_timestamp:%Y-%m-%dT%H:%M:%SZ}, oldest "
+            "acceptable timestamp is: 2026-04-14T09:02:30Z")
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (204, "", []),
+        # Loki 3 ingester: the oldest N of the push were too far behind (the stream's newest - max_chunk_age/2)
+        (400, "\n".join([*ignored_lines(FIVE[:2]), f"user 'fake', total ignored: 2 out of 5 for stream: {STREAM}"]),
+         [("05", "too far behind"), ("04", "too far behind")]),
+        # Loki 2.9: the same without the entry's own time in the reason
+        (400, "\n".join([*ignored_lines(FIVE[:1], False), f"user 'fake', total ignored: 1 out of 5 for stream: "
+                         f"{STREAM}"]),
+         [("05", "too far behind")]),
+        # the listing is cut at max_returned_stream_errors (here 1 of 3): the total still says how many
+        (400, "\n".join([*ignored_lines(FIVE[:1]), f"user 'fake', total ignored: 3 out of 5 for stream: {STREAM}"]),
+         [("05", "too far behind"), ("04", "too far behind"), ("03", "too far behind")]),
+        # Loki before 2.4 (ordered writes)
+        (400, f"entry with timestamp {go_time(ns(FIVE[0].last_timestamp))} ignored, reason: 'entry out of order' for "
+              f"stream: {STREAM},\ntotal ignored: 1 out of 5", [("05", "out of order")]),
+        # the distributor: every refused entry, grouped by message ("N errors like:"), in no particular order
+        (400, f"{too_old(FIVE[0])}", [("05", "too old")]),
+        (400, f"1 errors like: {too_old(FIVE[1])}; 1 errors like: {too_old(FIVE[0])}",
+         [("05", "too old"), ("04", "too old")]),
+        (400, f"entry for stream '{STREAM}' has timestamp too new: 2026-04-14T09:05:00Z", [("01", "too new")]),
+        (400, f"1 errors like: max entry size '4000' bytes exceeded for stream '{STREAM}' while adding an entry with "
+              f"length '5500' bytes; 1 errors like: {too_old(FIVE[0])}", "too_long"),
+        # a stream Loki skips whole for its labels, or an answer about the request: nothing of it was stored
+        (400, f"stream '{STREAM}' has label value too long: 'xxxx'", [(u, "invalid stream") for u in
+                                                                      ("05", "04", "03", "02", "01")]),
+        (400, "error at least one label pair is required per stream",
+         [(u, "invalid stream") for u in ("05", "04", "03", "02", "01")]),
+        (413, "request body too large: 9000000 bytes, limit: 8388608 bytes",
+         [(u, "refused") for u in ("05", "04", "03", "02", "01")]),
+        # answers that do not add up are never taken as "stored": the whole stream is counted as failed
+        (400, "\n".join([*ignored_lines(FIVE[3:4]), f"user 'fake', total ignored: 1 out of 5 for stream: {STREAM}"]),
+         [(u, "unaccounted") for u in ("05", "04", "03", "02", "01")]),  # the listed entry is not the oldest
+        (400, f"{too_old(FIVE[4])}", [(u, "unaccounted") for u in ("05", "04", "03", "02", "01")]),  # not the oldest
+        (400, f"1 errors like: {too_old(FIVE[0])}; 1 errors like: entry for stream '{STREAM}' has structured metadata "
+              "too large: '9' bytes, limit: '1' bytes", [(u, "unaccounted") for u in ("05", "04", "03", "02", "01")]),
+    ],
+)
+def test_refusals_in_an_answer(status: int, body: str, expected: object) -> None:
+    sink = build(SINK)
+    events = FIVE
+    if expected == "too_long":  # 02's line is the long one; 05 is too old
+        events = [*FIVE[:3], replace(FIVE[3], message="x" * 5000), FIVE[4]]
+        expected = [("05", "too old"), ("02", "line too long")]
+    answer = sink.classify(httpx.Response(status, text=body), entries_of(sink, *events))
+    assert sorted(refusals(answer)) == sorted(expected)  # type: ignore[arg-type]
+
+
+def test_an_ingester_answer_for_fewer_entries_than_pushed_needs_a_closer_look() -> None:
+    """The ingester's error replaces the distributor's: "1 out of 3" for a push of 5 means the distributor refused
+    2 without a word."""
+    sink = build(SINK)
+    body = "\n".join([*ignored_lines(FIVE[2:3]), f"user 'fake', total ignored: 1 out of 3 for stream: {STREAM}"])
+    answer = sink.classify(httpx.Response(400, text=body), entries_of(sink, *FIVE))
+    assert isinstance(answer, _Hidden) and (answer.ignored, answer.reached) == (1, 3)
+
+
+def test_classification_of_whole_push_errors() -> None:
+    sink = build(SINK)
+    entries = entries_of(sink, make_event(1), make_event(2))
     with pytest.raises(RetryableError, match="HTTP 429: Ingestion rate limit exceeded") as info:
         sink.classify(httpx.Response(429, text=RATE_LIMITED.format(lines=2, bytes=300),
-                                     headers={"Retry-After": "5"}), streams)
+                                     headers={"Retry-After": "5"}), entries)
     assert info.value.retry_after == 5.0
     for status in (500, 502, 503, 504):
         with pytest.raises(RetryableError):
-            sink.classify(httpx.Response(status, text="empty ring"), streams)
+            sink.classify(httpx.Response(status, text="empty ring"), entries)
     with pytest.raises(PermanentError, match="HTTP 401: no org id"):
-        sink.classify(httpx.Response(401, text="no org id"), streams)
-    with pytest.raises(PermanentError, match="HTTP 400: error at least one label pair"):
-        sink.classify(httpx.Response(400, text="error at least one label pair is required per stream"), streams)
-    with pytest.raises(PermanentError, match="HTTP 413"):
-        sink.classify(httpx.Response(413, text="request body too large"), streams)
-
-
-def too_far_behind(events, labels: str, total: int, out_of: int) -> str:  # type: ignore[no-untyped-def]
-    lines = [f"entry with timestamp {go_time(ns(e.last_timestamp))} ignored, reason: 'entry too far behind, "
-             f"oldest acceptable timestamp is: 2026-04-14T09:00:00Z'," for e in events]
-    return "\n".join(lines) + f"\nuser 'fake', total ignored: {total} out of {out_of} for stream: {labels}"
-
-
-def test_too_far_behind_rejects_only_the_entries_loki_named() -> None:
-    sink = build("loki:http://loki:3100?stream_labels=namespace")
-    old = make_event(1, last_timestamp=datetime(2026, 4, 14, 8, 0, 0, 250000, tzinfo=UTC))
-    new = make_event(2)
-    other = make_event(3, involved_object=replace(make_event(3).involved_object, namespace="web"))
-    streams = streams_of(sink, new, old, other)
-    body = too_far_behind([old], '{job="eventrouter", namespace="default", service_name="unknown_service"}', 1, 2)
-    with pytest.raises(PartialError) as info:
-        sink.classify(httpx.Response(400, text=body), streams)
-    assert info.value.rejected == [old] and info.value.retry == []  # new and other were stored
-
-
-def test_loki_2_out_of_order_lines_are_understood() -> None:
-    sink = build("loki:http://loki:3100?stream_labels=namespace")
-    a, b = make_event(1), make_event(2)
-    body = (f"entry with timestamp {go_time(ns(a.last_timestamp))} ignored, reason: 'entry out of order' for stream: "
-            '{job="eventrouter", namespace="default"},\ntotal ignored: 1 out of 2')
-    with pytest.raises(PartialError) as info:
-        sink.classify(httpx.Response(400, text=body), streams_of(sink, a, b))
-    assert info.value.rejected == [a]
-
-
-def test_too_old_rejects_every_entry_before_the_bound() -> None:
-    sink = build("loki:http://loki:3100?stream_labels=namespace")
-    old = make_event(1, last_timestamp=datetime(2026, 4, 1, tzinfo=UTC))
-    older = make_event(2, last_timestamp=datetime(2026, 3, 1, tzinfo=UTC),
-                       involved_object=replace(make_event(2).involved_object, namespace="web"))
-    fresh = make_event(3)
-    # Loki may name only one stream: the bound holds for all
-    body = ("entry for stream '{job=\"eventrouter\", namespace=\"default\"}' has timestamp too old: "
-            "2026-04-01T00:00:00Z, oldest acceptable timestamp is: 2026-04-07T09:30:00Z")
-    with pytest.raises(PartialError) as info:
-        sink.classify(httpx.Response(400, text=body), streams_of(sink, old, older, fresh))
-    assert sorted(e.uid for e in info.value.rejected) == sorted([old.uid, older.uid])
-
-
-def test_an_answer_that_does_not_name_every_ignored_entry_fails_the_batch() -> None:
-    sink = build("loki:http://loki:3100?stream_labels=namespace")
-    a, b, c = make_event(1), make_event(2), make_event(3)
-    # 2 ignored, 1 listed: which other is unknown
-    body = too_far_behind([a], '{job="eventrouter", namespace="default"}', 2, 3)
-    with pytest.raises(PermanentError, match="Loki refused entries for their time"):
-        sink.classify(httpx.Response(400, text=body), streams_of(sink, a, b, c))
-
-
-def test_time_rejection_of_every_entry_is_permanent() -> None:
-    sink = build("loki:http://loki:3100?stream_labels=namespace")
-    a = make_event(1)
-    with pytest.raises(PermanentError):
-        sink.classify(httpx.Response(400, text=too_far_behind([a], '{job="eventrouter", namespace="default"}', 1, 1)),
-                      streams_of(sink, a))
+        sink.classify(httpx.Response(401, text="no org id"), entries)
+    with pytest.raises(PermanentError, match="HTTP 403"):
+        sink.classify(httpx.Response(403, text="forbidden"), entries)
 
 
 # ---- what Loki stores -----------------------------------------------------------------------------
@@ -247,7 +273,7 @@ def test_an_event_without_any_label_value_fails_alone(loki: FakeLoki) -> None:
     sink = build(f"loki:{loki.url}?stream_labels=namespace&static_label=")
     node = make_event(1, involved_object=replace(make_event(1).involved_object, kind="Node", namespace=""))
     pod = make_event(2)
-    with pytest.raises(PartialError, match="1 events have no value for any stream label") as info:
+    with pytest.raises(PartialError, match=r"refused 1 of 2 events: 1 without any label \(no value for any") as info:
         sink.send([node, pod])
     assert info.value.rejected == [node] and info.value.retry == []
     assert [(e.labels, orjson.loads(e.line)["uid"]) for e in loki.entries] == [({"namespace": "default"}, pod.uid)]
@@ -295,15 +321,18 @@ def test_too_old_entries_are_rejected_and_the_rest_stored() -> None:
         server.stop()
 
 
-def test_a_truncated_listing_fails_the_whole_batch() -> None:
+def test_a_listing_cut_at_ten_lines_still_accounts_for_every_entry() -> None:
+    """Loki lists at most max_returned_stream_errors (10) ignored entries; its total says how many there were."""
     server = FakeLoki(max_listed=1).start()
     try:
         sink = build(f"loki:{server.url}?stream_labels=namespace")
         now = datetime.now(UTC).replace(microsecond=0)
         sink.send([make_event(1, last_timestamp=now)])
         late = [make_event(n, last_timestamp=now - timedelta(hours=3, seconds=n)) for n in (2, 3)]
-        with pytest.raises(PermanentError, match="for their time"):
+        with pytest.raises(PartialError, match="refused 2 of 3 events: 2 too far behind") as info:
             sink.send([*late, make_event(4, last_timestamp=now)])
+        assert sorted(e.uid for e in info.value.rejected) == sorted(e.uid for e in late)
+        assert [orjson.loads(e.line)["uid"] for e in server.entries] == [make_event(1).uid, make_event(4).uid]
     finally:
         server.stop()
 
