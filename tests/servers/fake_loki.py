@@ -199,6 +199,10 @@ class FakeLoki:
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            # keep-alive, and no Nagle delay between the headers and the body, as Loki (Go's net/http) answers
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
             def log_message(self, *args: Any) -> None:
                 pass
 
