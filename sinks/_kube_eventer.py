@@ -259,7 +259,12 @@ def go_escape(match: re.Match[str]) -> str:
 
 _HTML_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
                             "\u2029": "\\u2029"})
-_NEEDS_HTML_SAFE = re.compile("[<>&\u2028\u2029]")
+
+
+def _may_need_html_safe(raw: bytes) -> bool:
+    """Whether orjson's bytes may hold one of Go's HTML-escaped characters: ``<>&`` or U+2028/U+2029,
+    whose UTF-8 starts E2 80 (as U+2000..U+203F's do). Bytes ``in`` is a C scan, ~20x faster than a regex."""
+    return b"<" in raw or b">" in raw or b"&" in raw or b"\xe2\x80" in raw
 
 
 def go_marshal(value: Any, indent: bool = False) -> str:
@@ -267,25 +272,32 @@ def go_marshal(value: Any, indent: bool = False) -> str:
     Go's HTML-safe escapes and its indent of two, both fixed after; it refuses lone surrogates, which
     :func:`go_json` writes as Go does. Values are what :func:`go_struct` makes (no floats)."""
     try:
-        text = orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0).decode()
+        raw = orjson.dumps(value, option=orjson.OPT_INDENT_2 if indent else 0)
     except TypeError:
         return go_json(value, " " if indent else None)
     if indent:
-        text = _halve_indent(text)
-    if _NEEDS_HTML_SAFE.search(text):
-        text = text.translate(_HTML_SAFE)
-    return text
+        raw = _halve_indent(raw)
+    text = raw.decode()
+    return text.translate(_HTML_SAFE) if _may_need_html_safe(raw) else text
 
 
-def _halve_indent(text: str) -> str:
+# orjson's indent of level n ("\n" and 2n spaces) and its NUL mark of n, built once for the usual depths
+_INDENTS = [(b"\n" + b"  " * level, b"\n" + b"\0" * level) for level in range(16)]
+
+
+def _indent_marks(level: int) -> tuple[bytes, bytes]:
+    return _INDENTS[level] if level < len(_INDENTS) else (b"\n" + b"  " * level, b"\n" + b"\0" * level)
+
+
+def _halve_indent(raw: bytes) -> bytes:
     """orjson's indent of two spaces per level -> Go's one. Raw newlines occur only between lines (a
     string's are escaped), and NUL never raw (escaped too), so it marks the done levels, deepest first."""
     depth = 1
-    while "\n" + "  " * (depth + 1) in text:
+    while _indent_marks(depth + 1)[0] in raw:
         depth += 1
     for level in range(depth, 0, -1):
-        text = text.replace("\n" + "  " * level, "\n" + "\0" * level)
-    return text.replace("\0", " ")
+        raw = raw.replace(*_indent_marks(level))
+    return raw.replace(b"\0", b" ")
 
 
 def go_json(value: Any, indent: str | None = None, depth: int = 0) -> str:

@@ -17,7 +17,7 @@ from eventrouter import Event, PartialError, PermanentError, RetryableError, Sin
 from eventrouter.cli import main as cli_main
 from eventrouter.config import build_sink
 from eventrouter.router import Router, SinkRunner
-from sinks._kube_eventer import event_json, kafka_message
+from sinks._kube_eventer import _EVENT, core_v1, event_json, go_json, go_struct, kafka_message
 from sinks.influxdb import InfluxDBSink, _classify, field_string, nanoseconds, point, tag_set, tag_value
 from tests.helpers import make_event, real_objects
 from tests.servers.fake_influx2 import FakeInflux2
@@ -186,6 +186,36 @@ def test_default_and_withfields_points() -> None:
     assert ",pod_id=" not in point(node, with_fields=False, cluster_name="x")
     assert ",pod_name=" not in point(node, with_fields=False, cluster_name="x")
     sink.close()
+
+
+def deeply_nested(depth: int) -> dict:
+    value: dict = {"leaf": "<&>"}
+    for level in range(depth):
+        value = {f"f:{level}": value, "list": [level, {"x": ""}]}
+    return value
+
+
+def test_value_field_is_the_reference_go_encoding_byte_for_byte() -> None:
+    """The ``value`` JSON is built the fast way (orjson, then Go's indent of one and its HTML escapes
+    fixed after); it must be what the reference encoder ``go_json`` (Go's rules, written out) gives, for
+    every recorded event, for text with Go's escapes and near misses (U+2013, U+2000), and for nesting
+    deeper than the usual (managedFields)."""
+    events = [Event.from_object(o) for o in real_objects()] + [
+        Event.from_object(o) for o in real_objects("events-k8s-io-v1")]
+    # each on its own: one of Go's escapes in a text must not hide a missed other
+    specials = [" <b>", " a&b", " \u2028", " \u2029", " \u2013 \u2000 “q”", ' 中文 \\ "x" \t\n\x01 🔥']
+    events += [replace(e, raw={**e.raw, "message": str(e.raw.get("message") or e.raw.get("note")) + special})
+               for e in events[:10] for special in specials]
+    managed = [{"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": "2026-04-14T09:30:00Z",
+                "fieldsType": "FieldsV1", "fieldsV1": deeply_nested(20)}]
+    events += [replace(e, raw={**e.raw, "metadata": {**e.raw["metadata"], "managedFields": managed}})
+               for e in events[:5]]
+    checked = 0
+    for ev in events:
+        value = event_json(ev)
+        assert value == go_json(go_struct(core_v1(ev), _EVENT), " ")
+        checked += "\\u0026" in value or "\\u2029" in value
+    assert checked >= 20  # the escapes were exercised
 
 
 # ---- classification ------------------------------------------------------------------------------
