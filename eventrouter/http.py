@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import ssl
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -28,11 +30,27 @@ HTTP_OPTIONS: tuple[Option, ...] = (
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
 
+_default_context: ssl.SSLContext | None = None
+_default_context_lock = threading.Lock()
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """The verifying TLS context of every HTTP client that gives no TLS option, built on first use.
+
+    httpx would build one per client, each loading the whole CA bundle (about 1 MB of RSS apiece with
+    OpenSSL 3); one shared context trusts exactly the same CAs (certifi's, or SSL_CERT_FILE/SSL_CERT_DIR as
+    httpx reads them) and is safe to use from several threads.
+    """
+    global _default_context
+    with _default_context_lock:
+        if _default_context is None:
+            _default_context = httpx.create_ssl_context()
+        return _default_context
+
+
 def http_client(sink: str, opts: Mapping[str, Any], **kwargs: Any) -> httpx.Client:
     """An httpx.Client with the TLS and timeout options applied (no I/O until the first request)."""
-    import ssl
-
-    verify: Any = True
+    verify: Any = None
     if opts.get("insecure_skip_verify"):
         verify = False
     elif opts.get("ca_file") or opts.get("cert_file"):
@@ -44,6 +62,8 @@ def http_client(sink: str, opts: Mapping[str, Any], **kwargs: Any) -> httpx.Clie
             option = "cert_file" if opts.get("cert_file") and "cert" in str(exc).lower() else "ca_file"
             raise SinkConfigError(sink, f"cannot load the TLS files: {exc}", option) from None
         verify = context
+    else:
+        verify = default_ssl_context()
     timeout = float(opts.get("timeout") or 10.0)
     return httpx.Client(verify=verify, timeout=httpx.Timeout(timeout), **kwargs)
 

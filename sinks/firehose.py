@@ -1,7 +1,7 @@
 """Firehose sink: events as JSON Lines records into Amazon Data Firehose (Kinesis Data Firehose).
 
-Talks to Firehose's ``PutRecordBatch`` API with boto3 (``pip install 'eventrouter[firehose]'``). Each event is
-one record: the normalized event as JSON and a newline, byte for byte the line the ``s3`` sink writes
+Talks to Firehose's ``PutRecordBatch`` API with botocore, boto3's core (``pip install 'eventrouter[firehose]'``).
+Each event is one record: the normalized event as JSON and a newline, byte for byte the line the ``s3`` sink writes
 (``eventrouter.json_line``), so the objects a Firehose stream with an S3 destination writes are JSON Lines that
 the same Athena table reads (``eventrouter athena-ddl``; point its LOCATION at the stream's prefix).
 
@@ -28,7 +28,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -50,7 +49,7 @@ from eventrouter import (
     redact_text,
 )
 
-from ._aws import classify_aws_error
+from ._aws import aws_client, classify_aws_error
 
 log = logging.getLogger("eventrouter.sinks.firehose")
 
@@ -77,7 +76,7 @@ class FirehoseSink(Sink):
     def __init__(self, url: SinkURL, opts: Options, *, client: Any = None) -> None:
         """``client``: a boto3 Firehose client to use instead of building one (tests, custom sessions)."""
         super().__init__(url, opts)
-        self.require("boto3")  # a missing client library is a start-up error, not a failed send
+        self.require("botocore")  # a missing client library is a start-up error, not a failed send
         stream = url.path.strip("/") if not url.scheme else ""
         if not _STREAM_NAME.match(stream):
             raise SinkConfigError(self.name, "give the delivery stream name (1-64 letters, digits, _ . -), "
@@ -143,23 +142,8 @@ class FirehoseSink(Sink):
 
     def _firehose(self) -> Any:
         if self._client is None:
-            boto3 = self.require("boto3")
-            config = self.require("botocore.config")
-            opts = self.opts
-            secret, token = opts["secret_access_key"], opts["session_token"]
-            session = boto3.session.Session(
-                aws_access_key_id=opts["access_key_id"] or None,
-                aws_secret_access_key=secret.reveal() if secret else None,
-                aws_session_token=token.reveal() if token else None,
-                # botocore reads AWS_DEFAULT_REGION only; EKS (IRSA, Pod Identity) also sets AWS_REGION
-                region_name=opts["region"] or os.environ.get("AWS_REGION") or None,
-            )
-            self._client = session.client(
-                "firehose",
-                endpoint_url=opts["endpoint_url"] or None,
-                config=config.Config(connect_timeout=5, read_timeout=30,
-                                     retries={"mode": "standard", "total_max_attempts": 1}),  # the router retries
-            )
+            self._client = aws_client("firehose", self.opts, connect_timeout=5, read_timeout=30,
+                                      retries={"mode": "standard", "total_max_attempts": 1})  # the router retries
         return self._client
 
     # ---- errors -------------------------------------------------------------------------------

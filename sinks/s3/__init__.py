@@ -64,7 +64,7 @@ from eventrouter import (
     redact_text,
 )
 
-from .._aws import classify_aws_error
+from .._aws import aws_client, classify_aws_error
 from ._athena import athena_ddl, athena_ddl_command
 from ._keys import DEFAULT_KEY_FORMAT, DEFAULT_YEARS, check_key_format, check_years, group_of, parse_years, render_key
 from ._spool import Chunk, Spool, SpoolBusy
@@ -376,10 +376,12 @@ class S3Sink(Sink):
             log.debug("s3 sink: uploaded s3://%s/%s (%d events)", self.bucket, chunk.key, chunk.events)
 
     def _put(self, chunk: Chunk) -> None:
+        transfer = self.require("boto3.s3.transfer")
         body = self._spool.gzip_body(chunk)
         try:
-            self._s3().upload_file(body, self.bucket, chunk.key, ExtraArgs=self._extra_args(),
-                                   Config=self._transfer_config())
+            # boto3's managed upload (multipart above upload_chunk_size), as boto3's client.upload_file does
+            with transfer.S3Transfer(self._s3(), self._transfer_config()) as uploader:
+                uploader.upload_file(body, self.bucket, chunk.key, extra_args=self._extra_args())
         finally:
             os.unlink(body)
 
@@ -401,27 +403,10 @@ class S3Sink(Sink):
 
     def _s3(self) -> Any:
         if self._client is None:
-            boto3 = self.require("boto3")
-            config = self.require("botocore.config")
-            opts = self.opts
-            secret = opts["secret_access_key"]
-            token = opts["session_token"]
-            session = boto3.session.Session(
-                aws_access_key_id=opts["access_key_id"] or None,
-                aws_secret_access_key=secret.reveal() if secret else None,
-                aws_session_token=token.reveal() if token else None,
-                # botocore reads AWS_DEFAULT_REGION only; EKS (IRSA, Pod Identity) also sets AWS_REGION
-                region_name=opts["region"] or os.environ.get("AWS_REGION") or None,
-            )
-            self._client = session.client(
-                "s3",
-                endpoint_url=opts["endpoint_url"] or None,
-                config=config.Config(
-                    connect_timeout=5,
-                    read_timeout=60,
-                    retries={"mode": "standard", "total_max_attempts": 1},  # the sink's backoff retries
-                    s3={"addressing_style": "path" if opts["force_path_style"] else "auto"},
-                ),
+            self._client = aws_client(
+                "s3", self.opts, connect_timeout=5, read_timeout=60,
+                retries={"mode": "standard", "total_max_attempts": 1},  # the sink's backoff retries
+                s3={"addressing_style": "path" if self.opts["force_path_style"] else "auto"},
             )
         return self._client
 
