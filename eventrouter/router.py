@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from eventrouter.buffer import DiskBuffer, ReadBatch, encode_event, parse_size
+from eventrouter.buffer import (
+    DiskBuffer,
+    ReadBatch,
+    encode_event,
+    encode_record,
+    parse_size,
+    record_event,
+    record_fields,
+)
 from eventrouter.errors import PartialError, PermanentError, RetryableError
 from eventrouter.event import Event
 from eventrouter.filters import EventFilter
@@ -46,6 +54,12 @@ BACKOFF_INITIAL = 0.5
 # upper bounds (seconds) of the batch latency histogram /metrics exports; a retried batch counts once,
 # with the time from its first attempt until it settled
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# A sink's memory window holds its next batch (batch_size, within these bounds) and its newest LIVE_TAIL
+# events as Events; an event between the two (the sink is behind by more than both) is held encoded,
+# ~0.9 KB instead of ~3-5 KB (see SinkRunner._append_locked)
+LIVE_MIN = 32
+LIVE_MAX = 1000
+LIVE_TAIL = 256
 
 
 @dataclass(slots=True)
@@ -63,6 +77,7 @@ class SinkStats:
     relist_skipped: int = 0  # relisted events this sink already had (settled, queued or buffered)
     buffered_at_exit: int = 0  # undelivered at the shutdown deadline, kept in the disk buffer for the next start
     spilled: int = 0  # events written to the disk buffer (the sink was behind by more than queue_size)
+    packed: int = 0  # events held encoded in the memory window (the sink was behind by more than a batch)
     batch_seconds: list[float] = field(default_factory=list)
     # per LATENCY_BUCKETS bound, then one overflow slot (not cumulative); updated once per batch
     latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
@@ -92,8 +107,12 @@ class SinkRunner:
         self.stats = SinkStats()
         # two parallel deques (event, and its sequence number) rather than one of (seq, event) pairs: no
         # tuple per event per sink, which the cyclic GC would have to track and scan
-        self._queue: deque[Event] = deque()
+        # The memory window: an Event each, or, for an event held long (see _append_locked), its encoded
+        # disk record (eventrouter.buffer: one bytes object about the size of its JSON), decoded when its
+        # batch is taken
+        self._queue: deque[Event | bytes] = deque()
         self._seqs: deque[int] = deque()
+        self._packed = 0  # records in the window (0: a batch needs no decoding)
         self._lock = threading.Lock()
         # The worker sleeps on its own Event, not on a Condition of the queue lock: woken from a Condition,
         # it would take the queue lock back before it has the GIL, and the source's next offer would then
@@ -101,7 +120,8 @@ class SinkRunner:
         self._wakeup = threading.Event()
         self._worker_waiting = False
         self._inflight_first: int | None = None
-        self._inflight: Sequence[Event] = ()  # the batch being delivered (events of it not yet settled)
+        # the batch being delivered (events of it not yet settled; records until the worker decoded them)
+        self._inflight: Sequence[Event | bytes] = ()
         self._inflight_read: ReadBatch | None = None  # the batch came from the disk buffer
         # Past queue_size, events go to the disk buffer, and keep going there (behind the backlog) until the
         # worker has read it all: the order stays FIFO. Set by the source thread, cleared by the worker, both
@@ -124,6 +144,10 @@ class SinkRunner:
         self._passes_all = event_filter.passes_everything
         self._batch_size = delivery.batch_size
         self._queue_size = delivery.queue_size
+        # events held as Events at the head of the window: the next batch (capped: a batch_size of 10,000
+        # would hold ~50 MB); past _pack_depth events the window starts encoding (see _append_locked)
+        self._live_size = max(LIVE_MIN, min(delivery.batch_size, LIVE_MAX))
+        self._pack_depth = min(delivery.queue_size, self._live_size + LIVE_TAIL)
 
     @classmethod
     def build(cls, sink: Sink, *, label: str = "", data_dir: str | None = None) -> SinkRunner:
@@ -156,8 +180,8 @@ class SinkRunner:
     def enqueue(self, seq: int, event: Event) -> None:
         """:meth:`offer` for an event known to pass this sink's filter."""
         queue = self._queue
-        if len(queue) >= self._queue_size or self._spilling:
-            self._offer_full(seq, event)
+        if len(queue) >= self._pack_depth or self._spilling:
+            self._offer_held(seq, event)
             return
         # No lock: the source is the only producer (dispatch is not thread-safe; concurrent watches are
         # serialized) and deque appends are atomic. The seq goes first, so a worker that sees n events
@@ -173,8 +197,34 @@ class SinkRunner:
             if (queued == 1 or queued >= self._batch_size) and not self._wakeup.is_set():
                 self._wakeup.set()
 
+    def _offer_held(self, seq: int, event: Event) -> None:
+        """The sink is behind by more than a batch and LIVE_TAIL events: into the memory window while it
+        has room, else to the disk buffer, or the overflow policy."""
+        with self._lock:
+            if not self._spilling and len(self._queue) < self._queue_size:
+                self._append_locked(seq, event)
+                self.stats.queued += 1
+                self._wake()
+                return
+        self._offer_full(seq, event)
+
+    def _append_locked(self, seq: int, event: Event) -> None:
+        """Append to the window, and encode the event that is now LIVE_TAIL behind the newest, unless it is
+        in the next batch. So a sink that keeps up (its backlog never deeper than a batch and a tail) has
+        nothing encoded, and each event of a deeper backlog is encoded once, when it falls that far behind."""
+        queue, seqs = self._queue, self._seqs
+        seqs.append(seq)
+        queue.append(event)
+        index = len(queue) - LIVE_TAIL - 1
+        if index >= self._live_size:
+            behind = queue[index]
+            if behind.__class__ is not bytes:
+                queue[index] = _record(seqs[index], behind)  # type: ignore[arg-type]
+                self._packed += 1
+                self.stats.packed += 1
+
     def _offer_full(self, seq: int, event: Event) -> None:
-        """The queue is full (or the disk holds a backlog): to the disk buffer, or the overflow policy."""
+        """The window is full (or the disk holds a backlog): to the disk buffer, or the overflow policy."""
         if self.buffer is not None:
             self._spill(seq, event)
             return
@@ -186,24 +236,23 @@ class SinkRunner:
                     self.position.dropped((event,))
                     self._report_overflow()
                     return
-                self.position.dropped((queue.popleft(),))
+                oldest = queue.popleft()
                 self._seqs.popleft()
+                if oldest.__class__ is bytes:
+                    self._packed -= 1
+                self.position.dropped_time(_held_time(oldest))
                 self._report_overflow()
-            self._seqs.append(seq)
-            queue.append(event)
+            self._append_locked(seq, event)
             self.stats.queued += 1
-        if self._worker_waiting:
-            self._wakeup.set()
+        self._wake()
 
     def _spill(self, seq: int, event: Event) -> None:
         """Append to the disk buffer, behind what is there. The memory window goes first when spilling starts,
         so the worker reads everything in order from disk (and the window's memory is freed)."""
         with self._lock:
-            queue, seqs = self._queue, self._seqs
             if not self._spilling:
-                if len(queue) < self._queue_size:  # the worker made room meanwhile
-                    seqs.append(seq)
-                    queue.append(event)
+                if len(self._queue) < self._queue_size:  # the worker made room meanwhile
+                    self._append_locked(seq, event)
                     self.stats.queued += 1
                     self._wake()
                     return
@@ -222,13 +271,24 @@ class SinkRunner:
         self._spilling = True
         queue, seqs = self._queue, self._seqs
         while queue:
-            self._write(seqs.popleft(), queue.popleft())
+            self._write_held(seqs.popleft(), queue.popleft())
+        self._packed = 0
 
     def _write(self, seq: int, event: Event) -> None:
+        self._write_record(_record(seq, event))
+
+    def _write_held(self, seq: int, held: Event | bytes) -> None:
+        """An event of the window to the disk buffer (one held encoded is written as it is)."""
+        if held.__class__ is bytes:
+            self._write_record(held)
+        else:
+            self._write(seq, held)  # type: ignore[arg-type]
+
+    def _write_record(self, record: bytes) -> None:
         buffer = self.buffer
         assert buffer is not None
-        t, key, payload = _serialized(event)
-        if buffer.append(seq, t, key, payload):
+        seq, t, key = record_fields(record)
+        if buffer.append_record(record, seq, t, key):
             self.stats.spilled += 1
             return
         if self.delivery.overflow == "drop_oldest":
@@ -238,11 +298,11 @@ class SinkRunner:
                 if oldest is not None:
                     self.position.dropped_time(oldest)
                 self._report_overflow()
-                if buffer.append(seq, t, key, payload):
+                if buffer.append_record(record, seq, t, key):
                     self.stats.spilled += 1
                     return
         self.stats.dropped_overflow += 1
-        self.position.dropped((event,))
+        self.position.dropped_time(t)
         self._report_overflow()
 
     def _wake(self) -> None:
@@ -290,7 +350,10 @@ class SinkRunner:
     def oldest_unsettled_time(self) -> float | None:
         """The earliest event time among the events this sink holds but has not settled (a lower bound)."""
         held = [*self._inflight, *list(self._queue)]  # list(deque) copies in one step, under the GIL
-        times = [min(e.last_timestamp for e in held).timestamp()] if held else []
+        if self._packed or any(h.__class__ is bytes for h in self._inflight):
+            times = [min(map(_held_time, held))] if held else []
+        else:  # no record held: the Events' times (the common case, cheaper)
+            times = [min(e.last_timestamp for e in held).timestamp()] if held else []  # type: ignore[union-attr]
         if self.buffer is not None:
             on_disk = self.buffer.min_time()
             if on_disk is not None:
@@ -319,7 +382,7 @@ class SinkRunner:
         if held is None or now - self._held_keys_at > 1.0:
             # a re-list dispatches thousands of events in a row: one snapshot of the waiting keys serves
             # them all (each event the re-list queues is added to it; newer watch events are no re-list's)
-            held = self._held_keys = {event_key(e) for e in [*self._inflight, *list(self._queue)]}
+            held = self._held_keys = {_held_key(e) for e in [*self._inflight, *list(self._queue)]}
             self._held_keys_at = now
         key = event_key(event)
         return key in held or (self.buffer is not None and self.buffer.contains(key))
@@ -333,6 +396,13 @@ class SinkRunner:
             self._spilling = False
         if dropped:
             log.warning("sink %s: discarded %d buffered events: %s", self.label, dropped, why)
+
+    def waiting(self) -> list[Event]:
+        """The events of the memory window, oldest first (those held encoded decoded again: equal, not the
+        same objects). For tests and diagnostics; the worker does not use it."""
+        with self._lock:
+            held = list(self._queue)
+        return _decoded(held)
 
     @property
     def depth(self) -> int:
@@ -435,7 +505,11 @@ class SinkRunner:
                     pop_seq = seqs.popleft
                     for _ in range(take):
                         pop_seq()
-                    return batch
+                    packed = self._packed
+                    if packed:
+                        records = sum(1 for h in batch if h.__class__ is bytes)
+                        self._packed = packed - records
+                    break
                 if not queued:
                     if self._spilling:
                         self._worker_waiting = False
@@ -448,6 +522,13 @@ class SinkRunner:
                 elif deadline is None:
                     deadline = now + interval
             self._wakeup.wait(max(0.0, deadline - now) or 0.001)
+        if packed and records:
+            # decoded outside the lock (the source keeps queuing meanwhile); _inflight holds the records
+            # until then (the position's floor, and holds, read them)
+            events = _decoded(batch)
+            self._inflight = events
+            return events
+        return batch  # type: ignore[return-value]  # no record in it: Events only
 
     def _deliver(self, batch: list[Event]) -> None:
         events: Sequence[Event] = batch
@@ -554,15 +635,16 @@ class SinkRunner:
             # the batch given up in a retry wait, if it came from memory (one from disk is still there)
             given_up = list(self._abandoned) if self._inflight_read is None else []
             left_seqs = [0] * len(given_up) + list(self._seqs)
-            left_events = given_up + list(self._queue)
+            left_events: list[Event | bytes] = [*given_up, *self._queue]
             self._queue.clear()
             self._seqs.clear()
+            self._packed = 0
             in_send = len(self._inflight) if stuck and self._inflight_read is None else 0
         buffer = self.buffer
         kept = 0
         if buffer is not None:
-            for seq, event in zip(left_seqs, left_events, strict=True):
-                self._write(seq, event)  # behind the disk backlog: their order is not kept across the restart
+            for seq, held in zip(left_seqs, left_events, strict=True):
+                self._write_held(seq, held)  # behind the disk backlog: their order is not kept across the restart
             self.stats.buffered_at_exit = kept = buffer.pending
             self._close_buffer()
             left_events = []
@@ -588,18 +670,37 @@ ROUTES_CAP = 4096
 _FROM_DISK: list[Event] = []  # _take_from_memory's answer when the next events are on disk
 
 
-# The last event written to a disk buffer, serialized: when several sinks spill the same event (one dispatch
-# offers it to each in turn), it is encoded once. One tuple, swapped whole: safe from any thread.
-_last_serialized: tuple[Event | None, tuple[float, bytes, bytes]] = (None, (0.0, b"", b""))
+def _held_time(held: Event | bytes) -> float:
+    """The event time of an event in a memory window (an Event, or its encoded record)."""
+    if held.__class__ is bytes:
+        return record_fields(held)[1]
+    return held.last_timestamp.timestamp()  # type: ignore[union-attr]
 
 
-def _serialized(event: Event) -> tuple[float, bytes, bytes]:
-    """(event time, key, payload) of an event for the disk buffer."""
-    global _last_serialized
-    last_event, record = _last_serialized
-    if last_event is not event:
-        record = (event.last_timestamp.timestamp(), event_key(event), encode_event(event))
-        _last_serialized = (event, record)
+def _held_key(held: Event | bytes) -> bytes:
+    if held.__class__ is bytes:
+        return record_fields(held)[2]
+    return event_key(held)  # type: ignore[arg-type]
+
+
+def _decoded(held: Iterable[Event | bytes]) -> list[Event]:
+    """Events of a memory window, those held encoded decoded again (equal Events, new objects)."""
+    return [record_event(h) if h.__class__ is bytes else h for h in held]  # type: ignore[misc]
+
+
+# The last event encoded as a record: when several sinks hold or spill the same event (one dispatch offers
+# it to each in turn), it is encoded once and the sinks share the bytes. One tuple, swapped whole: safe
+# from any thread.
+_last_record: tuple[Event | None, int, bytes] = (None, 0, b"")
+
+
+def _record(seq: int, event: Event) -> bytes:
+    """The event as a disk buffer record (eventrouter.buffer), numbered ``seq``."""
+    global _last_record
+    last_event, last_seq, record = _last_record
+    if last_event is not event or last_seq != seq:
+        record = encode_record(seq, event.last_timestamp.timestamp(), event_key(event), encode_event(event))
+        _last_record = (event, seq, record)
     return record
 
 

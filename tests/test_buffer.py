@@ -337,3 +337,95 @@ def test_a_sink_that_refuses_moves_its_memory_window_to_disk_at_once(tmp_path):
     assert wait_for(lambda: len(down.received) == 200)
     assert router.stop(5.0)
     assert [e.key for e in down.received] == [e.key for e in evs + more]
+
+
+# ---- the memory window's encoded events meet the disk buffer; bounded reads --------------------------------
+def test_encoded_events_of_the_window_spill_as_they_are_and_come_back_in_order(tmp_path):
+    stalled = build(BlockingSink, "queue_size=1000&batch_size=50")  # 50 + 256 Events, the rest encoded
+    stalled.release = threading.Event()
+    runner = SinkRunner.build(stalled, label="stalled", data_dir=str(tmp_path))
+    router = Router([runner])
+    evs = events(3000)
+    for e in evs[:1000]:
+        router.dispatch(e)
+    assert runner.stats.packed == 1000 - 50 - 256 and runner.buffer.pending == 0
+    for e in evs[1000:]:  # the window is full: it goes to disk first, then the rest behind it
+        router.dispatch(e)
+    assert len(runner._queue) == 0 and runner.buffer.pending == 3000 and runner.depth == 3000
+    router.start()
+    stalled.release.set()
+    assert wait_for(lambda: len(stalled.received) == 3000)
+    assert router.stop(5.0)
+    assert [e.to_dict(raw=True) for e in stalled.received] == [e.to_dict(raw=True) for e in evs]
+
+
+def test_encoded_events_left_at_the_shutdown_deadline_are_kept_and_delivered_after_a_restart(tmp_path, caplog):
+    down = build(DownSink, "queue_size=2000&batch_size=50")
+    runner = SinkRunner.build(down, label="s", data_dir=str(tmp_path))
+    router = Router([runner])
+    evs = events(1200)
+    for e in evs:
+        router.dispatch(e)
+    assert runner.stats.packed == 1200 - 50 - 256
+    router.start()
+    assert not router.stop(0.3)
+    assert runner.stats.buffered_at_exit == 1200 and runner.stats.dropped_shutdown == 0
+
+    sink = build(RecordingSink, "batch_size=50")
+    runner2 = SinkRunner.build(sink, label="s", data_dir=str(tmp_path))
+    router2 = Router([runner2])
+    router2.start()
+    assert wait_for(lambda: len(sink.received) == 1200)
+    assert router2.stop(5.0)
+    assert sorted(e.key for e in sink.received) == sorted(e.key for e in evs)  # each once
+    # the window went to disk at the first refusal; the batch given up at the deadline was written behind it
+    assert [e.to_dict(raw=True) for e in sink.received] == [e.to_dict(raw=True) for e in evs[50:] + evs[:50]]
+
+
+def test_reads_go_in_bounded_chunks_and_a_record_larger_than_a_chunk_still_comes_back(tmp_path, monkeypatch):
+    import eventrouter.buffer as buffer_module
+
+    monkeypatch.setattr(buffer_module, "READ_CHUNK", 3000)  # a few records per read
+    evs = events(60)
+    big = make_event(500, message="x" * 20_000)  # larger than a chunk
+    evs.insert(30, big)
+    buffer = DiskBuffer(str(tmp_path / "b"), 1 << 30)
+    buffer.open()
+    append_all(buffer, evs)
+    total = buffer.size
+    sizes = []
+    real_read = buffer._read_bytes
+
+    def counted_read(seg, offset, size):
+        sizes.append(size)
+        return real_read(seg, offset, size)
+
+    monkeypatch.setattr(buffer, "_read_bytes", counted_read)
+    got = read_all(buffer, batch=7)
+    assert [e.to_dict(raw=True) for e in got] == [e.to_dict(raw=True) for e in evs]
+    # a chunk at a time, or the one record larger than a chunk; not the rest of the segment per batch
+    assert max(sizes) == buffer_module.HEADER_SIZE + len(encode_event(big))
+    assert sum(sizes) < 3 * total
+
+
+def test_a_corrupted_record_across_a_read_boundary_costs_only_itself(tmp_path, monkeypatch):
+    import eventrouter.buffer as buffer_module
+
+    evs = [make_event(i) for i in range(40)]
+    buffer = DiskBuffer(str(tmp_path / "b"), 1 << 30)
+    buffer.open()
+    append_all(buffer, evs)
+    buffer.sync(force=True)
+    (seg,) = segments(tmp_path / "b")
+    path = tmp_path / "b" / seg
+    data = bytearray(path.read_bytes())
+    size = len(data) // 40  # the records have the same length
+    data[10 * size] ^= 0xFF  # record 10's magic: the reader must search for the next record
+    path.write_bytes(bytes(data))
+    # a chunk ends inside record 11: the search for the next record crosses it
+    monkeypatch.setattr(buffer_module, "READ_CHUNK", 11 * size + size // 2)
+
+    again = DiskBuffer(str(tmp_path / "b"), 1 << 30)
+    again.open()
+    assert again.restored == 39 and again.corrupted == 1
+    assert [e.key for e in read_all(again, batch=100)] == [e.key for i, e in enumerate(evs) if i != 10]

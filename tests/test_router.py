@@ -197,7 +197,7 @@ def test_overflow_policy_drops_and_counts(policy, kept, caplog):
     for i in range(10):
         router.dispatch(make_event(i))
     assert runner.stats.dropped_overflow == 7
-    assert [e.uid for e in runner._queue] == [make_event(i).uid for i in kept]
+    assert [e.uid for e in runner.waiting()] == [make_event(i).uid for i in kept]
     assert "queue full" in caplog.text
     sink.release.set()
     router.start()
@@ -333,14 +333,20 @@ def test_remembered_routes_give_each_sink_exactly_what_its_filter_accepts():
         router.dispatch(event)
     for runner in runners:
         expected = [e for e in events * 2 if runner.filter.accepts(e)]
-        assert list(runner._queue) == expected
+        assert runner.waiting() == expected  # decoded again where held encoded: equal
         assert runner.stats.filtered == len(events) * 2 - len(expected)
 
 
 def replace_count(event, count):
-    from dataclasses import replace
+    """The event at another count, its object included (a sink behind by more than a batch holds events
+    encoded from their object, as the disk buffer does)."""
+    from eventrouter.event import Event
 
-    return replace(event, count=count)
+    raw = dict(event.raw)
+    raw["count" if "involvedObject" in raw else "deprecatedCount"] = count
+    changed = Event.from_object(raw, event.cluster)
+    assert changed.count == count
+    return changed
 
 
 def test_a_sink_that_comes_back_is_retried_within_five_seconds_by_default():
@@ -350,3 +356,127 @@ def test_a_sink_that_comes_back_is_retried_within_five_seconds_by_default():
     waits = [runner._backoff(attempt, None) for attempt in range(1, 60)]
     assert max(waits) <= 5.0 and waits[0] <= 0.5
     assert runner._backoff(3, 30.0) == 30.0  # a server's Retry-After still wins
+
+
+# ---- the memory window holds a deep backlog encoded (issue 14: at most ~1 KB per held event) ---------------
+def enriched_real_events(n):
+    """Real Kubernetes objects (some enriched) and hand-made events (no object), interleaved."""
+    from eventrouter.event import Event, FrozenDict, Owner
+    from tests.helpers import real_objects
+
+    objs = real_objects()
+    out = []
+    for i in range(n):
+        if i % 3 == 2:
+            out.append(make_event(i))
+            continue
+        event = Event.from_object(objs[i % len(objs)], "prod")
+        if i % 3 == 1:  # as the enricher sets them
+            object.__setattr__(event, "labels", FrozenDict({"app": f"a{i}"}))
+            object.__setattr__(event, "owner", Owner("Deployment", "default", f"d{i}"))
+        out.append(event)
+    return out
+
+
+def test_a_backlog_deeper_than_a_batch_is_held_encoded_and_delivered_equal_in_order():
+    from eventrouter.router import LIVE_TAIL
+
+    sink = build(BlockingSink, "queue_size=5000&batch_size=100")
+    sink.release = threading.Event()
+    runner = SinkRunner.build(sink)
+    router = Router([runner])
+    evs = enriched_real_events(3000)
+    for e in evs:
+        router.dispatch(e)
+    # the next batch and the newest LIVE_TAIL stay Events; everything between is encoded
+    assert runner.stats.packed == 3000 - 100 - LIVE_TAIL
+    assert sum(h.__class__ is bytes for h in runner._queue) == runner.stats.packed
+    assert runner.depth == 3000
+    assert runner.waiting() == evs
+    # the position's floor counts the encoded events too
+    assert runner.oldest_unsettled_time() == min(e.last_timestamp for e in evs).timestamp()
+    router.start()
+    sink.release.set()
+    assert router.stop(10)
+    assert sink.received == evs  # equal, in order, none twice
+    assert [e.to_dict(raw=True) for e in sink.received] == [e.to_dict(raw=True) for e in evs]
+    assert [(e.labels, e.owner) for e in sink.received] == [(e.labels, e.owner) for e in evs]
+    assert all(len(b) <= 100 for b in sink.batches)
+
+
+def test_a_sink_that_keeps_up_holds_no_encoded_event():
+    sink = build(RecordingSink, "batch_size=100&flush_interval=10ms")
+    router, runners = run_router(sink)
+    evs = enriched_real_events(1000)
+    for i, e in enumerate(evs):
+        router.dispatch(e)
+        if i % 100 == 99:
+            assert wait_for(lambda i=i: len(sink.received) == i + 1)
+    assert router.stop(10)
+    assert runners[0].stats.packed == 0
+    assert [e for e in sink.received] == evs and all(a is b for a, b in zip(sink.received, evs, strict=True))
+
+
+def test_a_held_backlog_costs_at_most_1_5_kb_per_event():
+    """Real objects as the API server sends them (with managedFields: ~1.1 KB of JSON each); an Event with
+    its decoded object costs ~4.7 KB."""
+    import gc
+    import tracemalloc
+
+    import orjson
+
+    from eventrouter.event import Event
+    from tests.helpers import real_objects
+
+    lines = [orjson.dumps(o) for o in real_objects()] * 4
+    runner = SinkRunner.build(build(RecordingSink, f"queue_size={len(lines)}&batch_size=100"))
+    router = Router([runner])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for line in lines:
+            router.dispatch(Event.from_object(orjson.loads(line)))
+        gc.collect()
+        per_event = (tracemalloc.get_traced_memory()[0] - before) / len(lines)
+    finally:
+        tracemalloc.stop()
+    assert runner.depth == len(lines)
+    assert per_event < 1500, per_event
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
+def test_the_overflow_policy_applies_to_encoded_events_too(policy):
+    sink = build(BlockingSink, f"queue_size=400&overflow={policy}")  # batch_size 1: 32 Events at the head
+    sink.release = threading.Event()
+    runner = SinkRunner.build(sink)
+    router = Router([runner])
+    evs = enriched_real_events(1000)
+    for e in evs:
+        router.dispatch(e)
+    assert runner.stats.dropped_overflow == 600 and runner.stats.packed > 0
+    kept = evs[600:] if policy == "drop_oldest" else evs[:400]
+    assert runner.waiting() == kept
+    assert runner.position.hole == min(e.last_timestamp.timestamp() for e in evs if e not in kept)
+    router.start()
+    sink.release.set()
+    assert router.stop(10)
+    assert sink.received == kept
+
+
+def test_a_relisted_event_held_encoded_is_skipped():
+    sink = build(BlockingSink, "queue_size=5000&batch_size=10")
+    sink.release = threading.Event()
+    runner = SinkRunner.build(sink)
+    router = Router([runner])
+    evs = enriched_real_events(600)
+    for e in evs:
+        router.dispatch(e)
+    assert runner._queue[300].__class__ is bytes
+    for e in evs:
+        router.dispatch(e, relisted=True)
+    assert runner.stats.relist_skipped == 600 and runner.depth == 600
+    router.start()
+    sink.release.set()
+    assert router.stop(10)
+    assert sink.received == evs
