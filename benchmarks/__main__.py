@@ -25,6 +25,11 @@ def _notes(r: dict) -> str:
                 "disk buffer")
     if "lost" in r:
         return f"lost {r['lost']}, duplicated {r['duplicated']}, resumed in {r['time_to_resume_s']}s"
+    if "simulator_events" in r:
+        a, b = r["simulator_events"], r["managed_fields"]
+        return (f"bytes per held event (tracemalloc, 1/8 sinks): {a['traced_bytes_per_event_1_sink']}/"
+                f"{a['traced_bytes_per_event_8_sinks']}; with managedFields {b['traced_bytes_per_event_1_sink']}/"
+                f"{b['traced_bytes_per_event_8_sinks']}")
     if "rss_growth_second_half_mb" in r:
         return f"RSS growth over the second half {r['rss_growth_second_half_mb']} MB, dropped {r['dropped_overflow']}"
     if "startup_s_median" in r:
@@ -40,9 +45,9 @@ def _notes(r: dict) -> str:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING)
     small = "--quick" in argv
-    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "burst", "stall",
-                                                              "restart", "relist", "sinks", "influxdb", "startup",
-                                                              "idle", "burst-rss"]
+    names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "held", "burst",
+                                                              "stall", "restart", "relist", "sinks", "influxdb",
+                                                              "startup", "idle", "burst-rss"]
     results = []
     for name in names:
         if name == "pipeline":
@@ -55,6 +60,8 @@ def main(argv: list[str]) -> int:
         elif name == "memory":
             results.append(("stalled sink, 500k events", memory.run(50_000 if small else 500_000,
                                                                     5_000 if small else 50_000)))
+        elif name == "held":
+            results.append(("RAM per event held in memory", memory.held(5_000 if small else 50_000)))
         elif name == "burst":
             results.append(("burst: 100k events, a fast and a slow sink",
                             delivery.burst(10_000 if small else 100_000)))

@@ -51,6 +51,9 @@ SYNC_INTERVAL = 1.0
 # Bytes read from a segment at a time: about 300 records of a typical event. A batch reads only what it
 # decodes (plus the rest of one chunk), not megabytes it then throws away, and no large block is allocated.
 READ_CHUNK = 256 << 10
+# The writer's buffer, held while the tail segment is open (for good, once a sink has spilled): 128 KiB
+# is one write call per ~140 events; 1 MiB (as before) held 0.9 MB more per sink.
+WRITE_BUFFER = 128 << 10
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(|B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)\s*$")
@@ -445,7 +448,7 @@ class DiskBuffer:
         seg = Segment(seg_id, os.path.join(self.path, f"{seg_id:012d}.seg"), first_seq=seq)
         if segments and segments[-1].keys is not None:
             seg.keys = set()
-        self._writer = open(seg.path, "ab", buffering=1 << 20)  # noqa: SIM115 (open until sealed)
+        self._writer = open(seg.path, "ab", buffering=WRITE_BUFFER)  # noqa: SIM115 (open until sealed)
         seg.size = self._writer.tell()
         segments.append(seg)
         self._flushed = seg.size
