@@ -6,7 +6,8 @@
 - ``stall``: one sink stalls (its send never returns) while N = 600,000 events stream in (10 minutes at
   1,000 events/s, in fast-forward) and a second sink stays current; then the stalled one is released.
   Lost and duplicated at each sink, RSS while the backlog grows (target: at most 150 MB), RSS after the
-  backlog drained, and the peak size of the disk buffer.
+  backlog drained, and the peak size of the disk buffer; after the drain also CPython's live objects and
+  arenas, and how many per-event records the source keeps (what RSS after the drain is made of).
 
 Each sink writes the key (uid, resourceVersion) of every event it is sent to a file, checked after the
 run (outside the RSS figures).
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 import collections
 import gc
+import os
+import re
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -72,6 +77,29 @@ def _wait(predicate: Any, timeout: float) -> float:
     while not predicate() and time.monotonic() - start < timeout:
         time.sleep(0.05)
     return time.monotonic() - start
+
+
+def _python_heap() -> dict[str, float]:
+    """CPython's small-object allocator now: MB in live objects and 1 MiB arenas held (what RSS cannot give
+    back while any object in an arena lives). ``sys._debugmallocstats`` writes to the C stderr."""
+    with tempfile.TemporaryFile() as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(out.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+
+    def figure(label: str) -> int:
+        match = re.search(rf"# {label}\s*=\s*([\d,]+)", text)
+        return int(match.group(1).replace(",", "")) if match else -1
+
+    return {"objects_mb": round(figure("bytes in allocated blocks") / 1e6, 1),
+            "arenas": figure("arenas allocated current")}
 
 
 def _buffer_bytes(directory: Path) -> int:
@@ -134,6 +162,9 @@ def stall(n: int = 600_000, step: int = 50_000) -> dict[str, Any]:
         time.sleep(2.5)  # the drained sink's worker gives the memory back at its next tick
         gc.collect()
         after = rss_mb()
+        heap = _python_heap()
+        source_records = {"seen": len(router.source.seen),  # type: ignore[attr-defined]
+                          "progress_pending": len(router.source.progress.pending)}  # type: ignore[attr-defined]
     finally:
         stalled.release.set()
         router.stop(5)
@@ -145,5 +176,7 @@ def stall(n: int = 600_000, step: int = 50_000) -> dict[str, Any]:
                        + _tally(Path(sim.dir) / "stalled.keys", n)["duplicated"]),
         "rss_mb_start": round(baseline, 1), "rss_mb_samples": samples,
         "peak_rss_mb": max(rss for _, rss in samples), "rss_mb_after_drain": round(after, 1),
+        # after the drain: CPython's live objects and arenas, and the source's per-event records then
+        "python_heap_after_drain": heap, "source_records_after_drain": source_records,
         "disk_buffer_peak_mb": round(disk_peak / 1e6, 1), "drain_s": round(drain, 1),
     })

@@ -350,10 +350,7 @@ class SinkRunner:
     def oldest_unsettled_time(self) -> float | None:
         """The earliest event time among the events this sink holds but has not settled (a lower bound)."""
         held = [*self._inflight, *list(self._queue)]  # list(deque) copies in one step, under the GIL
-        if self._packed or any(h.__class__ is bytes for h in self._inflight):
-            times = [min(map(_held_time, held))] if held else []
-        else:  # no record held: the Events' times (the common case, cheaper)
-            times = [min(e.last_timestamp for e in held).timestamp()] if held else []  # type: ignore[union-attr]
+        times = [min(map(_held_time, held))] if held else []  # Events, and records (see _append_locked)
         if self.buffer is not None:
             on_disk = self.buffer.min_time()
             if on_disk is not None:
