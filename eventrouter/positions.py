@@ -20,6 +20,10 @@ time: it is not held, so it is forwarded once. The keys are capped (:data:`KEYS_
 shrinks (a late event older than the burst may then be taken as settled); only when an undelivered or
 dropped event keeps the floor down are keys forgotten, which can make a re-list send those events again
 but never skips one.
+
+While a list is under way (:meth:`SinkPosition.pin`) the floor does not rise: a list comes in key order,
+not time order, so a fast sink settles events newer than ones the list has still to reach, and a floor
+taken from its newest settled time would claim those.
 """
 
 from __future__ import annotations
@@ -76,16 +80,19 @@ class SinkPosition:
         self._digests: dict[tuple[str, str], bytes] = {}  # made for documents, kept while the key is
         self._restored: set[bytes] = set()  # digests from the checkpoint
         self._restored_max: float | None = None
+        self._newest: float | None = None  # the newest settled event time of this process
         self._lock = threading.Lock()
+        self._pins = 0  # lists under way (pin/unpin); while any is, the floor may fall but not rise
+        self._pinned: float | None = None  # the floor when the first of them began
         self._warned_at = -math.inf
         # the time of the oldest event the sink has not settled yet (set by its runner)
         self.oldest_unsettled: Callable[[], float | None] = lambda: None
 
     @property
     def max_time(self) -> float | None:
-        """The newest settled time known."""
-        newest = max(self._buckets, default=None)
-        times = [t for t in (newest.timestamp() if newest else None, self._restored_max) if t is not None]
+        """The newest settled time known (kept apart from the keys: the cap may drop the newest of those
+        while a list is under way)."""
+        times = [t for t in (self._newest, self._restored_max) if t is not None]
         return max(times) if times else None
 
     def settle(self, events: Sequence[Event]) -> None:
@@ -105,11 +112,13 @@ class SinkPosition:
                     if bucket is None:
                         buckets[when] = bucket = set()
                     bucket.add(key)
+            latest = max(map(_TIME, events), default=None)
+            if latest is not None and (self._newest is None or latest.timestamp() > self._newest):
+                self._newest = latest.timestamp()
             self._size += len(events)
             self.changes += 1
             if self._size > 2 * self.cap:  # a long burst between two checkpoints: bound the memory
-                oldest = self.oldest_unsettled()
-                self.floor = self._trim(self._floor(oldest), oldest)
+                self.floor = self._next_floor(self.oldest_unsettled())
 
     def dropped(self, events: Iterable[Event]) -> None:
         """Events the overflow policy dropped: the floor stays below them."""
@@ -136,8 +145,7 @@ class SinkPosition:
     def document(self, oldest_unsettled: float | None) -> dict[str, Any]:
         """The JSON-safe position; ``oldest_unsettled`` is the time of the oldest event not yet delivered."""
         with self._lock:
-            floor = self._trim(self._floor(oldest_unsettled), oldest_unsettled)
-            self.floor = floor
+            self.floor = floor = self._next_floor(oldest_unsettled)
             digests = self._digests
             out = set(self._restored)
             for bucket in self._buckets.values():
@@ -157,6 +165,30 @@ class SinkPosition:
             self._restored_max = float(newest) if isinstance(newest, (int, float)) else self.floor
             raw = base64.b64decode(blob) if isinstance(blob, str) else b""
             self._restored = {raw[i:i + DIGEST_SIZE] for i in range(0, len(raw) - DIGEST_SIZE + 1, DIGEST_SIZE)}
+
+    def pin(self) -> None:
+        """A list begins: until :meth:`unpin`, the floor stays at most where it is now."""
+        with self._lock:
+            self._pins += 1
+            if self._pins == 1:
+                self._pinned = self.floor
+
+    def unpin(self) -> None:
+        """A list ended (completed or not); the floor follows the settled events again."""
+        with self._lock:
+            self._pins = max(0, self._pins - 1)
+
+    def _next_floor(self, oldest_unsettled: float | None) -> float | None:
+        """Trim the keys below the new floor and return it (kept at or below the pinned one during a list,
+        before anything is trimmed: the keys and restored digests above the pinned floor must stay)."""
+        floor = self._trim(self._pinned_at_most(self._floor(oldest_unsettled)), oldest_unsettled)
+        return self._pinned_at_most(floor)
+
+    def _pinned_at_most(self, floor: float | None) -> float | None:
+        if not self._pins:
+            return floor
+        pinned = self._pinned
+        return pinned if floor is None or pinned is None else min(floor, pinned)
 
     def _floor(self, oldest_unsettled: float | None) -> float | None:
         candidates = [t for t in (oldest_unsettled, self.hole) if t is not None]

@@ -24,7 +24,8 @@ import threading
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -817,6 +818,18 @@ class Router:
                 doc["buffer"] = runner.buffer.id
             docs[runner.label] = doc
         return docs
+
+    @contextmanager
+    def relisting(self) -> Iterator[None]:
+        """A list is under way (start-up, a 410, a handover): its events come in key order, not time order,
+        so no sink's floor may rise until it ends, or a fast sink would claim listed events still to come."""
+        for runner in self.runners:
+            runner.position.pin()
+        try:
+            yield
+        finally:
+            for runner in self.runners:
+                runner.position.unpin()
 
     def restore_positions(self, doc: dict[str, Any]) -> None:
         """Take the positions of a checkpoint; call before :meth:`start`. A sink missing from ``doc`` (newly

@@ -248,3 +248,42 @@ def test_a_relist_right_after_a_large_burst_sends_nothing_twice():
     router2.stop(5.0)
     assert keys(sink2.received) == keys([new])
     assert runners2[0].stats.relist_skipped == 20_000
+
+
+def test_a_list_out_of_time_order_misses_nothing_at_a_fast_sink():
+    """A list comes in key order, not time order. A fast sink settles the newest listed events first; its
+    floor must not rise past the older ones the list has still to reach (they would be taken as held),
+    nor forget the restored keys of what it had before the restart (they would be sent twice)."""
+    sink = build(RecordingSink)
+    router, _ = router_of(fast=sink)
+    router.start()
+    had = [event(i) for i in range(100)]
+    for e in had:
+        router.dispatch(e)
+    assert wait_for(lambda: len(sink.received) == 100)
+    router.stop(5.0)
+    doc = orjson.loads(orjson.dumps(router.positions()))  # floor at 100 s - GRACE; keys above it
+
+    sink2 = build(RecordingSink)
+    router2, runners2 = router_of(fast=sink2)
+    router2.restore_positions(doc)
+    router2.start()
+    newest = [event(i) for i in range(1000, 1400)]  # what happened while it was down, listed first
+    older = [event(i) for i in range(100, 150)]  # also new to it, but older: listed last
+    with router2.relisting():
+        for e in [*had, *newest]:
+            router2.dispatch(e, relisted=True)
+        assert wait_for(lambda: len(sink2.received) == 400)
+        router2.positions()  # a checkpoint computed meanwhile must not move the floor either
+        runners2[0].position.cap = 64  # and neither may the key cap (a burst past it raises the floor)
+        router2.dispatch(event(1400), relisted=True)
+        assert wait_for(lambda: len(sink2.received) == 401)
+        for e in [*older, *had]:
+            router2.dispatch(e, relisted=True)
+        assert wait_for(lambda: len(sink2.received) == 451)
+    runners2[0].position.cap = 4096
+    router2.stop(5.0)
+    assert sorted(keys(sink2.received)) == sorted(keys([*newest, event(1400), *older]))
+    assert runners2[0].stats.relist_skipped == 200  # `had`, twice: before and after the newer events
+    after = orjson.loads(orjson.dumps(router2.positions()))["fast"]
+    assert after["floor"] == 1400 + T0.timestamp() - 120  # once the list ended, the floor follows again

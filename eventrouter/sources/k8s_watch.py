@@ -137,15 +137,16 @@ class ListWatch:
         # times) would claim listed events still to come. An interrupted list is listed again.
         with self._listing_lock:
             self._listing.add(stream)
-        outcome = self._list_pass(router, stream, path, handle, cutoff, listed, None, halted, backoff)
-        if outcome is None:
-            return None
-        list_rv, cut_key = outcome
-        if cut_key is not None:
-            log.info("list %s: the keys before %s are listed again (the list was continued after a 410)",
-                     path, cut_key)
-            if self._list_pass(router, stream, path, handle, cutoff, listed, cut_key, halted, backoff) is None:
+        with router.relisting():  # the sinks' floors wait for the list's end (it is not in time order)
+            outcome = self._list_pass(router, stream, path, handle, cutoff, listed, None, halted, backoff)
+            if outcome is None:
                 return None
+            list_rv, cut_key = outcome
+            if cut_key is not None:
+                log.info("list %s: the keys before %s are listed again (the list was continued after a 410)",
+                         path, cut_key)
+                if self._list_pass(router, stream, path, handle, cutoff, listed, cut_key, halted, backoff) is None:
+                    return None
         with self._listing_lock:
             self._listing.discard(stream)
         if len(self._paths) == 1 and cut_key is None:
