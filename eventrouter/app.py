@@ -14,6 +14,7 @@ from eventrouter.config import build_sink
 from eventrouter.datadir import claim
 from eventrouter.enrich import EnrichSettings, attach_enricher
 from eventrouter.errors import ConfigError, SinkError
+from eventrouter.memory import release_memory
 from eventrouter.options import Secret
 from eventrouter.router import Router, SinkRunner
 from eventrouter.sink import Sink
@@ -77,6 +78,7 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
         if server is not None:
             server.server_close()
         raise
+    release_memory()  # what opening the sinks parsed and threw away (client models, metadata) goes back
     router.start()
     if server is not None:
         server.start()
