@@ -12,6 +12,10 @@ A record is a 34-byte header and the payload::
     magic u16 | payload length u32 | CRC-32 of everything after it u32 | seq i64 | event time f64 |
     key 8 bytes (BLAKE2b of uid + resourceVersion) | payload (JSON: the Kubernetes object and cluster)
 
+The magic says how the payload is stored: ``0xE7B1`` the JSON as it is, ``0xE7B2`` the JSON as one LZ4
+block with its size first (cramjam's ``lz4.compress_block``; ~65 % of the JSON, ~2 µs to make and ~1 µs to
+read back for an event). Records are written compressed unless that is not smaller; both are read.
+
 Writes go through a buffered file and are flushed and fsynced at most every ``sync_interval`` (1 s) and
 when a segment is sealed; :attr:`DiskBuffer.synced_seq` says what is durable. On open every segment is
 scanned: a torn tail (a record cut short by a crash) is cut off, a record whose checksum does not match
@@ -35,13 +39,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import cramjam
 import orjson
 
 from eventrouter.event import Event, FrozenDict, InvolvedObject, MalformedEvent, Owner, parse_time
 
 log = logging.getLogger("eventrouter.router")
 
-MAGIC = 0xE7B1
+MAGIC = 0xE7B1  # the payload is JSON
+MAGIC_LZ4 = 0xE7B2  # the payload is JSON in one LZ4 block, its size first
 PREFIX = struct.Struct("<HII")  # magic, payload length, crc
 BODY = struct.Struct("<qd8s")  # seq, event time, key
 HEADER_SIZE = PREFIX.size + BODY.size
@@ -122,8 +128,18 @@ def _enrich(event: Event, doc: dict[str, Any]) -> None:
 
 
 def encode_record(seq: int, t: float, key: bytes, payload: bytes) -> bytes:
+    """A record of ``payload`` (JSON: :func:`encode_event`), compressed when that makes it smaller."""
+    magic = MAGIC
+    packed = bytes(cramjam.lz4.compress_block(payload))
+    if len(packed) < len(payload):
+        magic, payload = MAGIC_LZ4, packed
     body = BODY.pack(seq, t, key) + payload
-    return PREFIX.pack(MAGIC, len(payload), zlib.crc32(body)) + body
+    return PREFIX.pack(magic, len(payload), zlib.crc32(body)) + body
+
+
+def _payload_json(buf: bytes | memoryview, start: int, stop: int, compressed: bool) -> bytes | memoryview:
+    view = memoryview(buf)[start:stop]
+    return bytes(cramjam.lz4.decompress_block(view)) if compressed else view
 
 
 # A record is also how a sink's memory window holds the events behind its next batch (router.SinkRunner):
@@ -136,18 +152,22 @@ def record_fields(record: bytes) -> tuple[int, float, bytes]:
 
 def record_event(record: bytes) -> Event:
     """The event an encoded record holds (a new Event, equal to the one encoded)."""
-    return decode_event(memoryview(record)[HEADER_SIZE:])
+    compressed = PREFIX.unpack_from(record, 0)[0] == MAGIC_LZ4
+    return decode_event(_payload_json(record, HEADER_SIZE, len(record), compressed))
 
 
 _OK, _INCOMPLETE, _CORRUPT = 0, 1, 2
 
 
-def _parse(buf: bytes | memoryview, pos: int) -> tuple[int, int, tuple[int, float, bytes, int, int] | None]:
-    """(status, end, (seq, time, key, payload start, payload end)) of the record at ``pos``."""
+_Record = tuple[int, float, bytes, int, int, bool]
+
+
+def _parse(buf: bytes | memoryview, pos: int) -> tuple[int, int, _Record | None]:
+    """(status, end, (seq, time, key, payload start, payload end, compressed)) of the record at ``pos``."""
     if len(buf) - pos < HEADER_SIZE:
         return _INCOMPLETE, pos, None
     magic, length, crc = PREFIX.unpack_from(buf, pos)
-    if magic != MAGIC or length > MAX_PAYLOAD:
+    if (magic != MAGIC and magic != MAGIC_LZ4) or length > MAX_PAYLOAD:
         return _CORRUPT, pos, None
     end = pos + HEADER_SIZE + length
     if end > len(buf):
@@ -155,13 +175,18 @@ def _parse(buf: bytes | memoryview, pos: int) -> tuple[int, int, tuple[int, floa
     if zlib.crc32(buf[pos + PREFIX.size:end]) != crc:
         return _CORRUPT, pos, None
     seq, t, key = BODY.unpack_from(buf, pos + PREFIX.size)
-    return _OK, end, (seq, t, key, pos + HEADER_SIZE, end)
+    return _OK, end, (seq, t, key, pos + HEADER_SIZE, end, magic == MAGIC_LZ4)
 
 
-_MAGIC_BYTES = PREFIX.pack(MAGIC, 0, 0)[:2]
+_MAGIC_BYTES = (PREFIX.pack(MAGIC, 0, 0)[:2], PREFIX.pack(MAGIC_LZ4, 0, 0)[:2])
 
 
-def _records(buf: bytes, pos: int) -> Iterator[tuple[int, int, tuple[int, float, bytes, int, int] | None]]:
+def _next_magic(buf: bytes, pos: int) -> int:
+    found = [at for at in (buf.find(magic, pos) for magic in _MAGIC_BYTES) if at >= 0]
+    return min(found) if found else -1
+
+
+def _records(buf: bytes, pos: int) -> Iterator[tuple[int, int, _Record | None]]:
     """Every record from ``pos``: (start, end, record), with record None for a corrupted stretch that was
     skipped (the scan resumes at the next place a valid record starts). Stops at a torn tail."""
     while True:
@@ -175,7 +200,7 @@ def _records(buf: bytes, pos: int) -> Iterator[tuple[int, int, tuple[int, float,
         start = pos  # corrupted: find the next record that checks out
         probe = pos + 1
         while True:
-            probe = buf.find(_MAGIC_BYTES, probe)
+            probe = _next_magic(buf, probe)
             if probe < 0:
                 yield start, len(buf), None
                 return
@@ -531,12 +556,12 @@ class DiskBuffer:
                     continue
                 del begin
                 consumed += 1
-                seq, _, _, start, stop = rec
+                seq, _, _, start, stop, compressed = rec
                 if seg.id <= self._last_restored_id:
                     seq = 0  # numbered by an earlier run: older than anything of this one
                 try:
-                    events.append(decode_event(data[start:stop]))
-                except (ValueError, TypeError, KeyError, MalformedEvent) as exc:
+                    events.append(decode_event(_payload_json(data, start, stop, compressed)))
+                except (ValueError, TypeError, KeyError, MalformedEvent, cramjam.DecompressionError) as exc:
                     self.corrupted += 1
                     log.warning("buffer %s: skipped an unreadable record (%s)", self.path, exc)
                     continue
@@ -565,7 +590,7 @@ class DiskBuffer:
             return data, len(data) < left
         if len(data) >= PREFIX.size:  # a record larger than a chunk: read that record
             magic, length, _ = PREFIX.unpack_from(data, 0)
-            if magic == MAGIC and HEADER_SIZE + length <= left:
+            if magic in (MAGIC, MAGIC_LZ4) and HEADER_SIZE + length <= left:
                 data = self._read_bytes(seg, offset, HEADER_SIZE + length)
                 if _parse(data, 0)[0] == _OK:
                     return data, len(data) < left

@@ -3,11 +3,12 @@
 import os
 import threading
 import time
+from itertools import accumulate
 
 import pytest
 
 from eventrouter import RetryableError
-from eventrouter.buffer import DiskBuffer, encode_event, parse_size, size_problem
+from eventrouter.buffer import DiskBuffer, encode_event, encode_record, parse_size, size_problem
 from eventrouter.event import Event
 from eventrouter.positions import event_key
 from eventrouter.router import Router, SinkRunner
@@ -137,7 +138,7 @@ def test_a_full_buffer_refuses_the_record(tmp_path):
     accepted = 0
     while buffer.append(accepted, 0.0, event_key(e), payload):
         accepted += 1
-    assert 0 < accepted < 4096 // len(payload) + 1
+    assert 0 < accepted == 4096 // len(encode_record(0, 0.0, event_key(e), payload))
     assert buffer.size <= 4096
 
 
@@ -387,7 +388,7 @@ def test_reads_go_in_bounded_chunks_and_a_record_larger_than_a_chunk_still_comes
 
     monkeypatch.setattr(buffer_module, "READ_CHUNK", 3000)  # a few records per read
     evs = events(60)
-    big = make_event(500, message="x" * 20_000)  # larger than a chunk
+    big = make_event(500, message=os.urandom(10_000).hex())  # larger than a chunk, compressed or not
     evs.insert(30, big)
     buffer = DiskBuffer(str(tmp_path / "b"), 1 << 30)
     buffer.open()
@@ -404,7 +405,7 @@ def test_reads_go_in_bounded_chunks_and_a_record_larger_than_a_chunk_still_comes
     got = read_all(buffer, batch=7)
     assert [e.to_dict(raw=True) for e in got] == [e.to_dict(raw=True) for e in evs]
     # a chunk at a time, or the one record larger than a chunk; not the rest of the segment per batch
-    assert max(sizes) == buffer_module.HEADER_SIZE + len(encode_event(big))
+    assert max(sizes) == len(encode_record(31, big.last_timestamp.timestamp(), event_key(big), encode_event(big)))
     assert sum(sizes) < 3 * total
 
 
@@ -419,13 +420,39 @@ def test_a_corrupted_record_across_a_read_boundary_costs_only_itself(tmp_path, m
     (seg,) = segments(tmp_path / "b")
     path = tmp_path / "b" / seg
     data = bytearray(path.read_bytes())
-    size = len(data) // 40  # the records have the same length
-    data[10 * size] ^= 0xFF  # record 10's magic: the reader must search for the next record
+    ends = list(accumulate(len(encode_record(seq, e.last_timestamp.timestamp(), event_key(e), encode_event(e)))
+                           for seq, e in enumerate(evs, 1)))
+    assert ends[-1] == len(data)
+    data[ends[9]] ^= 0xFF  # record 10's magic: the reader must search for the next record
     path.write_bytes(bytes(data))
     # a chunk ends inside record 11: the search for the next record crosses it
-    monkeypatch.setattr(buffer_module, "READ_CHUNK", 11 * size + size // 2)
+    monkeypatch.setattr(buffer_module, "READ_CHUNK", (ends[10] + ends[11]) // 2)
 
     again = DiskBuffer(str(tmp_path / "b"), 1 << 30)
     again.open()
     assert again.restored == 39 and again.corrupted == 1
     assert [e.key for e in read_all(again, batch=100)] == [e.key for i, e in enumerate(evs) if i != 10]
+
+
+def test_records_are_stored_compressed_and_plain_ones_of_an_earlier_version_are_still_read(tmp_path):
+    import zlib
+
+    from eventrouter.buffer import BODY, MAGIC, PREFIX
+
+    evs = events(80)[:40]  # real objects
+    old = tmp_path / "b"
+    old.mkdir()
+    plain = b""
+    for seq, e in enumerate(evs[:20], 1):  # as the buffer wrote them before compression
+        payload = encode_event(e)
+        body = BODY.pack(seq, e.last_timestamp.timestamp(), event_key(e)) + payload
+        plain += PREFIX.pack(MAGIC, len(payload), zlib.crc32(body)) + body
+    (old / "000000000001.seg").write_bytes(plain)
+    buffer = DiskBuffer(str(old), 1 << 30)
+    buffer.open()
+    assert buffer.restored == 20 and buffer.corrupted == 0
+    before = buffer.size
+    append_all(buffer, evs[20:], first_seq=21)
+    json_size = sum(len(encode_event(e)) for e in evs[20:])
+    assert buffer.size - before < 0.75 * json_size  # the new records are compressed (headers included)
+    assert [e.to_dict(raw=True) for e in read_all(buffer)] == [e.to_dict(raw=True) for e in evs]
