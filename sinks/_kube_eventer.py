@@ -166,9 +166,18 @@ def go_struct(obj: Any, layout: tuple[Any, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, kind in layout:
         value = obj.get(name)
-        if kind == "s" or kind == "i" or kind == "list":  # the most common kinds first
+        if kind == "s" or kind == "i" or kind == "list":  # the most common kinds first, then the structs
             if value:
                 out[name] = value
+        elif isinstance(kind, tuple):
+            if kind[0] == "*":
+                if isinstance(value, dict):
+                    out[name] = go_struct(value, kind[1])
+            elif kind[0] == "[]":
+                if value:
+                    out[name] = [go_struct(item, kind[1]) for item in value]
+            else:
+                out[name] = go_struct(value, kind)
         elif kind == "t" or kind == "mt":
             out[name] = metav1_time_json(value, micro=kind == "mt")
         elif kind == "S":
@@ -179,17 +188,8 @@ def go_struct(obj: Any, layout: tuple[Any, ...]) -> dict[str, Any]:
         elif kind == "p" or kind == "raw":
             if value is not None:
                 out[name] = value
-        elif kind == "tp":
-            if value is not None:
-                out[name] = metav1_time_json(value, micro=False)
-        elif kind[0] == "*":
-            if isinstance(value, dict):
-                out[name] = go_struct(value, kind[1])
-        elif kind[0] == "[]":
-            if value:
-                out[name] = [go_struct(item, kind[1]) for item in value]
-        else:
-            out[name] = go_struct(value, kind)
+        elif kind == "tp" and value is not None:
+            out[name] = metav1_time_json(value, micro=False)
     return out
 
 
@@ -281,23 +281,24 @@ def go_marshal(value: Any, indent: bool = False) -> str:
     return text.translate(_HTML_SAFE) if _may_need_html_safe(raw) else text
 
 
-# orjson's indent of level n ("\n" and 2n spaces) and its NUL mark of n, built once for the usual depths
-_INDENTS = [(b"\n" + b"  " * level, b"\n" + b"\0" * level) for level in range(16)]
-
-
-def _indent_marks(level: int) -> tuple[bytes, bytes]:
-    return _INDENTS[level] if level < len(_INDENTS) else (b"\n" + b"  " * level, b"\n" + b"\0" * level)
+# the steps of _halve_indent: "\n" and n+1 spaces -> "\n" and n spaces, built once for the usual depths
+_HALVING_STEPS = [(b"\n" + b" " * (level + 1), b"\n" + b" " * level) for level in range(16)]
 
 
 def _halve_indent(raw: bytes) -> bytes:
-    """orjson's indent of two spaces per level -> Go's one. Raw newlines occur only between lines (a
-    string's are escaped), and NUL never raw (escaped too), so it marks the done levels, deepest first."""
-    depth = 1
-    while _indent_marks(depth + 1)[0] in raw:
-        depth += 1
-    for level in range(depth, 0, -1):
-        raw = raw.replace(*_indent_marks(level))
-    return raw.replace(b"\0", b" ")
+    """orjson's indent of two spaces per level -> Go's one. A raw newline occurs only before an indent
+    (a string's newlines are escaped) and no line starts with a space after it. Step n takes one space
+    off every indent of more than n spaces: a line of level d (2d spaces) loses one at steps 1..d and is
+    left with d; a line already at its final indent never has more than n. The first step that changes
+    nothing ends it."""
+    level = 1
+    while True:
+        old, new = (_HALVING_STEPS[level] if level < len(_HALVING_STEPS)
+                    else (b"\n" + b" " * (level + 1), b"\n" + b" " * level))
+        halved = raw.replace(old, new)
+        if len(halved) == len(raw):
+            return raw
+        raw, level = halved, level + 1
 
 
 def go_json(value: Any, indent: str | None = None, depth: int = 0) -> str:
