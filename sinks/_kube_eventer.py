@@ -261,10 +261,12 @@ _HTML_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2
                             "\u2029": "\\u2029"})
 
 
-def _may_need_html_safe(raw: bytes) -> bool:
-    """Whether orjson's bytes may hold one of Go's HTML-escaped characters: ``<>&`` or U+2028/U+2029,
-    whose UTF-8 starts E2 80 (as U+2000..U+203F's do). Bytes ``in`` is a C scan, ~20x faster than a regex."""
-    return b"<" in raw or b">" in raw or b"&" in raw or b"\xe2\x80" in raw
+def _needs_html_safe(raw: bytes) -> bool:
+    """Whether orjson's bytes hold one of the characters Go escapes as HTML-unsafe: ``<>&``, or U+2028 /
+    U+2029 (E2 80 A8 / A9 in UTF-8). A one-byte ``in`` is a memchr, several times faster than a regex or
+    a longer needle, so the three-byte ones are looked for only when an E2 byte is there."""
+    return b"<" in raw or b">" in raw or b"&" in raw or (
+        b"\xe2" in raw and (b"\xe2\x80\xa8" in raw or b"\xe2\x80\xa9" in raw))
 
 
 def go_marshal(value: Any, indent: bool = False) -> str:
@@ -278,7 +280,7 @@ def go_marshal(value: Any, indent: bool = False) -> str:
     if indent:
         raw = _halve_indent(raw)
     text = raw.decode()
-    return text.translate(_HTML_SAFE) if _may_need_html_safe(raw) else text
+    return text.translate(_HTML_SAFE) if _needs_html_safe(raw) else text
 
 
 # the steps of _halve_indent: "\n" and n+1 spaces -> "\n" and n spaces, built once for the usual depths

@@ -224,6 +224,9 @@ CLASSIFY = [
     (200, "", None, None),
     (400, '{"error":"unable to parse \'x\': missing fields"}', None, PermanentError),
     (400, '{"error":"partial write: field type conflict: dropped=1"}', None, PermanentError),
+    # kube-eventer's layout has one series per event: past the server's max-values-per-tag it refuses them
+    (400, '{"error":"partial write: max-values-per-tag limit exceeded (100000/100000): measurement=\\"log/events\\" '
+          'tag=\\"uid\\" value=\\"97341615\\" dropped=2000"}', None, PermanentError),
     (400, '{"error":"partial write: points beyond retention policy dropped=3"}', None, None),
     (401, '{"error":"authorization failed"}', None, PermanentError),
     (403, '{"code":"forbidden","message":"insufficient permissions for write"}', None, PermanentError),
