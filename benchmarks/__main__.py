@@ -37,6 +37,9 @@ def _notes(r: dict) -> str:
                f"(min {r['startup_s_min']}s, max {r['startup_s_max']}s), CPU {r['cpu_s_median']}s"
     if "cpu_s" in r and "sent_by_sink" in r:
         return f"{r['seconds']}s at {r['events'] // r['seconds']} events/s: RSS {r['rss_mb']} MB, CPU {r['cpu_s']}s"
+    if "influxd_cpu_s_per_100k" in r:
+        simulator = f", simulator {r['simulator_cpu_s_per_100k']}" if "simulator_cpu_s_per_100k" in r else ""
+        return f"CPU s/100k of influxd {r['influxd_cpu_s_per_100k']}{simulator}"
     if "dropped" in r:
         return f"dropped {r['dropped']}"
     return ""

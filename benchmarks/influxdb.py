@@ -1,25 +1,48 @@
-"""InfluxDB 1.x sink throughput, end to end and from dispatch, against a real ``influxd``.
+"""InfluxDB 1.x sink throughput, end to end and from dispatch, against a real ``influxd``, with the
+server's own ceiling measured in the same run. The runs, in the order they run:
 
 - ``influxdb, watch burst``: the simulator (a child process) releases N = 100,000 fresh events at once;
   the real source reads them from the watch stream, the router feeds the InfluxDB sink (kube-eventer's
   default layout, ``log/events`` with the Event JSON in ``value``, default delivery options except
   ``queue_size=N``). The clock runs from the release until the router has settled all N (every write
   answered 204), as kube-eventer's drain rate was measured.
+- ``influxdb, influxd alone``: the same N points, their line protocol built beforehand (untimed) with
+  the sink's own encoder, posted straight to ``/write`` in the sink's default write size and number of
+  writes in flight, by plain httpx clients on threads: no eventrouter in the loop. What the server
+  takes of this layout on this machine now: the ceiling for the other two.
 - ``influxdb, dispatch``: N pre-normalized events dispatched straight into the router (``benchmarks.sinks``).
 
-Afterwards (not timed) the server is asked how many points it holds; a run fails unless it is N.
+Each run gets a fresh ``influxd`` with the tests' configuration (tests/servers/influxdb.py: inmem index,
+WAL fsync per write, authentication on), and reports the CPU seconds per 100k of the router process
+(this one), of ``influxd`` and, end to end, of the simulator child. Afterwards (not timed) the server is
+asked how many points it holds; a run fails unless it is N. N may not pass 100,000: the server's
+``max-values-per-tag`` (default 100,000) refuses more distinct ``uid`` tags in one database.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from benchmarks._common import RouterInProcess, SimulatorChild, cpu_seconds, peak_rss_mb, report
-from benchmarks.sinks import bench_events, influxdb_target, run_one
+from benchmarks.sinks import Target, bench_events, run_one
+from eventrouter import Event
 from eventrouter.config import build_sink
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of another process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _count(server: Any, db: str) -> int:
@@ -28,20 +51,96 @@ def _count(server: Any, db: str) -> int:
     return int(series[0]["values"][0][1])
 
 
-def watch_burst(n: int) -> dict[str, Any]:
-    from tests.servers.influxdb import ADMIN, ADMIN_PASSWORD, InfluxDB
+@contextmanager
+def _influxd() -> Iterator[Any]:
+    from tests.servers.influxdb import InfluxDB
 
     with tempfile.TemporaryDirectory(prefix="eventrouter-bench-influxdb-") as tmp:
         server = InfluxDB(Path(tmp)).start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def _flag(server: Any, db: str) -> str:
+    from tests.servers.influxdb import ADMIN, ADMIN_PASSWORD
+
+    return f"influxdb:{server.url}?user={ADMIN}&pw={ADMIN_PASSWORD}&db={db}"
+
+
+def _per_100k(seconds: float, n: int) -> float:
+    return round(seconds / n * 100_000, 2)
+
+
+def influxd_alone(events: list[Event]) -> dict[str, Any]:
+    """The server's ceiling: the sink's bodies, built untimed, posted by an ideal client."""
+    from tests.servers.influxdb import ADMIN, ADMIN_PASSWORD
+
+    n = len(events)
+    with _influxd() as server:
+        sink = build_sink(_flag(server, "alone"))
+        sink.open()  # creates the database, as the sink does
+        size, in_flight = int(sink.opts["points_per_write"]), int(sink.opts["concurrency"])
+        bodies = [sink._body(events[i:i + size]) for i in range(0, n, size)]
+        sink.close()
+        clients = [httpx.Client(base_url=server.url, auth=(ADMIN, ADMIN_PASSWORD), timeout=300)
+                   for _ in range(in_flight)]
+
+        def write(index: int) -> None:
+            response = clients[index % in_flight].post("/write", params={"db": "alone", "precision": "ns"},
+                                                       content=bodies[index])
+            if response.status_code != 204:
+                raise RuntimeError(f"influxd alone: HTTP {response.status_code} {response.text}")
+
+        server_cpu0, cpu0 = process_cpu(server.proc.pid), cpu_seconds()
+        start = time.monotonic()
+        with ThreadPoolExecutor(in_flight) as pool:
+            list(pool.map(write, range(len(bodies))))
+        elapsed = time.monotonic() - start
+        server_cpu, cpu = process_cpu(server.proc.pid) - server_cpu0, cpu_seconds() - cpu0
+        for client in clients:
+            client.close()
+        stored = _count(server, "alone")
+    if stored != n:
+        raise RuntimeError(f"influxd alone: server holds {stored} of {n}")
+    return report("influxdb-alone", {
+        "events": n,
+        "events_per_s": round(n / elapsed),
+        "seconds": round(elapsed, 2),
+        "points_per_write": size,
+        "concurrency": in_flight,
+        "stored": stored,
+        "cpu_s_per_100k": _per_100k(cpu, n),
+        "influxd_cpu_s_per_100k": _per_100k(server_cpu, n),
+    })
+
+
+def dispatch(events: list[Event]) -> dict[str, Any]:
+    n = len(events)
+    with _influxd() as server:
+        server_cpu = [process_cpu(server.proc.pid)]
+
+        def stored(run: str) -> int:  # after the drain: the count query's CPU is not the writes'
+            server_cpu.append(process_cpu(server.proc.pid))
+            return _count(server, run)
+
+        figures = run_one(Target(lambda run: _flag(server, run), stored), "influxdb", "dispatch", "", events)
+    influxd_cpu = _per_100k(server_cpu[1] - server_cpu[0], n)
+    return report("influxdb-dispatch-server", {**figures, "influxd_cpu_s_per_100k": influxd_cpu})
+
+
+def watch_burst(n: int) -> dict[str, Any]:
+    with _influxd() as server:
         sim = SimulatorChild()
         try:
-            sink = build_sink(f"influxdb:{server.url}?user={ADMIN}&pw={ADMIN_PASSWORD}&db=burst&queue_size={n}")
+            sink = build_sink(f"{_flag(server, 'burst')}&queue_size={n}")
             sink.open()
             router = RouterInProcess(sim, [sink])
             try:
                 router.start()
                 sim.prepare(n)
-                cpu0 = cpu_seconds()
+                cpu0, server_cpu0, sim_cpu0 = cpu_seconds(), process_cpu(server.proc.pid), process_cpu(sim.proc.pid)
                 sim.go()  # returns once the child stored the N events: its watch streams them from now
                 start = time.monotonic()
                 deadline = start + 900
@@ -51,6 +150,8 @@ def watch_burst(n: int) -> dict[str, Any]:
                     time.sleep(0.005)
                 elapsed = time.monotonic() - start
                 cpu = cpu_seconds() - cpu0
+                server_cpu = process_cpu(server.proc.pid) - server_cpu0
+                sim_cpu = process_cpu(sim.proc.pid) - sim_cpu0
             finally:
                 router.stop(60)
             stats = router.router.runners[0].stats
@@ -67,17 +168,21 @@ def watch_burst(n: int) -> dict[str, Any]:
                 "stored": stored,
                 "batches": stats.batches,
                 "retried": stats.retried,
-                "cpu_s_per_100k": round(cpu / n * 100_000, 2),
+                "cpu_s_per_100k": _per_100k(cpu, n),
+                "influxd_cpu_s_per_100k": _per_100k(server_cpu, n),
+                "simulator_cpu_s_per_100k": _per_100k(sim_cpu, n),
                 "peak_rss_mb": round(peak_rss_mb(), 1),
             })
         finally:
             sim.close()
-            server.stop()
 
 
 def run(n: int = 100_000) -> list[tuple[str, dict[str, Any]]]:
-    results = [("influxdb, watch burst (end to end)", watch_burst(n))]
+    # end to end first: its peak RSS is then the router's, not that of the event list the others share
+    burst = watch_burst(n)
     events = bench_events(n)
-    with influxdb_target() as target:
-        results.append(("influxdb, dispatch", run_one(target, "influxdb", "dispatch", "", events)))
-    return results
+    return [
+        ("influxdb, influxd alone (ideal client)", influxd_alone(events)),
+        ("influxdb, dispatch", dispatch(events)),
+        ("influxdb, watch burst (end to end)", burst),
+    ]
