@@ -16,6 +16,7 @@ from eventrouter.sinkurl import SinkURL
 from eventrouter.sources import SourceContext, build_source
 from eventrouter.sources import kubernetes as k8s
 from eventrouter.sources.k8s_options import parse_settings
+from eventrouter.sources.k8s_watch import uid_key
 from tests.servers.simulator import Harness, Simulator, wait_for
 
 # ---- options --------------------------------------------------------------------------------------
@@ -147,7 +148,7 @@ def test_repeat_is_a_new_occurrence_invisible_change_and_expiry_are_not(sim: Sim
     h.stop()
     assert h.sink.occurrences == [(uid, 1), (uid, 2), (marker, 1)]
     assert h.state.unchanged_suppressed == 1
-    assert uid not in h.source.seen  # DELETED freed the dedupe memory
+    assert uid_key(uid) not in h.source.seen and h.source.seen  # DELETED freed the dedupe memory (its uid only)
     assert h.state.received == {"ADDED": 2, "MODIFIED": 2, "DELETED": 1}
 
 
@@ -468,7 +469,7 @@ def test_the_checkpoint_remembers_what_users_saw_only_as_bounded_digests_of_sett
     from dataclasses import replace
 
     from eventrouter.sources.k8s_checkpoint import SHOWN_CAP, Progress, shown_key
-    from eventrouter.sources.k8s_watch import seen_record, unchanged
+    from eventrouter.sources.k8s_watch import same_version, seen_record, unchanged
     from tests.helpers import make_event
 
     event = make_event(1, count=3)
@@ -476,15 +477,18 @@ def test_the_checkpoint_remembers_what_users_saw_only_as_bounded_digests_of_sett
     assert unchanged(record, seen_record("11", event))
     assert not unchanged(record, seen_record("11", replace(event, count=4)))
     assert not unchanged(record, seen_record("11", replace(event, message="other")))
+    assert same_version(record, "10") and not same_version(record, "11")
+    assert record.bit_length() <= 128  # one int per live Event, not a tuple of strings
 
     progress = Progress()
-    progress.note_entry(1, "", "10", event.uid, record)
-    progress.note_entry(2, "", "11", "other-uid", seen_record("11", make_event(2)))
+    progress.note_entry(1, "", "10", event.uid, (3, event.last_timestamp))
+    other = make_event(2)
+    progress.note_entry(2, "", "11", "other-uid", (other.count, other.last_timestamp))
     progress.advance(1)  # only the settled one
     assert progress.positions == {"": "10"} and list(progress.shown) == [shown_key(event.uid, 3, event.last_timestamp)]
     for n in range(SHOWN_CAP + 10):
         e = make_event(n)
-        progress.note_entry(3 + n, "", str(100 + n), e.uid, seen_record(str(100 + n), e))
+        progress.note_entry(3 + n, "", str(100 + n), e.uid, (e.count, e.last_timestamp))
     progress.advance(10**9)
     doc = progress.document("s", "v1", [], {"log": {"floor": 1.0}})
     assert len(base64.b64decode(doc["shown"])) == 8 * SHOWN_CAP and "delivered" not in doc

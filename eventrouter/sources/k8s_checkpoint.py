@@ -251,12 +251,12 @@ class Progress:
     shown_max: datetime | None = None  # the newest lastTimestamp among them: nothing newer can be in ``shown``
     # The unsettled notes, as parallel deques rather than a tuple per note (one object less per event for
     # the garbage collector): ``pending`` holds their seqs; each seq is appended after its other fields,
-    # so whoever sees a seq finds the rest. ``entry`` is the source's dedupe record (rv, count, time, hash).
+    # so whoever sees a seq finds the rest. ``entry`` is the occurrence's (count, lastTimestamp).
     pending: deque[int] = field(default_factory=deque)
     _streams: deque[str] = field(default_factory=deque, repr=False)
     _positions: deque[str | None] = field(default_factory=deque, repr=False)
     _uids: deque[str | None] = field(default_factory=deque, repr=False)
-    _entries: deque[tuple[Any, ...] | None] = field(default_factory=deque, repr=False)
+    _entries: deque[tuple[int, datetime] | None] = field(default_factory=deque, repr=False)
     # held by advance and by the (rare) cap drop in note: the two may not pop at once; appends need no lock
     _pop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     changed: bool = False
@@ -266,9 +266,9 @@ class Progress:
         self.note_entry(seq, stream, position, None, None)
 
     def note_entry(self, seq: int, stream: str, position: str | None, uid: str | None,
-                   entry: tuple[Any, ...] | None) -> None:
-        """``position`` None: no new resume point (a listed item); ``entry``: the source's record of the
-        occurrence, ``(rv, count, lastTimestamp, text hash)``, shared, not copied."""
+                   entry: tuple[int, datetime] | None) -> None:
+        """``position`` None: no new resume point (a listed item); ``entry``: the occurrence's
+        ``(count, lastTimestamp)``, from which :attr:`shown` is made once every sink settled it."""
         self._streams.append(stream)
         self._positions.append(position)
         self._uids.append(uid)
@@ -282,7 +282,7 @@ class Progress:
                 if pending:
                     self._pop()
 
-    def _pop(self) -> tuple[str, str | None, str | None, tuple[Any, ...] | None]:
+    def _pop(self) -> tuple[str, str | None, str | None, tuple[int, datetime] | None]:
         self.pending.popleft()
         return self._streams.popleft(), self._positions.popleft(), self._uids.popleft(), self._entries.popleft()
 
@@ -297,9 +297,10 @@ class Progress:
                 if position is not None:
                     positions[stream] = position
                 if uid is not None and entry is not None:
-                    recent.append((uid, entry[1], entry[2]))
-                    if self.shown_max is None or entry[2] > self.shown_max:
-                        self.shown_max = entry[2]
+                    count, when = entry
+                    recent.append((uid, count, when))
+                    if self.shown_max is None or when > self.shown_max:
+                        self.shown_max = when
                 self.changed = True
 
     @property

@@ -34,23 +34,42 @@ if TYPE_CHECKING:
     from eventrouter.sources.k8s_options import SourceSettings
 
 
-def seen_key(event: Event) -> tuple[int, Any, int]:
-    """What a user sees of an occurrence, kept small: count, last time and a hash of the text.
+_LOW = (1 << 64) - 1  # the low 64 bits of a dedupe record: what a user sees; the high 64: the resourceVersion
+
+
+def seen_key(event: Event) -> int:
+    """What a user sees of an occurrence, as one 64-bit hash: count, last time and the text.
 
     One of these is remembered per live Event (the dedupe memory), so it must not hold the message itself.
-    """
-    return (event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
+    A collision could only make an update that changed nothing look changed (it is then forwarded)."""
+    return hash((event.count, event.last_timestamp, event.message, event.type, event.reason)) & _LOW
 
 
-def seen_record(rv: str, event: Event) -> tuple[str, int, Any, int]:
-    """The in-memory dedupe record of an occurrence (a ``seen`` value): ``(rv, *seen_key(event))``, flat.
-    One tuple of plain values per event, which the garbage collector stops tracking at its first pass."""
-    return (rv, event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
+def version_key(rv: str) -> int:
+    """The resourceVersion part of a dedupe record, in its place (the high 64 bits)."""
+    return (hash(rv) & _LOW) << 64
 
 
-def unchanged(prev: tuple[Any, ...], record: tuple[Any, ...]) -> bool:
+def seen_record(rv: str, event: Event) -> int:
+    """The in-memory dedupe record of an occurrence (a ``seen`` value): one int of 128 bits, the
+    resourceVersion's hash above what the user sees. ~130 bytes per live Event with its key, where a
+    tuple of the strings took ~290: the map holds up to ``seen_cap`` (100 000) of them for good."""
+    return version_key(rv) | seen_key(event)
+
+
+def same_version(prev: int, rv: str) -> bool:
+    """Whether ``prev`` records this resourceVersion (the same occurrence, seen again)."""
+    return prev >> 64 == hash(rv) & _LOW
+
+
+def unchanged(prev: int, record: int) -> bool:
     """Whether the user would see nothing new in ``record`` after ``prev``."""
-    return prev[1:] == record[1:]
+    return (prev ^ record) & _LOW == 0
+
+
+def uid_key(uid: str) -> int:
+    """The dedupe map's key for a uid: its hash (an int is 32 bytes, the uid's string 85)."""
+    return hash(uid)
 
 log = logging.getLogger("eventrouter.sources.kubernetes")
 
@@ -84,7 +103,7 @@ class ListWatch:
     ctx: Any
     state: SourceState
     cluster: str
-    seen: dict[str, Any]
+    seen: dict[int, int]
     seen_cap: int
     progress: Progress | None
     _paths: dict[str, str]
@@ -131,7 +150,7 @@ class ListWatch:
         if first_start and self.ctx.max_event_age:
             cutoff = datetime.now(UTC) - timedelta(seconds=self.ctx.max_event_age)
         handle = self._locked(self._handle_listed) if locked else self._handle_listed
-        listed: set[str] = set()
+        listed: set[int] = set()
         # From the start of a list until one completes, no checkpoint is written (not even at shutdown): a
         # list comes in key order, not time order, and a sink's position taken meanwhile (a floor on event
         # times) would claim listed events still to come. An interrupted list is listed again.
@@ -151,14 +170,14 @@ class ListWatch:
             self._listing.discard(stream)
         if len(self._paths) == 1 and cut_key is None:
             # a full, consistent list: every uid not in it is gone; forget it (bounded memory)
-            for uid in [u for u in self.seen if u not in listed]:
-                del self.seen[uid]
+            for key in [k for k in self.seen if k not in listed]:
+                del self.seen[key]
         self.progress.note(router.seq, stream, list_rv)  # type: ignore[union-attr]
         backoff.reset()
         return list_rv
 
     def _list_pass(self, router: Router, stream: str, path: str, handle: Callable[..., Any],
-                   cutoff: datetime | None, listed: set[str], stop_key: str | None,
+                   cutoff: datetime | None, listed: set[int], stop_key: str | None,
                    halted: Callable[[], bool], backoff: Backoff) -> tuple[str, str | None] | None:
         """One paginated pass, up to ``stop_key`` (etcd's key order, ``namespace/name``) if given.
         Returns (resourceVersion to watch from, the key listed last before a continue expired, or None)."""
@@ -199,50 +218,54 @@ class ListWatch:
                 if stop_key is not None and key > stop_key:
                     return page_rv, None
                 last_key = key
-                uid = handle(router, stream, obj, cutoff)
-                if uid:
-                    listed.add(uid)
+                key = handle(router, stream, obj, cutoff)
+                if key is not None:
+                    listed.add(key)
             token = meta.get("continue")
             if not token:
                 return (watch_rv or page_rv), cut_key
             params["continue"] = token
         return None
 
-    def _handle_listed(self, router: Router, stream: str, obj: Any, cutoff: datetime | None) -> str | None:
+    def _handle_listed(self, router: Router, stream: str, obj: Any, cutoff: datetime | None) -> int | None:
+        """One listed object. Returns its uid's key in the dedupe map (None if it has no metadata)."""
         meta = obj.get("metadata") if isinstance(obj, dict) else None
         if not isinstance(meta, dict):
             self.state.malformed += 1
             return None
         uid, rv = meta.get("uid") or "", str(meta.get("resourceVersion") or "")
-        prev = self.seen.get(uid)
-        if prev is not None and prev[0] == rv:
+        key = uid_key(uid)
+        prev = self.seen.get(key)
+        if prev is not None and same_version(prev, rv):
             self.state.duplicates_suppressed += 1
-            return uid
+            return key
         try:
             event = Event.from_object(obj, self.cluster)
         except MalformedEvent as exc:
             self._malformed(exc)
-            return uid
+            return key
         self.state.count("ADDED")
-        self.seen[uid] = entry = seen_record(rv, event)
+        self.seen[key] = record = seen_record(rv, event)
         progress = self.progress
-        if self._unchanged(prev, uid, entry) or (cutoff is not None and event.last_timestamp < cutoff):
-            progress.note_entry(router.seq, stream, None, uid, entry)  # type: ignore[union-attr]
-            return uid
+        shown = (event.count, event.last_timestamp)
+        if self._unchanged(prev, record, uid, shown) or (cutoff is not None and event.last_timestamp < cutoff):
+            progress.note_entry(router.seq, stream, None, uid, shown)  # type: ignore[union-attr]
+            return key
         seq = router.dispatch(event, relisted=True)  # each sink skips what its position says it has
-        progress.note_entry(seq, stream, None, uid, entry)  # type: ignore[union-attr]
-        return uid
+        progress.note_entry(seq, stream, None, uid, shown)  # type: ignore[union-attr]
+        return key
 
-    def _unchanged(self, prev: tuple[Any, ...] | None, uid: str, entry: tuple[Any, ...]) -> bool:
+    def _unchanged(self, prev: int | None, record: int, uid: str, shown: tuple[int, datetime]) -> bool:
         """An update nobody would see: same count, time and text as the occurrence before it (in memory),
-        or, after a restart, as an occurrence every sink settled before it (the checkpoint's ``shown``)."""
+        or, after a restart, as an occurrence every sink settled before it (the checkpoint's ``shown``).
+        ``shown``: the occurrence's (count, lastTimestamp)."""
         if prev is not None:
-            same = unchanged(prev, entry)
+            same = unchanged(prev, record)
         else:
             until = self._restored_until  # nothing newer than the loaded checkpoint's occurrences can match
-            shown = self.progress.shown if self.progress is not None else None
-            same = (until is not None and entry[2] <= until and shown is not None
-                    and shown_key(uid, entry[1], entry[2]) in shown)
+            settled = self.progress.shown if self.progress is not None else None
+            same = (until is not None and shown[1] <= until and settled is not None
+                    and shown_key(uid, *shown) in settled)
         if same:
             self.state.unchanged_suppressed += 1
         return same
@@ -319,12 +342,14 @@ class ListWatch:
             return None
         seen = self.seen
         progress = self.progress
+        key = hash(uid)  # uid_key(uid), inlined
         if kind == "DELETED":  # TTL expiry: nothing to tell anyone; forget the uid
-            seen.pop(uid, None)
+            seen.pop(key, None)
             progress.note(router.seq, stream, rv)  # type: ignore[union-attr]
             return rv
-        prev = seen.get(uid)
-        if prev is not None and prev[0] == rv:
+        prev = seen.get(key)
+        version = (hash(rv) & _LOW) << 64  # version_key(rv), inlined
+        if prev is not None and prev >> 64 << 64 == version:
             state.duplicates_suppressed += 1
             progress.note(router.seq, stream, rv)  # type: ignore[union-attr]
             return rv
@@ -333,19 +358,21 @@ class ListWatch:
         except MalformedEvent as exc:
             self._malformed(exc)
             return rv
-        # seen_record(rv, event), inlined: one tuple, shared by the dedupe memory and the checkpoint
-        entry = (rv, event.count, event.last_timestamp, hash((event.message, event.type, event.reason)))
-        seen[uid] = entry
+        # seen_record(rv, event), inlined
+        when = event.last_timestamp
+        record = version | hash((event.count, when, event.message, event.type, event.reason)) & _LOW
+        seen[key] = record
+        shown = (event.count, when)
         until = self._restored_until  # after a restart: the checkpoint's "shown" (a datetime compare, cheap)
-        if (prev is not None and prev[1:] == entry[1:]) or (
-                prev is None and until is not None and entry[2] <= until and self._unchanged(None, uid, entry)):
+        if (prev is not None and (prev ^ record) & _LOW == 0) or (
+                prev is None and until is not None and when <= until and self._unchanged(None, record, uid, shown)):
             if prev is not None:
                 state.unchanged_suppressed += 1
-            progress.note_entry(router.seq, stream, rv, uid, entry)  # type: ignore[union-attr]
+            progress.note_entry(router.seq, stream, rv, uid, shown)  # type: ignore[union-attr]
             return rv
         if len(seen) > self.seen_cap:
             self._trim_seen()
-        progress.note_entry(router.dispatch(event), stream, rv, uid, entry)  # type: ignore[union-attr]
+        progress.note_entry(router.dispatch(event), stream, rv, uid, shown)  # type: ignore[union-attr]
         return rv
 
     def _watch_error(self, stream: str, status: Any, backoff: Backoff, halted: Callable[[], bool]) -> str:
@@ -384,8 +411,8 @@ class ListWatch:
     def _trim_seen(self) -> None:
         """Past the cap, forget the oldest tenth (by first sight): bounded memory on huge clusters."""
         drop = max(1, len(self.seen) // 10)
-        for uid in [u for _, u in zip(range(drop), self.seen, strict=False)]:
-            del self.seen[uid]
+        for key in [k for _, k in zip(range(drop), self.seen, strict=False)]:
+            del self.seen[key]
 
     def _malformed(self, why: object) -> None:
         self.state.malformed += 1

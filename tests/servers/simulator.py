@@ -24,7 +24,9 @@ class Collector(Sink):
 
     name = "collect"
     options: ClassVar = ()
-    delivery_defaults: ClassVar = {"batch_size": 100, "flush_interval": 0.05}
+    # the harness runs without a data dir (no disk buffer), so the memory window must hold a minute of a busy
+    # cluster on a loaded machine: at the default 1,000 the overflow policy dropped events mid-test
+    delivery_defaults: ClassVar = {"batch_size": 100, "flush_interval": 0.05, "queue_size": 100_000}
 
     def __init__(self, url: SinkURL, opts: Any) -> None:
         super().__init__(url, opts)
