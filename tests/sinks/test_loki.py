@@ -15,7 +15,8 @@ import orjson
 import pytest
 
 from eventrouter import Event, PartialError, PermanentError, RetryableError, SinkConfigError, SinkURL
-from sinks.loki import LokiSink, StreamEntry, _Hidden, label_string
+from sinks.loki import LokiSink, StreamEntry, label_string
+from sinks.loki._answers import Hidden
 from tests.helpers import DATA, make_event, real_events, real_objects
 from tests.servers.fake_loki import RATE_LIMITED, FakeLoki, Reply, basic, go_time
 
@@ -194,7 +195,7 @@ def test_an_ingester_answer_for_fewer_entries_than_pushed_needs_a_closer_look() 
     sink = build(SINK)
     body = "\n".join([*ignored_lines(FIVE[2:3]), f"user 'fake', total ignored: 1 out of 3 for stream: {STREAM}"])
     answer = sink.classify(httpx.Response(400, text=body), entries_of(sink, *FIVE))
-    assert isinstance(answer, _Hidden) and (answer.ignored, answer.reached) == (1, 3)
+    assert isinstance(answer, Hidden) and (answer.ignored, answer.reached) == (1, 3)
 
 
 def test_classification_of_whole_push_errors() -> None:

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -59,6 +57,17 @@ from eventrouter import (
     transport_error,
 )
 
+from ._answers import (
+    INGESTER_REASONS,
+    Hidden,
+    Refusal,
+    StreamEntry,
+    ingester_refusals,
+    read_refusals,
+    refusal_summary,
+    unaccounted,
+)
+
 log = logging.getLogger("eventrouter.sinks.loki")
 
 PUSH_PATH = "/loki/api/v1/push"
@@ -78,8 +87,6 @@ HIGH_CARDINALITY = frozenset({
     "object", "pod", "host", "node", "source_host", "reporting_instance", "field_path", "api_version",
 })
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-# an entry of a stream: (ns since the epoch, line, event)
-StreamEntry = tuple[int, str, Event]
 # stream (its sorted label pairs) -> entries, sorted by time
 Streams = dict[tuple[tuple[str, str], ...], list[StreamEntry]]
 
@@ -230,7 +237,7 @@ class LokiSink(Sink):
                  rest: list[Event]) -> SinkError:
         """What the router is told: Loki's refusals are failed (logged here, once per batch, with the reasons);
         after an error, the streams not pushed yet (``rest``) are retried or failed with it; the others are sent."""
-        summary = _summary(refused)
+        summary = refusal_summary(refused)
         if refused:
             log.warning("loki: Loki refused %d of %d events, counted as failed: %s", len(refused), len(batch), summary)
         rejected = [refusal.event for refusal in refused]
@@ -250,11 +257,11 @@ class LokiSink(Sink):
     def _push_stream(self, labels: tuple[tuple[str, str], ...], entries: list[StreamEntry]) -> list[Refusal]:
         """Push one stream; the entries Loki refused (the others are stored)."""
         answer = self.classify(self._post({labels: entries}), entries)
-        if isinstance(answer, _Hidden):
+        if isinstance(answer, Hidden):
             return self._probe(labels, entries, answer)
         return answer
 
-    def _probe(self, labels: tuple[tuple[str, str], ...], entries: list[StreamEntry], hidden: _Hidden) -> list[Refusal]:
+    def _probe(self, labels: tuple[tuple[str, str], ...], entries: list[StreamEntry], hidden: Hidden) -> list[Refusal]:
         """The ingester answered, so the distributor's refusals went unreported: push each entry alone to learn
         which ones the distributor refuses (it checks each entry on its own, whatever Loki holds, so its verdict
         is the same as before). The ingester ignored the oldest of the others. Entries already stored are not
@@ -263,14 +270,14 @@ class LokiSink(Sink):
         refused: list[Refusal] = []
         for index, entry in enumerate(entries):
             answer = self.classify(self._post({labels: [entry]}), [entry])
-            if isinstance(answer, _Hidden) or (answer and answer[0].reason not in _INGESTER_REASONS):
-                refused += answer if isinstance(answer, list) else _unaccounted([entry], hidden.first)
+            if isinstance(answer, Hidden) or (answer and answer[0].reason not in INGESTER_REASONS):
+                refused += answer if isinstance(answer, list) else unaccounted([entry], hidden.first)
             else:
                 passed.append(index)  # stored, or ignored by the ingester: past the distributor either way
         found = None
         if len(passed) == hidden.reached:
-            found = _ingester_refusals(entries, passed, hidden.ignored, hidden.listed, hidden.first)
-        return refused + found if found is not None else _unaccounted(entries, hidden.first)
+            found = ingester_refusals(entries, passed, hidden.ignored, hidden.listed, hidden.first)
+        return refused + found if found is not None else unaccounted(entries, hidden.first)
 
     def _post(self, streams: Streams) -> httpx.Response:
         assert self._client is not None
@@ -279,9 +286,9 @@ class LokiSink(Sink):
         except httpx.HTTPError as exc:
             raise RetryableError(self._redact(str(transport_error(exc, "Loki server")))) from None
 
-    def classify(self, response: httpx.Response, entries: list[StreamEntry]) -> list[Refusal] | _Hidden:
+    def classify(self, response: httpx.Response, entries: list[StreamEntry]) -> list[Refusal] | Hidden:
         """Loki's answer to the push of one stream (``entries``, sorted by time). 2xx: all stored. 400 (and 413,
-        422): the entries it refused, the others are stored (see :func:`_read_refusals`). 429 and 5xx:
+        422): the entries it refused, the others are stored (see :func:`read_refusals`). 429 and 5xx:
         RetryableError. Any other 4xx (401, 403, 404): PermanentError, as every push would get it."""
         status = response.status_code
         if 200 <= status < 300:
@@ -290,7 +297,7 @@ class LokiSink(Sink):
         if text:
             log.debug("loki: HTTP %d: %s", status, self._redact(text[:2048]))
         if status in (400, 413, 422):
-            return _read_refusals(self._redact(text), entries, status)
+            return read_refusals(self._redact(text), entries, status)
         try:
             raise_for_status(response, "Loki")
         except RetryableError as exc:
@@ -334,143 +341,6 @@ def _nanos(when: datetime) -> int:
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
-# ---- Loki's refusals (pkg/distributor/validator.go, pkg/ingester/stream.go, pkg/validation/validate.go) ------
-@dataclass(frozen=True)
-class Refusal:
-    event: Event
-    reason: str  # short: "too old", "too far behind", ...
-    detail: str  # Loki's own words, one line
-
-
-@dataclass(frozen=True)
-class _Hidden:
-    """An ingester's answer that covers fewer entries than were pushed: the distributor refused the others
-    without saying so (the ingester's error replaces the distributor's)."""
-    ignored: int  # "total ignored: N ...
-    reached: int  # ... out of M": the entries the ingester got
-    listed: list[tuple[int, str]]  # (entry time, reason) of the first ones it ignored
-    first: str
-
-
-# the ingester: one line per ignored entry (at most max_returned_stream_errors, 10), then the total; Loki 3:
-#   entry with timestamp 2024-05-06 15:58:50.8 +0000 UTC ignored, reason: 'entry too far behind, entry timestamp
-#   is: 2024-05-06T15:58:50Z, oldest acceptable timestamp is: 2024-05-07T10:25:30Z',
-#   user 'fake', total ignored: 1 out of 2 for stream: {app="x", service_name="x"}
-# (Loki 2.9: "reason: 'entry too far behind, oldest acceptable timestamp is: ...'"; before 2.4: "reason: 'entry out
-# of order' for stream: {...}," and "total ignored: 1 out of 2")
-_IGNORED = re.compile(r"^entry with timestamp (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) ([+-]\d{4}) \S+ ignored, "
-                      r"reason: '(.*)'", re.M)
-_TOTAL = re.compile(r"total ignored: (\d+) out of (\d+)")
-_INGESTER_REASONS = frozenset({"too far behind", "out of order", "per-stream rate limit", "ignored"})
-# the distributor checks each entry on its own and lists every refusal, grouped ("3 errors like: ...", "; ")
-_TIME = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)"
-_VALIDATION = re.compile(
-    r"(?:(?P<n>\d+) errors like: )?(?P<text>"
-    rf"entry for stream '.*?' has timestamp too old: (?P<old>{_TIME}), oldest acceptable timestamp is: {_TIME}"
-    rf"|entry for stream '.*?' has timestamp too new: (?P<new>{_TIME})"
-    r"|max entry size '(?P<max>\d+)' bytes exceeded for stream '.*?' while adding an entry with length '\d+' bytes"
-    # a stream Loki skips whole (its labels): nothing of it is stored
-    r"|(?P<stream>error at least one label pair is required per stream|error parsing labels '.*?' with error: [^;]*"
-    r"|stream '.*?' has (?:label name too long|label value too long|duplicate label name): '.*?'"
-    r"|entry for stream '.*?' has \d+ label names; limit \d+"
-    r"|missing required labels '.*?' for user .*?\(policy: '.*?'\)))")
-
-
-def _read_refusals(text: str, entries: list[StreamEntry], status: int) -> list[Refusal] | _Hidden:
-    """The entries of a one-stream push that Loki refused, from its 4xx answer.
-
-    The ingester ignores entries older than its window (the stream's newest minus max_chunk_age / 2): pushed in
-    time order, those are the oldest N ("total ignored: N out of M"). The distributor refuses entries too old
-    (reject_old_samples), too new or too long and lists each; the others are stored. Any other 4xx is about the
-    request or the stream's labels: nothing was stored. An answer that does not add up fails the whole stream
-    (counted, never guessed as sent)."""
-    first = _first_line(text) or f"HTTP {status} without a body"
-    total = _TOTAL.search(text)
-    if total:
-        ignored, reached = int(total.group(1)), int(total.group(2))
-        listed = [(_parse_go_time(m.group(1), m.group(2)), m.group(3)) for m in _IGNORED.finditer(text)]
-        if reached < len(entries):
-            return _Hidden(ignored, reached, listed, first)
-        found = _ingester_refusals(entries, range(len(entries)), ignored, listed, first) \
-            if reached == len(entries) else None
-        return found if found is not None else _unaccounted(entries, first)
-    matches = list(_VALIDATION.finditer(text))
-    if not matches:
-        detail = f"HTTP {status}: {first}" if text.strip() else first
-        return [Refusal(event, "refused", detail) for _, _, event in entries]
-    if _VALIDATION.sub("", text).strip("; \n"):
-        return _unaccounted(entries, first)  # a refusal this sink does not know: which entry is unknown
-    if any(m.group("stream") for m in matches):
-        return [Refusal(event, "invalid stream", matches[0].group("text")[:300]) for _, _, event in entries]
-    old = sorted(_epoch(m.group("old")) for m in matches if m.group("old") for _ in range(int(m.group("n") or 1)))
-    new = sorted(_epoch(m.group("new")) for m in matches if m.group("new") for _ in range(int(m.group("n") or 1)))
-    long = [m for m in matches if m.group("max")]
-    order = list(range(len(entries)))  # oldest first: Loki's time bounds cut off the oldest and the newest
-    too_old, order = order[:len(old)], order[len(old):]
-    too_new, order = order[len(order) - len(new):] if new else [], order[:len(order) - len(new)]
-    too_long = [i for i in order if long and len(entries[i][1].encode()) > int(long[0].group("max"))]
-    if (sorted(entries[i][0] // 1_000_000_000 for i in too_old) != old
-            or sorted(entries[i][0] // 1_000_000_000 for i in too_new) != new
-            or len(too_long) != sum(int(m.group("n") or 1) for m in long)):
-        return _unaccounted(entries, first)
-
-    def example(group: str) -> str:
-        return next(m.group("text") for m in matches if m.group(group))[:300]
-
-    return ([Refusal(entries[i][2], "too old", example("old")) for i in too_old]
-            + [Refusal(entries[i][2], "too new", example("new")) for i in too_new]
-            + [Refusal(entries[i][2], "line too long", example("max")) for i in too_long])
-
-
-def _ingester_refusals(entries: list[StreamEntry], reached: Sequence[int], ignored: int,
-                       listed: list[tuple[int, str]], first: str) -> list[Refusal] | None:
-    """The first ``ignored`` of the entries that reached the ingester (indexes, in time order), if Loki's listing
-    of the first ones it ignored matches them; None if it does not."""
-    if ignored > len(reached) or len(listed) > ignored or (ignored and not listed):
-        return None
-    if any(entries[index][0] != ns for (ns, _), index in zip(listed, reached, strict=False)):
-        return None
-    reasons = [_ingester_reason(reason) for _, reason in listed]
-    return [Refusal(entries[index][2], reasons[min(n, len(reasons) - 1)], first)
-            for n, index in enumerate(reached[:ignored])]
-
-
-def _ingester_reason(text: str) -> str:
-    for key, reason in (("too far behind", "too far behind"), ("out of order", "out of order"),
-                        ("rate limit", "per-stream rate limit")):
-        if key in text:
-            return reason
-    return "ignored"
-
-
-def _unaccounted(entries: list[StreamEntry], first: str) -> list[Refusal]:
-    detail = f"Loki's answer does not say which of the {len(entries)} entries of the stream it stored: {first}"
-    return [Refusal(event, "unaccounted", detail[:400]) for _, _, event in entries]
-
-
-def _summary(refused: list[Refusal]) -> str:
-    """'3 too old (entry for stream ...), 1 too far behind (...)': a count and Loki's words for each reason."""
-    counts = Counter(refusal.reason for refusal in refused)
-    details = {refusal.reason: refusal.detail for refusal in reversed(refused)}
-    return ", ".join(f"{n} {reason} ({details[reason]})" for reason, n in counts.items())
-
-
-def _parse_go_time(text: str, offset: str) -> int:
-    """``2024-05-06 15:58:50.80086913`` and ``+0000`` (Go's time.String()) -> ns since the epoch."""
-    whole, _, fraction = text.partition(".")
-    local = datetime.strptime(f"{whole} {offset}", "%Y-%m-%d %H:%M:%S %z")
-    return int(local.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
-
-
-def _epoch(text: str) -> int:
-    """Go's RFC3339 (``2024-05-06T15:58:50Z``, seconds, any offset) -> seconds since the epoch."""
-    return int(datetime.fromisoformat(text).timestamp())
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else ""
-
-
 _MESSAGES: dict[str, Any] = {}
 
 
@@ -478,7 +348,7 @@ def _messages() -> dict[str, Any]:
     """Loki's push messages (pkg/push/push.proto): PushRequest{streams}, StreamAdapter{labels, entries},
     EntryAdapter{timestamp, line}; Loki publishes no Python package for them (see sinks/_protobuf.py)."""
     if not _MESSAGES:
-        from ._protobuf import MESSAGE, STRING, UINT64, message_classes
+        from .._protobuf import MESSAGE, STRING, UINT64, message_classes
 
         _MESSAGES.update(message_classes("eventrouter/loki_push.proto", "logproto", {
             "PushRequest": [("streams", 1, MESSAGE, True, ".logproto.StreamAdapter")],
