@@ -61,11 +61,21 @@ def spawn_ready(sim: SimulatorChild, flags: list[str], port: int) -> subprocess.
 
 
 def proc_rss_mb(pid: int) -> float:
+    return proc_status(pid).get("VmRSS", 0.0)
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """/proc/PID/status's memory lines in MB (VmRSS, RssAnon: the heap; RssFile: pages of the native
+    libraries, e.g. librdkafka's code) and Threads (glibc gives each thread that allocates its own arena)."""
+    found: dict[str, float] = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon", "RssFile"):
+                found[key] = int(value.split()[0]) / 1024
+            elif key == "Threads":
+                found[key] = int(value)
+    return found
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -131,6 +141,7 @@ def measure(flags: list[str], name: str, seconds: int = 60, rate: int = 10) -> d
             rss.append(round(proc_rss_mb(proc.pid), 1))
             time.sleep(max(0.0, started + second + 1 - time.monotonic()))
         cpu = proc_cpu_s(proc.pid) - cpu_start
+        status = proc_status(proc.pid)
         time.sleep(2)  # the last events reach the sinks
         sent = _sent_by_sink(base)
     finally:
@@ -147,6 +158,9 @@ def measure(flags: list[str], name: str, seconds: int = 60, rate: int = 10) -> d
         "sinks": len(flags),
         "rss_mb": rss[-1],
         "peak_rss_mb": max(rss),
+        "rss_anon_mb": round(status.get("RssAnon", 0.0), 1),
+        "rss_file_mb": round(status.get("RssFile", 0.0), 1),
+        "threads": int(status.get("Threads", 0)),
         "cpu_s": round(cpu, 2),
         "sent_by_sink": sent,
     })
