@@ -38,7 +38,11 @@ log = logging.getLogger("eventrouter.sources.kubernetes")
 
 CONFIGMAP_KEY = "checkpoint.json"
 FILE_DEFAULT = os.path.join(".eventrouter", "checkpoint.json")
-PENDING_CAP = 100_000  # unsettled positions tracked while a sink lags
+# unsettled positions tracked while a sink lags; past it the oldest are forgotten (the checkpoint then moves
+# to the next remembered one once settled; nothing is claimed early). Kept small: these notes are made among
+# the events of a stall and pinned CPython's arenas after it; at 100 000 the stall benchmark's RSS stayed
+# 20 MB above a router that never had a backlog, at 10 000 it is level with it.
+PENDING_CAP = 10_000
 SHOWN_CAP = 4096  # occurrences in "shown": 4096 * 8 bytes = 44 KB of base64
 
 
