@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
 import random
 import ssl
 import threading
@@ -181,7 +182,10 @@ class Simulator:
         }
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+        # written whole, then renamed: whoever waits for the file (make demo, a test) never reads it half-written
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_bytes(orjson.dumps(config, option=orjson.OPT_INDENT_2))
+        os.replace(partial, path)
         return path
 
     # ---- feeding ------------------------------------------------------------------------------
