@@ -185,6 +185,12 @@ def test_default_and_withfields_points() -> None:
     node = replace(ev, involved_object=replace(ev.involved_object, kind="Node", name="node-1", uid="n1"))
     assert ",pod_id=" not in point(node, with_fields=False, cluster_name="x")
     assert ",pod_name=" not in point(node, with_fields=False, cluster_name="x")
+    # empty tags are left out, in both layouts: no cluster, no host, a Pod without uid
+    bare = replace(ev, source_host="", involved_object=replace(ev.involved_object, uid=""))
+    assert point(bare, with_fields=False, cluster_name="").startswith(f"log/events,pod_name=app-3,uid={ev.uid} value=")
+    assert point(bare, with_fields=True, cluster_name="").startswith(
+        f"events,component=kubelet,kind=Pod,namespace_name=default,object_name=app-3,reason=BackOff,type=Warning,"
+        f"uid={ev.uid} message=")
     sink.close()
 
 
