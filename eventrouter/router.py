@@ -56,11 +56,12 @@ BACKOFF_INITIAL = 0.5
 # with the time from its first attempt until it settled
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 # A sink's memory window holds its next batch (batch_size, within these bounds) and its newest LIVE_TAIL
-# events as Events; an event between the two (the sink is behind by more than both) is held encoded,
-# ~0.9 KB instead of ~3-5 KB (see SinkRunner._append_locked)
+# events as Events; an event between the two is held encoded (~0.7-0.9 KB instead of ~3-5 KB) once the
+# sink has been in one send for PACK_AFTER seconds (see SinkRunner._append_locked)
 LIVE_MIN = 32
 LIVE_MAX = 1000
 LIVE_TAIL = 256
+PACK_AFTER = 0.5
 
 
 @dataclass(slots=True)
@@ -114,6 +115,10 @@ class SinkRunner:
         self._queue: deque[Event | bytes] = deque()
         self._seqs: deque[int] = deque()
         self._packed = 0  # records in the window (0: a batch needs no decoding)
+        # when the worker's current send started (None: it is not sending); a runner not started yet holds
+        # what is dispatched to it as a stalled sink would. _swept: the window was encoded for this send.
+        self._send_started: float | None = 0.0
+        self._swept = False
         self._lock = threading.Lock()
         # The worker sleeps on its own Event, not on a Condition of the queue lock: woken from a Condition,
         # it would take the queue lock back before it has the GIL, and the source's next offer would then
@@ -210,19 +215,45 @@ class SinkRunner:
         self._offer_full(seq, event)
 
     def _append_locked(self, seq: int, event: Event) -> None:
-        """Append to the window, and encode the event that is now LIVE_TAIL behind the newest, unless it is
-        in the next batch. So a sink that keeps up (its backlog never deeper than a batch and a tail) has
-        nothing encoded, and each event of a deeper backlog is encoded once, when it falls that far behind."""
+        """Append to the window. While the sink has been in one send for PACK_AFTER seconds (stalled, or
+        retrying), the events behind its next batch and more than LIVE_TAIL behind the newest are held
+        encoded: all of them when that time passes, then each as it falls that far behind. A sink that
+        keeps up, or sends slowly but steadily, encodes nothing: its events are taken within a send's time
+        (and its window is bounded by queue_size); decoding them would only cost CPU."""
         queue, seqs = self._queue, self._seqs
         seqs.append(seq)
         queue.append(event)
         index = len(queue) - LIVE_TAIL - 1
-        if index >= self._live_size:
-            behind = queue[index]
+        if index < self._live_size:
+            return
+        started = self._send_started
+        if started is None or time.monotonic() - started < PACK_AFTER:
+            return
+        if not self._swept:
+            self._sweep_locked()
+            return
+        behind = queue[index]
+        if behind.__class__ is not bytes:
+            queue[index] = _record(seqs[index], behind)  # type: ignore[arg-type]
+            self._packed += 1
+            self.stats.packed += 1
+
+    def _sweep_locked(self) -> None:
+        """Encode every event between the next batch and the newest LIVE_TAIL (once per stalled send)."""
+        self._swept = True
+        queue, seqs = self._queue, self._seqs
+        held, numbers = list(queue), list(seqs)
+        packed = 0
+        for index in range(self._live_size, len(held) - LIVE_TAIL):
+            behind = held[index]
             if behind.__class__ is not bytes:
-                queue[index] = _record(seqs[index], behind)  # type: ignore[arg-type]
-                self._packed += 1
-                self.stats.packed += 1
+                held[index] = _record(numbers[index], behind)  # type: ignore[arg-type]
+                packed += 1
+        if packed:
+            queue.clear()  # rebuilt whole: indexing a deque in its middle is O(n)
+            queue.extend(held)
+            self._packed += packed
+            self.stats.packed += packed
 
     def _offer_full(self, seq: int, event: Event) -> None:
         """The window is full (or the disk holds a backlog): to the disk buffer, or the overflow policy."""
@@ -422,6 +453,7 @@ class SinkRunner:
         self._thread.start()
 
     def _run(self) -> None:
+        self._send_started = None
         next_tick = time.monotonic() + self.delivery.flush_interval
         try:
             while True:
@@ -534,6 +566,8 @@ class SinkRunner:
         attempt = 0
         error: BaseException
         started = time.monotonic()
+        self._swept = False
+        self._send_started = started
         while True:
             retry_after: float | None = None
             try:
@@ -589,6 +623,7 @@ class SinkRunner:
             self._inflight_first = None
             self._inflight = ()
             self._inflight_read = None
+        self._send_started = None
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None and retry_after >= 0:

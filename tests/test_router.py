@@ -480,3 +480,42 @@ def test_a_relisted_event_held_encoded_is_skipped():
     sink.release.set()
     assert router.stop(10)
     assert sink.received == evs
+
+
+def test_a_sink_stalled_in_one_send_gets_its_window_encoded_then_delivers_it_equal(monkeypatch):
+    import eventrouter.router as router_module
+    from eventrouter.router import LIVE_TAIL
+
+    monkeypatch.setattr(router_module, "PACK_AFTER", 0.05)
+    sink = build(BlockingSink, "queue_size=5000&batch_size=100")
+    sink.release = threading.Event()
+    router, runners = run_router(sink)
+    runner = runners[0]
+    evs = enriched_real_events(2001)
+    router.dispatch(evs[0])
+    assert wait_for(lambda: runner._inflight)  # the worker is in its first send, which does not return
+    for e in evs[1:2000]:
+        router.dispatch(e)
+    time.sleep(0.1)  # the send has lasted longer than PACK_AFTER
+    router.dispatch(evs[2000])  # the next offer encodes the window behind the next batch
+    assert runner.stats.packed == 2000 - 100 - LIVE_TAIL
+    sink.release.set()
+    assert router.stop(10)
+    assert sink.received == evs and runner.stats.dropped_overflow == 0
+
+
+def test_a_slow_but_steady_sink_encodes_nothing():
+    class SlowSink(RecordingSink):
+        name = "slow"
+
+        def send(self, batch):
+            time.sleep(0.01)
+            super().send(batch)
+
+    sink = build(SlowSink, "queue_size=5000&batch_size=100&flush_interval=10ms")
+    router, runners = run_router(sink)
+    evs = enriched_real_events(3000)
+    for e in evs:  # far faster than the sink takes them: the window grows to thousands
+        router.dispatch(e)
+    assert router.stop(30)
+    assert runners[0].stats.packed == 0 and sink.received == evs
