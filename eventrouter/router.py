@@ -250,8 +250,9 @@ class SinkRunner:
                 held[index] = _record(numbers[index], behind)  # type: ignore[arg-type]
                 packed += 1
         if packed:
-            queue.clear()  # rebuilt whole: indexing a deque in its middle is O(n)
-            queue.extend(held)
+            # a new deque (indexing one in its middle is O(n)), swapped in whole: a thread that reads the
+            # window without the lock (oldest_unsettled_time, holds) sees the old one or the new one
+            self._queue = deque(held)
             self._packed += packed
             self.stats.packed += packed
 
