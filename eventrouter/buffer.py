@@ -14,7 +14,8 @@ A record is a 34-byte header and the payload::
 
 The magic says how the payload is stored: ``0xE7B1`` the JSON as it is, ``0xE7B2`` the JSON as one LZ4
 block with its size first (cramjam's ``lz4.compress_block``; ~65 % of the JSON, ~2 µs to make and ~1 µs to
-read back for an event). Records are written compressed unless that is not smaller; both are read.
+read back for an event). Spilled events are written plain; a sink's held window is compressed (see
+router.SinkRunner) and goes to disk as it is when that window spills. Both are read.
 
 Writes go through a buffered file and are flushed and fsynced at most every ``sync_interval`` (1 s) and
 when a segment is sealed; :attr:`DiskBuffer.synced_seq` says what is durable. On open every segment is
@@ -126,12 +127,15 @@ def _enrich(event: Event, doc: dict[str, Any]) -> None:
         object.__setattr__(event, "owner", Owner(**doc["owner"]))
 
 
-def encode_record(seq: int, t: float, key: bytes, payload: bytes) -> bytes:
-    """A record of ``payload`` (JSON: :func:`encode_event`), compressed when that makes it smaller."""
+def encode_record(seq: int, t: float, key: bytes, payload: bytes, *, compress: bool = False) -> bytes:
+    """A record of ``payload`` (JSON: :func:`encode_event`); with ``compress``, as an LZ4 block when that
+    makes it smaller (a sink's held window: see router.SinkRunner; a spill writes plain records, which costs
+    the source less per event)."""
     magic = MAGIC
-    packed = bytes(_lz4().compress_block(payload))
-    if len(packed) < len(payload):
-        magic, payload = MAGIC_LZ4, packed
+    if compress:
+        packed = bytes(_lz4().compress_block(payload))
+        if len(packed) < len(payload):
+            magic, payload = MAGIC_LZ4, packed
     body = BODY.pack(seq, t, key) + payload
     return PREFIX.pack(magic, len(payload), zlib.crc32(body)) + body
 

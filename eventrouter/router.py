@@ -235,7 +235,7 @@ class SinkRunner:
             return
         behind = queue[index]
         if behind.__class__ is not bytes:
-            queue[index] = _record(seqs[index], behind)  # type: ignore[arg-type]
+            queue[index] = _record(seqs[index], behind, compress=True)  # type: ignore[arg-type]
             self._packed += 1
             self.stats.packed += 1
 
@@ -248,7 +248,7 @@ class SinkRunner:
         for index in range(self._live_size, len(held) - LIVE_TAIL):
             behind = held[index]
             if behind.__class__ is not bytes:
-                held[index] = _record(numbers[index], behind)  # type: ignore[arg-type]
+                held[index] = _record(numbers[index], behind, compress=True)  # type: ignore[arg-type]
                 packed += 1
         if packed:
             # a new deque (indexing one in its middle is O(n)), swapped in whole: a thread that reads the
@@ -726,16 +726,17 @@ def _decoded(held: Iterable[Event | bytes]) -> list[Event]:
 # The last event encoded as a record: when several sinks hold or spill the same event (one dispatch offers
 # it to each in turn), it is encoded once and the sinks share the bytes. One tuple, swapped whole: safe
 # from any thread.
-_last_record: tuple[Event | None, int, bytes] = (None, 0, b"")
+_last_record: tuple[Event | None, int, bool, bytes] = (None, 0, False, b"")
 
 
-def _record(seq: int, event: Event) -> bytes:
+def _record(seq: int, event: Event, *, compress: bool = False) -> bytes:
     """The event as a disk buffer record (eventrouter.buffer), numbered ``seq``."""
     global _last_record
-    last_event, last_seq, record = _last_record
-    if last_event is not event or last_seq != seq:
-        record = encode_record(seq, event.last_timestamp.timestamp(), event_key(event), encode_event(event))
-        _last_record = (event, seq, record)
+    last_event, last_seq, last_compress, record = _last_record
+    if last_event is not event or last_seq != seq or last_compress != compress:
+        record = encode_record(seq, event.last_timestamp.timestamp(), event_key(event), encode_event(event),
+                               compress=compress)
+        _last_record = (event, seq, compress, record)
     return record
 
 

@@ -434,7 +434,7 @@ def test_a_corrupted_record_across_a_read_boundary_costs_only_itself(tmp_path, m
     assert [e.key for e in read_all(again, batch=100)] == [e.key for i, e in enumerate(evs) if i != 10]
 
 
-def test_records_are_stored_compressed_and_plain_ones_of_an_earlier_version_are_still_read(tmp_path):
+def test_compressed_and_plain_records_are_both_read(tmp_path):
     import zlib
 
     from eventrouter.buffer import BODY, MAGIC, PREFIX
@@ -443,7 +443,7 @@ def test_records_are_stored_compressed_and_plain_ones_of_an_earlier_version_are_
     old = tmp_path / "b"
     old.mkdir()
     plain = b""
-    for seq, e in enumerate(evs[:20], 1):  # as the buffer wrote them before compression
+    for seq, e in enumerate(evs[:20], 1):  # as a spill writes them
         payload = encode_event(e)
         body = BODY.pack(seq, e.last_timestamp.timestamp(), event_key(e)) + payload
         plain += PREFIX.pack(MAGIC, len(payload), zlib.crc32(body)) + body
@@ -452,7 +452,9 @@ def test_records_are_stored_compressed_and_plain_ones_of_an_earlier_version_are_
     buffer.open()
     assert buffer.restored == 20 and buffer.corrupted == 0
     before = buffer.size
-    append_all(buffer, evs[20:], first_seq=21)
+    for seq, e in enumerate(evs[20:], 21):  # as a sink's held window spills them
+        record = encode_record(seq, e.last_timestamp.timestamp(), event_key(e), encode_event(e), compress=True)
+        assert buffer.append_record(record, seq, e.last_timestamp.timestamp(), event_key(e))
     json_size = sum(len(encode_event(e)) for e in evs[20:])
-    assert buffer.size - before < 0.75 * json_size  # the new records are compressed (headers included)
+    assert buffer.size - before < 0.75 * json_size  # compressed (headers included)
     assert [e.to_dict(raw=True) for e in read_all(buffer)] == [e.to_dict(raw=True) for e in evs]
