@@ -84,6 +84,10 @@ class SinkPosition:
         self._lock = threading.Lock()
         self._pins = 0  # lists under way (pin/unpin); while any is, the floor may fall but not rise
         self._pinned: float | None = None  # the floor when the first of them began
+        # keys the cap dropped while pinned (the floor could not rise over them): hash((uid, rv)), kept until
+        # the floor passes the newest of them (_overflow_max), so a list does not send them again
+        self._overflow: set[int] = set()
+        self._overflow_max: float | None = None
         self._warned_at = -math.inf
         # the time of the oldest event the sink has not settled yet (set by its runner)
         self.oldest_unsettled: Callable[[], float | None] = lambda: None
@@ -137,8 +141,11 @@ class SinkPosition:
         when = event.last_timestamp
         if floor is not None and when.timestamp() < floor:
             return True
+        key = (event.uid, event.resource_version)
         bucket = self._buckets.get(when)
-        if bucket is not None and (event.uid, event.resource_version) in bucket:
+        if bucket is not None and key in bucket:
+            return True
+        if self._overflow and hash(key) in self._overflow:
             return True
         return bool(self._restored) and event_key(event) in self._restored
 
@@ -210,6 +217,8 @@ class SinkPosition:
         if floor is not None:
             if self._restored and self._restored_max is not None and self._restored_max < floor:
                 self._restored = set()
+            if self._overflow_max is not None and self._overflow_max < floor:
+                self._overflow, self._overflow_max = set(), None
             for when in [w for w in buckets if w.timestamp() < floor]:
                 for key in buckets.pop(when):
                     digests.pop(key, None)
@@ -228,7 +237,13 @@ class SinkPosition:
             for key in bucket:
                 digests.pop(key, None)
             cut = when
-            if oldest_unsettled is not None and when.timestamp() >= oldest_unsettled:
+            if self._pins:
+                # a list is under way: the floor will not rise over these, so they stay known, compactly
+                # (an int each; a buffer replayed meanwhile would otherwise be sent again by the list)
+                self._overflow.update(map(hash, bucket))
+                if self._overflow_max is None or when.timestamp() > self._overflow_max:
+                    self._overflow_max = when.timestamp()
+            elif oldest_unsettled is not None and when.timestamp() >= oldest_unsettled:
                 at_risk += len(bucket)
         self._size = size
         if cut is None:  # only restored keys: keep them (they are at most one document's worth)

@@ -66,14 +66,16 @@ class Harness:
     """A source + router + collector running on threads, like ``eventrouter.app.run``."""
 
     def __init__(self, flag: str, ctx: SourceContext, sink: Collector | None = None,
-                 checkpoint_interval: float = 0.2, others: Sequence[tuple[str, Sink]] = ()) -> None:
-        """``others``: more sinks, as (label, sink), next to ``sink`` (labelled ``collect``)."""
+                 checkpoint_interval: float = 0.2, others: Sequence[tuple[str, Sink]] = (),
+                 data_dir: str | None = None) -> None:
+        """``others``: more sinks, as (label, sink), next to ``sink`` (labelled ``collect``). ``data_dir``:
+        where the sinks keep their disk buffers, as ``--data-dir`` (none by default: memory windows only)."""
         self.sink = sink or Collector.make()
         self.ctx = ctx
         self.source = build_source(flag, ctx)
         self.source.checkpoint_interval = checkpoint_interval  # type: ignore[attr-defined]
-        self.router = Router([SinkRunner.build(self.sink, label="collect"),
-                              *(SinkRunner.build(other, label=label) for label, other in others)])
+        self.router = Router([SinkRunner.build(self.sink, label="collect", data_dir=data_dir),
+                              *(SinkRunner.build(other, label=label, data_dir=data_dir) for label, other in others)])
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self.source.run, args=(self.router, self.stop_event), daemon=True)
 
