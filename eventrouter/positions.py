@@ -101,24 +101,20 @@ class SinkPosition:
 
     def settle(self, events: Sequence[Event]) -> None:
         buckets = self._buckets
+        get = buckets.get
+        newest: datetime | None = None
         with self._lock:
-            if events and events[0].last_timestamp is events[-1].last_timestamp:
-                # a burst: runs of one time (parsed times are shared objects); one set update per run, in C
-                for when, run in groupby(events, _TIME):
-                    bucket = buckets.get(when)
-                    if bucket is None:
-                        buckets[when] = bucket = set()
-                    bucket.update(map(_KEY, run))
-            else:
-                get = buckets.get
-                for key, when in zip(map(_KEY, events), map(_TIME, events), strict=True):
-                    bucket = get(when)
-                    if bucket is None:
-                        buckets[when] = bucket = set()
-                    bucket.add(key)
-            latest = max(map(_TIME, events), default=None)
-            if latest is not None and (self._newest is None or latest.timestamp() > self._newest):
-                self._newest = latest.timestamp()
+            # runs of one time (a batch comes mostly in time order, and bursts share a time): one set update per
+            # run, in C; the newest time is found among the runs, not the events
+            for when, run in groupby(events, _TIME):
+                bucket = get(when)
+                if bucket is None:
+                    buckets[when] = bucket = set()
+                bucket.update(map(_KEY, run))
+                if newest is None or when > newest:
+                    newest = when
+            if newest is not None and (self._newest is None or newest.timestamp() > self._newest):
+                self._newest = newest.timestamp()
             self._size += len(events)
             self.changes += 1
             if self._size > 2 * self.cap:  # a long burst between two checkpoints: bound the memory
