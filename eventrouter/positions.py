@@ -77,7 +77,9 @@ class SinkPosition:
         # settled (uid, resourceVersion) at or above the floor, by event time
         self._buckets: dict[datetime, set[tuple[str, str]]] = {}
         self._size = 0  # keys in the buckets (an upper bound: a key settled twice counts twice)
-        self._digests: dict[tuple[str, str], bytes] = {}  # made for documents, kept while the key is
+        # digests made for documents, per event time as the keys: a second dropped from the keys drops its
+        # digests at once (no per-key work when a burst's keys are trimmed)
+        self._digests: dict[datetime, dict[tuple[str, str], bytes]] = {}
         self._restored: set[bytes] = set()  # digests from the checkpoint
         self._restored_max: float | None = None
         self._newest: float | None = None  # the newest settled event time of this process
@@ -149,14 +151,16 @@ class SinkPosition:
         """The JSON-safe position; ``oldest_unsettled`` is the time of the oldest event not yet delivered."""
         with self._lock:
             self.floor = floor = self._next_floor(oldest_unsettled)
-            digests = self._digests
             out = set(self._restored)
-            for bucket in self._buckets.values():
-                for key in bucket:
-                    digest = digests.get(key)
-                    if digest is None:
-                        digests[key] = digest = _digest(*key)
-                    out.add(digest)
+            for when, bucket in self._buckets.items():
+                made = self._digests.get(when)
+                if made is None:
+                    self._digests[when] = made = {}
+                if len(made) != len(bucket):
+                    for key in bucket:
+                        if key not in made:
+                            made[key] = _digest(*key)
+                out.update(made.values())
             return {"floor": floor, "max": self.max_time,
                     "keys": base64.b64encode(b"".join(sorted(out))).decode("ascii")}
 
@@ -216,8 +220,8 @@ class SinkPosition:
             if self._overflow_max is not None and self._overflow_max < floor:
                 self._overflow, self._overflow_max = set(), None
             for when in [w for w in buckets if w.timestamp() < floor]:
-                for key in buckets.pop(when):
-                    digests.pop(key, None)
+                del buckets[when]
+                digests.pop(when, None)
         size = sum(len(b) for b in buckets.values()) + len(self._restored)
         self._size = size
         if size <= self.cap:
@@ -229,9 +233,8 @@ class SinkPosition:
             if size <= self.cap:
                 break
             bucket = buckets.pop(when)
+            digests.pop(when, None)
             size -= len(bucket)
-            for key in bucket:
-                digests.pop(key, None)
             cut = when
             if self._pins:
                 # a list is under way: the floor will not rise over these, so they stay known, compactly
