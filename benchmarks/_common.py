@@ -143,6 +143,17 @@ class RouterInProcess:
             self.enricher.close()
 
 
+def stop_router(proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """SIGTERM a router process the benchmark spawned, and SIGKILL it if it has not exited in ``timeout``."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def report(name: str, figures: dict[str, Any]) -> dict[str, Any]:
     """One JSON line per benchmark, for comparing commits."""
     print(json.dumps({"benchmark": name, **figures}, sort_keys=False), flush=True)

@@ -11,12 +11,10 @@ nothing written twice).
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import time
 from typing import Any
 
-from benchmarks._common import SimulatorChild, report
+from benchmarks._common import SimulatorChild, report, stop_router
 from benchmarks.idle import _free_port, _sent_by_sink, proc_rss_mb, spawn_ready
 
 
@@ -49,12 +47,7 @@ def measure(name: str, flag: str, n: int) -> tuple[dict[str, Any], float]:
         time.sleep(5)
         rss_after = proc_rss_mb(proc.pid)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_router(proc)
         sim.close()
     return {"events": n, "seconds": round(elapsed, 2), "rss_mb_ready": round(rss_ready, 1),
             "peak_rss_mb": round(peak, 1), "rss_mb_after_drain": round(rss_after, 1)}, elapsed

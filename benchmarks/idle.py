@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from benchmarks._common import SimulatorChild, report
+from benchmarks._common import SimulatorChild, report, stop_router
 
 ROOT = Path(__file__).resolve().parent.parent
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -145,12 +144,7 @@ def measure(flags: list[str], name: str, seconds: int = 60, rate: int = 10) -> d
         time.sleep(2)  # the last events reach the sinks
         sent = _sent_by_sink(base)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_router(proc)
         sim.close()
     return report(name, {
         "events": seconds * rate,

@@ -16,7 +16,6 @@ still load their client library and build their client, which is what start-up c
 from __future__ import annotations
 
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import report
+from benchmarks._common import report, stop_router
 from benchmarks.idle import proc_cpu_s
 from eventrouter.simulator import server as sim_server
 from eventrouter.simulator.sim import Simulator
@@ -82,13 +81,7 @@ def spawn_to_watch(flags: list[str], kubeconfig: str, clock: _WatchClock, workdi
             cpu.append(proc_cpu_s(proc.pid))
         return clock.first_watch - started
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_router(proc, 30)
 
 
 def run(runs: int = 9, flags: list[str] | None = None, name: str = "startup-log-sink") -> dict[str, Any]:
