@@ -25,7 +25,7 @@ def _router(sim: SimulatorChild, out: Path, checkpoint: Path) -> subprocess.Pope
     return subprocess.Popen(
         [sys.executable, "-m", "eventrouter", f"--source={sim.source_flag()}",
          f"--sink=jsonfile:{out}?batch_size=500&flush_interval=50ms", f"--checkpoint=file:{checkpoint}",
-         "--healthz-port=0", "--shutdown-timeout=20s"],
+         f"--data-dir={sim.dir}/data", "--healthz-port=0", "--shutdown-timeout=20s"],
         stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -33,7 +33,9 @@ def _router(sim: SimulatorChild, out: Path, checkpoint: Path) -> subprocess.Pope
 def _lines(out: Path) -> list[tuple[str, str]]:
     if not out.exists():
         return []
-    return [(d["uid"], d["resource_version"]) for d in map(orjson.loads, out.read_bytes().splitlines())]
+    data = out.read_bytes()
+    whole = data[:data.rfind(b"\n") + 1]  # a line the sink is writing right now is not there yet
+    return [(d["uid"], d["resource_version"]) for d in map(orjson.loads, whole.splitlines())]
 
 
 def _wait_lines(out: Path, n: int, timeout: float = 300) -> float:

@@ -15,6 +15,7 @@ import pytest
 
 from eventrouter.event import Event
 from eventrouter.simulator import Simulator
+from eventrouter.simulator.store import Conflict, Store, list_key, restamp
 from tests.helpers import real_objects
 from tests.servers.simulator import wait_for
 
@@ -363,3 +364,16 @@ def test_a_forbidden_answer_names_the_service_account_verb_and_resource() -> Non
         assert resp.status_code == 403 and resp.json()["message"] == (
             'configmaps "eventrouter-checkpoint" is forbidden: User "system:serviceaccount:kube-system:kube-eventer" '
             'cannot get resource "configmaps" in API group "" in the namespace "kube-system"')
+
+
+def test_a_live_events_name_is_unique_as_on_a_real_api_server() -> None:
+    pool = real_objects()[:50]
+    first, second = restamp(pool, 2, True)[50:], restamp(pool, 2, True)[50:]
+    assert not {list_key(o) for o in first} & {list_key(o) for o in second}  # copies made apart never clash
+    store = Store()
+    store.add_events(first + second)
+    clash = {**second[0], "metadata": {**second[0]["metadata"], "uid": "another-uid"}}
+    with pytest.raises(Conflict, match="already exists"):
+        store.add_event(clash)  # kube-apiserver: 409 AlreadyExists; a paged list would skip one of the two
+    store.expire(second[0]["metadata"]["uid"])
+    assert store.add_event(clash)["metadata"]["uid"] == "another-uid"  # the name is free once it expired

@@ -99,6 +99,7 @@ class Store:
     rv: int = 1000
     floor: int = 0  # history at or below this RV is compacted
     events: dict[str, dict[str, Any]] = field(default_factory=dict)  # uid -> object
+    names: dict[str, str] = field(default_factory=dict)  # list_key (namespace/name) -> uid of the live Event
     history_rvs: list[int] = field(default_factory=list)
     history: list[Change] = field(default_factory=list)
     objects: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)  # (kind, ns, name)
@@ -190,18 +191,27 @@ class Store:
         meta.setdefault("name", f"event.{uuid.uuid4().hex[:16]}")
         with self.cond:
             meta.setdefault("creationTimestamp", now_text(now=self.now_dt()))
-            kind = "MODIFIED" if meta["uid"] in self.events else "ADDED"
-            self.events[meta["uid"]] = obj
-            self._record(kind, obj)
+            self._put_event(obj)
         return obj
 
     def add_events(self, objs: Iterable[dict[str, Any]]) -> None:
         with self.cond:
             for obj in objs:
-                meta = obj["metadata"]
-                kind = "MODIFIED" if meta["uid"] in self.events else "ADDED"
-                self.events[meta["uid"]] = obj
-                self._record(kind, obj)
+                self._put_event(obj)
+
+    def _put_event(self, obj: dict[str, Any]) -> None:
+        """Store one Event (caller holds ``cond``). A namespace/name that a live Event with another uid has is
+        refused, as kube-apiserver answers such a create with 409 AlreadyExists: two live objects under one
+        etcd key cannot exist, and a list (paged by that key) would skip one of them."""
+        meta = obj["metadata"]
+        uid, key = meta["uid"], list_key(obj)
+        holder = self.names.get(key)
+        if holder is not None and holder != uid:
+            raise Conflict(f'events "{meta.get("name")}" already exists')
+        kind = "MODIFIED" if uid in self.events else "ADDED"
+        self.events[uid] = obj
+        self.names[key] = uid
+        self._record(kind, obj)
 
     def repeat(self, uid: str, message: str | None = None) -> dict[str, Any]:
         """The Event happened again: count+1 and a new lastTimestamp (a MODIFIED)."""
@@ -236,6 +246,7 @@ class Store:
             obj = self.events.pop(uid, None)
             if obj is None:
                 raise NotFound(uid)
+            self.names.pop(list_key(obj), None)
             obj = _clone(obj)
             self._record("DELETED", obj)
 
@@ -318,8 +329,10 @@ def restamp(objs: Iterable[dict[str, Any]], copies: int, fresh_times: bool) -> l
             meta = new.setdefault("metadata", {})
             meta.pop("managedFields", None)
             if n > 0:
-                meta["uid"] = str(uuid.uuid4())
-                meta["name"] = f"{meta.get('name', 'event')}-{n}"
+                uid = uuid.uuid4()
+                meta["uid"] = str(uid)
+                # unique across calls too: a live Event's namespace/name is (see Store._put_event)
+                meta["name"] = f"{meta.get('name', 'event')}-{uid.hex[:12]}"
             if n > 0 or fresh_times:
                 meta["creationTimestamp"] = stamp
                 for key in _TIME_FIELDS:

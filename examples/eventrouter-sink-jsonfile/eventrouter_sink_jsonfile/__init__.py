@@ -17,6 +17,10 @@ Example flag::
 Each line is ``Event.to_dict()`` (the normalized event, UTC ``...Z`` times); ``raw=true`` adds the
 original Kubernetes object under ``"raw"``. The router batches (``batch_size``, default 100) and
 retries; this sink only writes, and says whether a failure is worth retrying.
+
+A process killed in the middle of a write (SIGKILL, OOM) leaves a torn last line. Its batch was not
+acknowledged, so the router sends it again; opening the file cuts the torn line off first, so the file
+holds only whole lines and the next batch does not start in the middle of one.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ class JsonFileSink(Sink):
     def open(self) -> None:
         if self._file is None:
             try:
+                _cut_torn_line(self.path)
                 self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open between batches)
             except OSError as exc:
                 raise _classify(exc, f"open {self.path}") from exc
@@ -86,3 +91,28 @@ class JsonFileSink(Sink):
         file, self._file = self._file, None
         if file is not None:
             file.close()
+
+
+def _cut_torn_line(path: str, chunk: int = 65536) -> None:
+    """Truncate the file after its last newline (a write cut short by a crash left a partial line)."""
+    try:
+        fh = open(path, "r+b")  # noqa: SIM115
+    except FileNotFoundError:
+        return
+    with fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        fh.seek(end - 1)
+        if fh.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            start = max(0, pos - chunk)
+            fh.seek(start)
+            newline = fh.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                fh.truncate(start + newline + 1)
+                return
+            pos = start
+        fh.truncate(0)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from eventrouter_sink_jsonfile import JsonFileSink, _classify
+from eventrouter_sink_jsonfile import _cut_torn_line as _cut
 
 from eventrouter import Event, InvolvedObject, PermanentError, RetryableError, SinkConfigError, SinkURL
 from eventrouter.testing import FakeCluster, run_eventrouter, wait_until
@@ -102,6 +103,34 @@ def test_send_appends_json_lines(tmp_path: Path) -> None:
     assert [line["uid"] for line in lines] == ["uid-1", "uid-2", "uid-3"]
     assert lines[0]["last_timestamp"] == "2026-04-14T09:30:01Z"
     assert lines[0]["raw"] == {"metadata": {"uid": "uid-1"}}
+
+
+@pytest.mark.parametrize("chunk", [65536, 7])  # 7: the torn line spans several backward reads
+def test_a_line_torn_by_a_crash_is_cut_before_the_next_batch(tmp_path: Path, chunk: int,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import eventrouter_sink_jsonfile
+
+    monkeypatch.setattr(eventrouter_sink_jsonfile, "_cut_torn_line",
+                        lambda path: _cut(path, chunk))  # the same function, a smaller read size
+    target = tmp_path / "events.jsonl"
+    sink = build(f"jsonfile:{target}")
+    sink.send([event(1), event(2)])
+    sink.close()
+    whole = target.read_bytes()
+    target.write_bytes(whole + whole.splitlines(keepends=True)[1][:40])  # SIGKILL while writing uid-2 again
+    sink = build(f"jsonfile:{target}")
+    sink.send([event(2), event(3)])  # the router sends the unacknowledged batch again
+    sink.close()
+    assert [json.loads(line)["uid"] for line in target.read_text().splitlines()] == ["uid-1", "uid-2", "uid-2", "uid-3"]
+
+
+def test_a_file_of_one_torn_line_is_emptied(tmp_path: Path) -> None:
+    target = tmp_path / "events.jsonl"
+    target.write_bytes(b'{"uid": "uid-1", "na')
+    sink = build(f"jsonfile:{target}")
+    sink.send([event(2)])
+    sink.close()
+    assert [json.loads(line)["uid"] for line in target.read_text().splitlines()] == ["uid-2"]
 
 
 def test_a_missing_directory_is_permanent(tmp_path: Path) -> None:
