@@ -108,12 +108,14 @@ class SinkRunner:
         self.delivery = delivery
         self.label = label or sink.name
         self.stats = SinkStats()
-        # two parallel deques (event, and its sequence number) rather than one of (seq, event) pairs: no
+        # two deques (events, and the numbers of those not encoded) rather than one of (seq, event) pairs: no
         # tuple per event per sink, which the cyclic GC would have to track and scan
         # The memory window: an Event each, or, for an event held long (see _append_locked), its encoded
         # disk record (eventrouter.buffer: one bytes object about the size of its JSON), decoded when its
         # batch is taken
         self._queue: deque[Event | bytes] = deque()
+        # The numbers of the window's Events, in order (one of an event held encoded is in its record: no
+        # slot nor int object beside it, ~40 bytes less per held event and sink)
         self._seqs: deque[int] = deque()
         self._packed = 0  # records in the window (0: a batch needs no decoding)
         # when the worker's current send started (None: it is not sending); a runner not started yet holds
@@ -235,25 +237,35 @@ class SinkRunner:
             return
         behind = queue[index]
         if behind.__class__ is not bytes:
-            queue[index] = _record(seqs[index], behind, compress=True)  # type: ignore[arg-type]
+            # the LIVE_TAIL events behind it are Events (only older ones get encoded): its number is as far
+            # from the end of the numbers
+            number = -LIVE_TAIL - 1
+            queue[index] = _record(seqs[number], behind, compress=True)  # type: ignore[arg-type]
+            del seqs[number]
             self._packed += 1
             self.stats.packed += 1
 
     def _sweep_locked(self) -> None:
         """Encode every event between the next batch and the newest LIVE_TAIL (once per stalled send)."""
         self._swept = True
-        queue, seqs = self._queue, self._seqs
-        held, numbers = list(queue), list(seqs)
+        held, numbers = list(self._queue), iter(list(self._seqs))
+        first, stop = self._live_size, len(held) - LIVE_TAIL
+        kept: list[int] = []  # the numbers of the Events that stay Events
         packed = 0
-        for index in range(self._live_size, len(held) - LIVE_TAIL):
-            behind = held[index]
-            if behind.__class__ is not bytes:
-                held[index] = _record(numbers[index], behind, compress=True)  # type: ignore[arg-type]
+        for index, behind in enumerate(held):
+            if behind.__class__ is bytes:
+                continue
+            seq = next(numbers)
+            if first <= index < stop:
+                held[index] = _record(seq, behind, compress=True)  # type: ignore[arg-type]
                 packed += 1
+            else:
+                kept.append(seq)
         if packed:
-            # a new deque (indexing one in its middle is O(n)), swapped in whole: a thread that reads the
+            # new deques (indexing one in its middle is O(n)), swapped in whole: a thread that reads the
             # window without the lock (oldest_unsettled_time, holds) sees the old one or the new one
             self._queue = deque(held)
+            self._seqs = deque(kept)
             self._packed += packed
             self.stats.packed += packed
 
@@ -271,9 +283,10 @@ class SinkRunner:
                     self._report_overflow()
                     return
                 oldest = queue.popleft()
-                self._seqs.popleft()
                 if oldest.__class__ is bytes:
                     self._packed -= 1
+                else:
+                    self._seqs.popleft()
                 self.position.dropped_time(_held_time(oldest))
                 self._report_overflow()
             self._append_locked(seq, event)
@@ -305,17 +318,20 @@ class SinkRunner:
         self._spilling = True
         queue, seqs = self._queue, self._seqs
         while queue:
-            self._write_held(seqs.popleft(), queue.popleft())
+            held = queue.popleft()
+            self._write_held(None if held.__class__ is bytes else seqs.popleft(), held)
         self._packed = 0
 
     def _write(self, seq: int, event: Event) -> None:
         self._write_record(_record(seq, event))
 
-    def _write_held(self, seq: int, held: Event | bytes) -> None:
-        """An event of the window to the disk buffer (one held encoded is written as it is)."""
+    def _write_held(self, seq: int | None, held: Event | bytes) -> None:
+        """An event of the window to the disk buffer (one held encoded is written as it is; ``seq`` is None
+        for those)."""
         if held.__class__ is bytes:
             self._write_record(held)
         else:
+            assert seq is not None
             self._write(seq, held)  # type: ignore[arg-type]
 
     def _write_record(self, record: bytes) -> None:
@@ -356,14 +372,26 @@ class SinkRunner:
         )
 
     # ---- watermark ---------------------------------------------------------------------------
+    def _head_seq(self) -> int | None:
+        """The number of the window's oldest event (caller holds the lock); None: the window is empty. The
+        source appends an Event's number before the Event: one being appended counts already."""
+        queue = self._queue
+        if queue:
+            head = queue[0]
+            if head.__class__ is bytes:
+                return record_fields(head)[0]
+        seqs = self._seqs
+        return seqs[0] if seqs else None
+
     def oldest_unsettled(self) -> int | None:
         """The sequence number of the oldest event this sink holds but has not settled (a lower bound for
         events on disk; 0 for those an earlier run left there)."""
         with self._lock:
             if self._inflight_first is not None:
                 return self._inflight_first
-            if self._seqs:
-                return self._seqs[0]
+            head = self._head_seq()
+            if head is not None:
+                return head
             return self.buffer.oldest_seq() if self.buffer is not None else None
 
     def newest_accepted(self) -> int | None:
@@ -372,8 +400,9 @@ class SinkRunner:
         with self._lock:
             if self._inflight_first is not None and self._inflight_read is None:
                 limits.append(self._inflight_first - 1)
-            if self._seqs:
-                limits.append(self._seqs[0] - 1)
+            head = self._head_seq()
+            if head is not None:
+                limits.append(head - 1)
         buffer = self.buffer
         if buffer is not None:
             buffer.sync()
@@ -530,17 +559,16 @@ class SinkRunner:
                     self._worker_waiting = False
                     # popleft only: the source may append meanwhile (it removes only under the lock)
                     take = min(queued, size)
-                    self._inflight_first = seqs[0]
+                    self._inflight_first = self._head_seq()
                     pop_event = queue.popleft
                     batch = [pop_event() for _ in range(take)]
                     self._inflight = batch
-                    pop_seq = seqs.popleft
-                    for _ in range(take):
-                        pop_seq()
                     packed = self._packed
-                    if packed:
-                        records = sum(1 for h in batch if h.__class__ is bytes)
-                        self._packed = packed - records
+                    records = sum(1 for h in batch if h.__class__ is bytes) if packed else 0
+                    self._packed = packed - records
+                    pop_seq = seqs.popleft
+                    for _ in range(take - records):  # the records' numbers are in them
+                        pop_seq()
                     break
                 if not queued:
                     if self._spilling:
@@ -669,7 +697,8 @@ class SinkRunner:
         with self._lock:
             # the batch given up in a retry wait, if it came from memory (one from disk is still there)
             given_up = list(self._abandoned) if self._inflight_read is None else []
-            left_seqs = [0] * len(given_up) + list(self._seqs)
+            numbers = iter(list(self._seqs))
+            left_seqs = [0] * len(given_up) + [None if h.__class__ is bytes else next(numbers) for h in self._queue]
             left_events: list[Event | bytes] = [*given_up, *self._queue]
             self._queue.clear()
             self._seqs.clear()

@@ -404,6 +404,29 @@ def test_a_backlog_deeper_than_a_batch_is_held_encoded_and_delivered_equal_in_or
     assert all(len(b) <= 100 for b in sink.batches)
 
 
+def test_an_encoded_event_keeps_its_number_in_its_record_only():
+    """A held record carries its sequence number; the window keeps no int beside it (32 bytes less per held
+    event), and reads the number from the record when that record is the oldest event waiting."""
+    sink = build(BlockingSink, "queue_size=5000&batch_size=100")
+    sink.release = threading.Event()
+    runner = SinkRunner.build(sink)
+    router = Router([runner])
+    evs = enriched_real_events(1000)
+    for e in evs:
+        router.dispatch(e)
+    assert runner.stats.packed > 0 and len(runner._seqs) == 1000 - runner.stats.packed
+    with runner._lock:  # as if the first batch had been delivered: the oldest waiting event is a record
+        for _ in range(100):
+            runner._queue.popleft()
+            runner._seqs.popleft()
+    assert runner._queue[0].__class__ is bytes
+    assert runner.oldest_unsettled() == 101 and router.settled_seq() == 100
+    router.start()
+    sink.release.set()
+    assert router.stop(10)
+    assert sink.received == evs[100:] and router.settled_seq() == 1000
+
+
 def test_a_sink_that_keeps_up_holds_no_encoded_event():
     sink = build(RecordingSink, "batch_size=100&flush_interval=10ms")
     router, runners = run_router(sink)
