@@ -95,7 +95,8 @@ def _data_loader(data_path: str | None) -> Any:
             for ext, opener in ((".json", open), (".json.gz", gzip.open)):
                 if os.path.isfile(file_path + ext):
                     with opener(file_path + ext, "rb") as f:
-                        return orjson.loads(f.read())
+                        data = orjson.loads(f.read())
+                    return _trimmed(file_path, data)
             return super().load_file(file_path)  # a format a later botocore may add
 
     if data_path not in _loaders:
@@ -103,3 +104,59 @@ def _data_loader(data_path: str | None) -> Any:
         loader.file_loader = DictJSONFileLoader()
         _loaders[data_path] = loader
     return _loaders[data_path]
+
+
+def _trimmed(file_path: str, data: Any) -> Any:
+    if os.path.basename(file_path) == "endpoints":
+        return _used_endpoints(data)
+    if file_path.replace(os.sep, "/").endswith(S3_MODEL):
+        return _used_operations(data, S3_OPERATIONS)
+    return data
+
+
+# What the s3 sink calls (through boto3's managed upload), and what botocore calls on its behalf (S3 Express
+# sessions; HeadBucket when it follows a region redirect). The S3 model has ~100 operations (2.5 MB parsed),
+# held for the life of the client.
+S3_MODEL = "/s3/2006-03-01/service-2"
+S3_OPERATIONS = frozenset({"PutObject", "HeadBucket", "CreateMultipartUpload", "UploadPart",
+                           "CompleteMultipartUpload", "AbortMultipartUpload", "CreateSession"})
+
+
+def _used_operations(model: Any, keep: frozenset[str]) -> Any:
+    """A service model with only the operations in ``keep`` and the shapes they reach."""
+    operations, shapes = model.get("operations"), model.get("shapes")
+    if not isinstance(operations, dict) or not isinstance(shapes, dict) or not keep <= operations.keys():
+        return model  # not the layout this knows, or an operation is missing: leave it whole
+    kept_ops = {name: op for name, op in operations.items() if name in keep}
+    refs = [ref for op in kept_ops.values() for ref in (op.get("input"), op.get("output"), *op.get("errors", ()))]
+    todo = [ref["shape"] for ref in refs if isinstance(ref, dict) and "shape" in ref]
+    reached: dict[str, Any] = {}
+    while todo:
+        name = todo.pop()
+        if name in reached or name not in shapes:
+            continue
+        shape = reached[name] = shapes[name]
+        for ref in (*shape.get("members", {}).values(), shape.get("member"), shape.get("key"), shape.get("value")):
+            if isinstance(ref, dict) and "shape" in ref:
+                todo.append(ref["shape"])
+    return {**model, "operations": kept_ops, "shapes": reached}
+
+
+# The services whose clients this process builds, by endpoint prefix (the keys of botocore's endpoints.json):
+# the sinks' (s3, firehose) and the credential providers' (STS for IRSA and assumed roles, SSO and its OIDC).
+ENDPOINT_SERVICES = frozenset({"s3", "firehose", "sts", "portal.sso", "oidc"})
+
+
+def _used_endpoints(data: Any) -> Any:
+    """botocore's endpoints.json with only :data:`ENDPOINT_SERVICES`: the legacy endpoint resolver every client
+    keeps holds the whole file (every AWS service in every partition, 4 MB parsed) for the process's life.
+    Any other service still resolves, from its partition's defaults, as a service newer than the file does."""
+    if not isinstance(data, dict) or not isinstance(data.get("partitions"), list):
+        return data  # not the layout this knows: leave it whole
+    partitions = []
+    for partition in data["partitions"]:
+        services = partition.get("services") if isinstance(partition, dict) else None
+        if isinstance(services, dict):
+            partition = {**partition, "services": {k: v for k, v in services.items() if k in ENDPOINT_SERVICES}}
+        partitions.append(partition)
+    return {**data, "partitions": partitions}

@@ -59,6 +59,7 @@ from eventrouter import (
 )
 
 from ._dsn import DSN, parse_dsn, split_host
+from ._pymysql import import_pymysql_lazily
 from ._schema import (
     COLUMNS,
     Column,
@@ -185,6 +186,7 @@ class MySQLSink(Sink):
         self._columns: list[Column] = []
         self._sql = ""
         self._key: list[Column] = []  # occurrence key, for a table without a unique key on event_id
+        import_pymysql_lazily()  # cryptography (7 MB) only when a login needs its RSA step
         self._pymysql = self.require("pymysql")
 
     @classmethod

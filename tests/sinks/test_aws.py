@@ -201,3 +201,53 @@ def test_firehose_takes_the_same_chain(tmp_path: Path, monkeypatch: pytest.Monke
         firehose.close()
     assert firehose.signing_keys() == [KEY]
     assert "/eu-west-1/firehose/aws4_request" in firehose.requests[0][2]["authorization"]
+
+
+@pytest.mark.parametrize("region", ["us-east-1", "eu-central-1", "ap-southeast-2", "cn-north-1", "us-gov-west-1",
+                                    "us-iso-east-1", "il-central-1"])
+@pytest.mark.parametrize("service", ["s3", "firehose", "sts", "sso", "sso-oidc"])
+def test_the_trimmed_endpoint_data_resolves_as_botocores_own(service: str, region: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loader keeps only the services this process uses in endpoints.json (4 MB less held): each of them
+    gets the same endpoint URL and signing region as from botocore's untrimmed data."""
+    import botocore.session
+
+    from eventrouter.options import Secret
+    from sinks import _aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    opts = {"region": region, "endpoint_url": "", "access_key_id": KEY, "secret_access_key": Secret(SECRET),
+            "session_token": None}
+    ours = _aws.aws_client(service, opts)
+    theirs = botocore.session.Session().create_client(service, region_name=region)
+    assert ours.meta.endpoint_url == theirs.meta.endpoint_url
+    assert ours.meta.region_name == theirs.meta.region_name
+    assert ours.meta.partition == theirs.meta.partition
+    assert ours._request_signer._signing_name == theirs._request_signer._signing_name
+    assert ours._request_signer._region_name == theirs._request_signer._region_name
+    loader = _aws._data_loader(None)
+    kept = {name for partition in loader.load_data("endpoints")["partitions"] for name in partition["services"]}
+    assert kept <= _aws.ENDPOINT_SERVICES and "s3" in kept
+
+
+def test_the_s3_client_keeps_the_operations_the_sink_uses_and_their_shapes() -> None:
+    """The S3 model is trimmed to the managed upload's operations (and what botocore calls for them): each
+    keeps its whole input and output, and a model without one of them is left whole."""
+    import botocore.session
+
+    from eventrouter.options import Secret
+    from sinks import _aws
+
+    opts = {"region": "us-east-1", "endpoint_url": "", "access_key_id": KEY, "secret_access_key": Secret(SECRET),
+            "session_token": None}
+    ours = _aws.aws_client("s3", opts).meta.service_model
+    theirs = botocore.session.Session().get_service_model("s3")
+    assert set(ours.operation_names) == _aws.S3_OPERATIONS
+    for name in _aws.S3_OPERATIONS:
+        mine, full = ours.operation_model(name), theirs.operation_model(name)
+        assert mine.input_shape.members.keys() == full.input_shape.members.keys()
+        assert mine.output_shape.members.keys() == full.output_shape.members.keys()
+        assert mine.metadata == full.metadata and mine.http == full.http
+    partial = {"operations": {"PutObject": {"input": {"shape": "X"}}}, "shapes": {"X": {"type": "structure"}}}
+    assert _aws._used_operations(partial, _aws.S3_OPERATIONS) is partial

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import replace
@@ -22,6 +24,8 @@ from sinks.mysql._dsn import parse_dsn
 from sinks.mysql._schema import Column, row_alias_supported, upsert_sql
 from tests.helpers import make_event, real_objects
 from tests.servers.mariadb import DATABASE, PASSWORD, USER, MariaDB
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SECRET = "pw-Zx81-secret"
 
@@ -660,3 +664,32 @@ def test_the_mysql_extra_can_answer_mysql_8_caching_sha2_full_authentication_wit
     sent = sha2_rsa_encrypt(b"secret", salt, pem)
     clear = key.decrypt(sent, padding.OAEP(mgf=padding.MGF1(algorithm=SHA1()), algorithm=SHA1(), label=None))
     assert bytes(c ^ salt[i % len(salt)] for i, c in enumerate(clear)) == b"secret\0"  # what the server reads
+
+
+def test_cryptography_is_loaded_only_when_a_login_needs_its_rsa_step():
+    """PyMySQL imports ``cryptography`` (7 MB of a Rust library) at import; a router with a mysql sink loads it
+    only when a login asks for the RSA step (MySQL 8 caching_sha2/sha256 without TLS), and that step then
+    works as PyMySQL's own. In a fresh process: the other tests import both."""
+    code = """
+import sys
+from eventrouter import SinkURL
+from sinks.mysql import MySQLSink
+MySQLSink.from_url(SinkURL.parse("mysql:?u:p@tcp(127.0.0.1:3306)/db"))
+import pymysql
+assert "pymysql" in sys.modules and "cryptography" not in sys.modules, sorted(m for m in sys.modules if "crypt" in m)
+from pymysql import _auth
+encrypt = _auth.caching_sha2_password_auth.__globals__["sha2_rsa_encrypt"]  # the name PyMySQL's login calls
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.hashes import SHA1
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+salt = b"0123456789abcdefghij"
+clear = key.decrypt(encrypt(b"secret", salt, pem), padding.OAEP(mgf=padding.MGF1(algorithm=SHA1()), algorithm=SHA1(),
+                                                                label=None))
+assert bytes(c ^ salt[i % len(salt)] for i, c in enumerate(clear)) == b"secret\\0"
+assert _auth._have_cryptography is True
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
