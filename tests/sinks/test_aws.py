@@ -248,6 +248,9 @@ def test_the_s3_client_keeps_the_operations_the_sink_uses_and_their_shapes() -> 
         mine, full = ours.operation_model(name), theirs.operation_model(name)
         assert mine.input_shape.members.keys() == full.input_shape.members.keys()
         assert mine.output_shape.members.keys() == full.output_shape.members.keys()
-        assert mine.metadata == full.metadata and mine.http == full.http
+        assert mine.metadata == full.metadata and mine.http["method"] == full.http["method"]
+        # botocore moves "/{Bucket}" out of an S3 operation's URI the first time a client calls it (the models
+        # are shared by the process's clients, so an earlier test's call may have done it already)
+        assert mine.http["requestUri"] in (full.http["requestUri"], full.http["requestUri"].removeprefix("/{Bucket}"))
     partial = {"operations": {"PutObject": {"input": {"shape": "X"}}}, "shapes": {"X": {"type": "structure"}}}
     assert _aws._used_operations(partial, _aws.S3_OPERATIONS) is partial
