@@ -14,6 +14,7 @@ moves forward so a test can run "an hour of events" in seconds (see ``Simulator.
 from __future__ import annotations
 
 import bisect
+import itertools
 import threading
 import time
 import uuid
@@ -317,6 +318,9 @@ class Store:
         return _clone(obj)
 
 
+_copy_numbers = itertools.count(1)  # restamp's copies in this process: names never repeat
+
+
 def restamp(objs: Iterable[dict[str, Any]], copies: int, fresh_times: bool) -> list[dict[str, Any]]:
     """``copies`` copies of each object; copies after the first (or all, with fresh_times) get new
     uids and names, and every present timestamp is set to now. The first copy keeps its uid."""
@@ -329,10 +333,9 @@ def restamp(objs: Iterable[dict[str, Any]], copies: int, fresh_times: bool) -> l
             meta = new.setdefault("metadata", {})
             meta.pop("managedFields", None)
             if n > 0:
-                uid = uuid.uuid4()
-                meta["uid"] = str(uid)
-                # unique across calls too: a live Event's namespace/name is (see Store._put_event)
-                meta["name"] = f"{meta.get('name', 'event')}-{uid.hex[:12]}"
+                meta["uid"] = str(uuid.uuid4())
+                # unique across calls too, as a live Event's namespace/name is (see Store._put_event)
+                meta["name"] = f"{meta.get('name', 'event')}-{next(_copy_numbers)}"
             if n > 0 or fresh_times:
                 meta["creationTimestamp"] = stamp
                 for key in _TIME_FIELDS:
