@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from eventrouter import PartialError, PermanentError, RetryableError, Sink, SinkURL
+from eventrouter import Event, PartialError, PermanentError, RetryableError, Sink, SinkURL
 from eventrouter.router import Router, SinkRunner
 from tests.helpers import make_event
 
@@ -378,16 +378,23 @@ def enriched_real_events(n):
     return out
 
 
-def test_a_backlog_deeper_than_a_batch_is_held_encoded_and_delivered_equal_in_order():
-    from eventrouter.router import LIVE_TAIL
-
+def held_backlog(n: int) -> tuple[BlockingSink, SinkRunner, Router, list[Event]]:
+    """n enriched real events dispatched to a runner not started yet (held as a stalled sink holds them),
+    batch_size 100; the sink blocks until ``sink.release`` is set."""
     sink = build(BlockingSink, "queue_size=5000&batch_size=100")
     sink.release = threading.Event()
     runner = SinkRunner.build(sink)
     router = Router([runner])
-    evs = enriched_real_events(3000)
+    evs = enriched_real_events(n)
     for e in evs:
         router.dispatch(e)
+    return sink, runner, router, evs
+
+
+def test_a_backlog_deeper_than_a_batch_is_held_encoded_and_delivered_equal_in_order():
+    from eventrouter.router import LIVE_TAIL
+
+    sink, runner, router, evs = held_backlog(3000)
     # the next batch and the newest LIVE_TAIL stay Events; everything between is encoded
     assert runner.stats.packed == 3000 - 100 - LIVE_TAIL
     assert sum(h.__class__ is bytes for h in runner._queue) == runner.stats.packed
@@ -407,13 +414,7 @@ def test_a_backlog_deeper_than_a_batch_is_held_encoded_and_delivered_equal_in_or
 def test_an_encoded_event_keeps_its_number_in_its_record_only():
     """A held record carries its sequence number; the window keeps no int beside it (32 bytes less per held
     event), and reads the number from the record when that record is the oldest event waiting."""
-    sink = build(BlockingSink, "queue_size=5000&batch_size=100")
-    sink.release = threading.Event()
-    runner = SinkRunner.build(sink)
-    router = Router([runner])
-    evs = enriched_real_events(1000)
-    for e in evs:
-        router.dispatch(e)
+    sink, runner, router, evs = held_backlog(1000)
     assert runner.stats.packed > 0 and len(runner._seqs) == 1000 - runner.stats.packed
     with runner._lock:  # as if the first batch had been delivered: the oldest waiting event is a record
         for _ in range(100):
