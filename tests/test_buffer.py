@@ -88,14 +88,19 @@ def test_a_restart_resumes_after_what_was_delivered(tmp_path):
     assert again.contains(event_key(evs[99])) and not again.contains(event_key(evs[0]))
 
 
-def test_a_torn_tail_is_cut_and_the_records_before_it_are_kept(tmp_path):
-    evs = events(20)
+def written_segment(tmp_path, evs):
+    """The path of the one segment of a buffer in tmp_path/b holding ``evs``, synced to disk."""
     buffer = DiskBuffer(str(tmp_path / "b"), 1 << 30)
     buffer.open()
     append_all(buffer, evs)
     buffer.sync(force=True)
     (seg,) = segments(tmp_path / "b")
-    path = tmp_path / "b" / seg
+    return tmp_path / "b" / seg
+
+
+def test_a_torn_tail_is_cut_and_the_records_before_it_are_kept(tmp_path):
+    evs = events(20)
+    path = written_segment(tmp_path, evs)
     whole = path.read_bytes()
     record = whole[: len(whole) // 20]
     with open(path, "ab") as fh:  # a crash in the middle of writing a record
@@ -112,12 +117,7 @@ def test_a_torn_tail_is_cut_and_the_records_before_it_are_kept(tmp_path):
 
 def test_a_corrupted_record_is_skipped_and_counted_not_fatal(tmp_path, caplog):
     evs = [make_event(i) for i in range(10)]
-    buffer = DiskBuffer(str(tmp_path / "b"), 1 << 30)
-    buffer.open()
-    append_all(buffer, evs)
-    buffer.sync(force=True)
-    (seg,) = segments(tmp_path / "b")
-    path = tmp_path / "b" / seg
+    path = written_segment(tmp_path, evs)
     data = bytearray(path.read_bytes())
     size = len(data) // 10  # the records have the same length
     data[5 * size + size // 2] ^= 0xFF  # one bit rot in record 5's payload
@@ -413,12 +413,7 @@ def test_a_corrupted_record_across_a_read_boundary_costs_only_itself(tmp_path, m
     import eventrouter.buffer as buffer_module
 
     evs = [make_event(i) for i in range(40)]
-    buffer = DiskBuffer(str(tmp_path / "b"), 1 << 30)
-    buffer.open()
-    append_all(buffer, evs)
-    buffer.sync(force=True)
-    (seg,) = segments(tmp_path / "b")
-    path = tmp_path / "b" / seg
+    path = written_segment(tmp_path, evs)
     data = bytearray(path.read_bytes())
     ends = list(accumulate(len(encode_record(seq, e.last_timestamp.timestamp(), event_key(e), encode_event(e)))
                            for seq, e in enumerate(evs, 1)))

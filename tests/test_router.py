@@ -378,10 +378,11 @@ def enriched_real_events(n):
     return out
 
 
-def held_backlog(n: int) -> tuple[BlockingSink, SinkRunner, Router, list[Event]]:
-    """n enriched real events dispatched to a runner not started yet (held as a stalled sink holds them),
-    batch_size 100; the sink blocks until ``sink.release`` is set."""
-    sink = build(BlockingSink, "queue_size=5000&batch_size=100")
+def held_backlog(n: int, query: str = "queue_size=5000&batch_size=100",
+                 ) -> tuple[BlockingSink, SinkRunner, Router, list[Event]]:
+    """n enriched real events dispatched to a runner not started yet (held as a stalled sink holds them);
+    the sink blocks until ``sink.release`` is set."""
+    sink = build(BlockingSink, query)
     sink.release = threading.Event()
     runner = SinkRunner.build(sink)
     router = Router([runner])
@@ -471,13 +472,8 @@ def test_a_held_backlog_costs_at_most_1_5_kb_per_event():
 
 @pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest"])
 def test_the_overflow_policy_applies_to_encoded_events_too(policy):
-    sink = build(BlockingSink, f"queue_size=400&overflow={policy}")  # batch_size 1: 32 Events at the head
-    sink.release = threading.Event()
-    runner = SinkRunner.build(sink)
-    router = Router([runner])
-    evs = enriched_real_events(1000)
-    for e in evs:
-        router.dispatch(e)
+    # batch_size 1: 32 Events at the head
+    sink, runner, router, evs = held_backlog(1000, f"queue_size=400&overflow={policy}")
     assert runner.stats.dropped_overflow == 600 and runner.stats.packed > 0
     kept = evs[600:] if policy == "drop_oldest" else evs[:400]
     assert runner.waiting() == kept
@@ -489,13 +485,7 @@ def test_the_overflow_policy_applies_to_encoded_events_too(policy):
 
 
 def test_a_relisted_event_held_encoded_is_skipped():
-    sink = build(BlockingSink, "queue_size=5000&batch_size=10")
-    sink.release = threading.Event()
-    runner = SinkRunner.build(sink)
-    router = Router([runner])
-    evs = enriched_real_events(600)
-    for e in evs:
-        router.dispatch(e)
+    sink, runner, router, evs = held_backlog(600, "queue_size=5000&batch_size=10")
     assert runner._queue[300].__class__ is bytes
     for e in evs:
         router.dispatch(e, relisted=True)
