@@ -224,6 +224,9 @@ def test_make_demo_shows_events_and_stops_by_itself() -> None:
 @pytest.mark.parametrize(("content", "args", "message"), [
     (b'{"metadata": {}}\n{"bad json\n', [], "--events EVENTS: line 2: not JSON"),
     (b"[1, 2]\n", [], "--events EVENTS: line 1: not an Event object"),
+    (b'{"metadata": {"uid": "a", "namespace": "ns", "name": "e.1"}}\n'
+     b'{"metadata": {"uid": "b", "namespace": "ns", "name": "e.1"}}\n', [],
+     'events "e.1" already exists in namespace "ns" (uid a; this one is uid b)'),
     (b'{"metadata": {}}\n', ["--errors", "429,abc"], "'429,abc' is not a comma-separated list of HTTP statuses"),
     (b'{"metadata": {}}\n', ["--errors", "42"], "HTTP statuses are 100 to 599"),
 ])

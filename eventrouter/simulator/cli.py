@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 
 from eventrouter.simulator.sim import BUILTIN, Simulator
+from eventrouter.simulator.store import Conflict
 
 
 def _statuses(text: str) -> list[int]:
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"eventrouter simulate: error: cannot read --events {args.events}: {exc.strerror}", file=sys.stderr)
         return 2
-    except ValueError as exc:
+    except (ValueError, Conflict) as exc:
         print(f"eventrouter simulate: error: --events {args.events}: {exc}", file=sys.stderr)
         return 2
     f = sim.faults

@@ -208,7 +208,8 @@ class Store:
         uid, key = meta["uid"], list_key(obj)
         holder = self.names.get(key)
         if holder is not None and holder != uid:
-            raise Conflict(f'events "{meta.get("name")}" already exists')
+            raise Conflict(f'events "{meta.get("name")}" already exists in namespace "{meta.get("namespace") or ""}" '
+                           f"(uid {holder}; this one is uid {uid}): a live Event's namespace/name is unique")
         kind = "MODIFIED" if uid in self.events else "ADDED"
         self.events[uid] = obj
         self.names[key] = uid
