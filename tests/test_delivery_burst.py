@@ -82,15 +82,14 @@ def test_a_100k_burst_at_default_options_loses_and_repeats_nothing(servers, tmp_
     # every sink sent each event once (a retried batch would show here), none failed or was dropped
     totals = sent_by_sink(caplog.text)
     assert totals == {label: (N, 0, 0) for label in ("jsonfile", "kafka", "mysql", "influxdb")}
-    # the slow sinks went through their disk buffers (the test would prove nothing otherwise); how much of
-    # the burst each one holds depends on the machine's load (measured: MySQL 65,500-99,500, InfluxDB
-    # 28,788-45,545), so each must have used its buffer and together they held more than half of it
+    # the slower sinks went through their disk buffers (the test would prove nothing otherwise). Which ones, and
+    # how much, depends on the machine's load (measured: MySQL 0-99,500, InfluxDB 28,788-100,000, Kafka 0-99,500),
+    # so at least two sinks must have used their buffers and together held more than half of the burst
     assert "disk buffer full" not in caplog.text
     spilled = {label: int(n) for label, n in
                re.findall(r"sink (\S+): sent .*, (\d+) went through the disk buffer", caplog.text)}
-    assert spilled.get("mysql", 0) > 0 and spilled.get("influxdb", 0) > 0
-    assert spilled["mysql"] + spilled["influxdb"] > N // 2
-    assert not list((tmp_path / "data" / "buffer" / "influxdb").glob("*.seg"))  # delivered segments are gone
+    assert sum(1 for n in spilled.values() if n) >= 2 and sum(spilled.values()) > N // 2, spilled
+    assert not list((tmp_path / "data" / "buffer").glob("*/*.seg"))  # delivered segments are gone, every sink's
 
     written = [orjson.loads(line)["uid"] for line in out.read_bytes().splitlines()]
     assert len(written) == N and set(written) == uids
