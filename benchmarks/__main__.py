@@ -39,7 +39,9 @@ def _notes(r: dict) -> str:
         return f"{r['seconds']}s at {r['events'] // r['seconds']} events/s: RSS {r['rss_mb']} MB, CPU {r['cpu_s']}s"
     if "influxd_cpu_s_per_100k" in r:
         simulator = f", simulator {r['simulator_cpu_s_per_100k']}" if "simulator_cpu_s_per_100k" in r else ""
-        return f"CPU s/100k of influxd {r['influxd_cpu_s_per_100k']}{simulator}"
+        drain = (f"; drain {r['drain_events_per_s']}/s, first write after {r['release_to_first_write_s']} s"
+                 if "drain_events_per_s" in r else "")
+        return f"CPU s/100k of influxd {r['influxd_cpu_s_per_100k']}{simulator}{drain}"
     if "dropped" in r:
         return f"dropped {r['dropped']}"
     return ""

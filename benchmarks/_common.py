@@ -74,8 +74,9 @@ def cpu_seconds() -> float:
 class SimulatorChild:
     """The simulator in a child process (benchmarks/_simproc.py), fed on demand."""
 
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks._simproc"], stdin=subprocess.PIPE,
+    def __init__(self, token: bool = True) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks._simproc", *([] if token else ["--no-token"])],
+                                     stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())

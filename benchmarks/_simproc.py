@@ -1,8 +1,9 @@
 """Child process: a simulator whose events arrive through the WATCH, as fast as it can send them.
 
-It starts empty and prints its port. ``prep N`` on stdin makes N fresh events (re-stamped copies of the
-recorded real events) and answers when they are ready; ``go`` then adds them in one go, so every open
-watch streams them at full speed and the making is not timed.
+It starts empty and prints its port; with ``--no-token`` it asks for no bearer token (for a client that
+sends none over plain HTTP, such as kube-eventer's client-go). ``prep N`` on stdin makes N fresh events
+(re-stamped copies of the recorded real events) and answers when they are ready; ``go`` then adds them in
+one go, so every open watch streams them at full speed and the making is not timed.
 Running it in its own process keeps its CPU out of the router's figures.
 """
 
@@ -15,7 +16,7 @@ from eventrouter.simulator.store import restamp
 
 
 def main() -> None:
-    sim = Simulator(events=[], token="bench-token").start()
+    sim = Simulator(events=[], token="" if "--no-token" in sys.argv else "bench-token").start()
     pool = load_events("builtin")
     sim.workloads.infer(pool)  # Pods' and workloads' metadata, for the enrichment benchmark
     print(sim.port, flush=True)

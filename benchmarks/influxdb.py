@@ -11,6 +11,13 @@ server's own ceiling measured in the same run. The runs, in the order they run:
   writes in flight, by plain httpx clients on threads: no eventrouter in the loop. What the server
   takes of this layout on this machine now: the ceiling for the other two.
 - ``influxdb, dispatch``: N pre-normalized events dispatched straight into the router (``benchmarks.sinks``).
+- ``influxdb, kube-eventer``: only when ``KUBE_EVENTER`` names a kube-eventer binary (none is shipped or
+  built here): the same burst from the same simulator child into kube-eventer's own InfluxDB sink, on a
+  fresh ``influxd``, side by side with the runs above. kube-eventer exports what it buffered once per
+  ``--frequency`` (5 s, its minimum; ticks on the wall clock), so the burst is released just after a tick,
+  its best case. Reported: events/s from the release until the server counted N points written (its
+  ``/debug/vars``), and the drain, from its first point written to its last: the rate of kube-eventer's
+  sink once the events are in its buffer, comparable with ``dispatch``.
 
 Each run gets a fresh ``influxd`` with the tests' configuration (tests/servers/influxdb.py: inmem index,
 WAL fsync per write, authentication on), and reports the CPU seconds per 100k of the router process
@@ -22,6 +29,7 @@ asked how many points it holds; a run fails unless it is N. N may not pass 100,0
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -71,6 +79,20 @@ def _flag(server: Any, db: str) -> str:
 
 def _per_100k(seconds: float, n: int) -> float:
     return round(seconds / n * 100_000, 2)
+
+
+def _points_written(server: Any) -> int:
+    """Points the server has accepted so far, from its own counters (not a query: cheap, and exact)."""
+    from tests.servers.influxdb import ADMIN, ADMIN_PASSWORD
+
+    stats = httpx.get(f"{server.url}/debug/vars", auth=(ADMIN, ADMIN_PASSWORD), timeout=10).json()
+    return sum(int(v["values"]["pointsWrittenOK"]) for k, v in stats.items() if k.startswith("httpd"))
+
+
+def _peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        peak = next(line for line in f if line.startswith("VmHWM:"))
+    return round(int(peak.split()[1]) / 1024, 1)
 
 
 def influxd_alone(events: list[Event]) -> dict[str, Any]:
@@ -177,12 +199,86 @@ def watch_burst(n: int) -> dict[str, Any]:
             sim.close()
 
 
+KUBE_EVENTER_FREQUENCY = 5  # seconds: kube-eventer's smallest --frequency
+
+
+def kube_eventer(binary: str, n: int) -> dict[str, Any]:
+    """kube-eventer's InfluxDB sink: the same burst, simulator child and server setup as ``watch_burst``."""
+    with _influxd() as server:
+        # kube-eventer's client-go (v1.2.7) sends a kubeconfig's token only over TLS: this simulator asks none
+        sim = SimulatorChild(token=False)
+        log_path = Path(sim.dir) / "kube-eventer.log"
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([binary, f"--source={sim.source_flag()}", f"--sink={_flag(server, 'ke')}",
+                                     f"--frequency={KUBE_EVENTER_FREQUENCY}s", "--healthz-ip=127.0.0.1",
+                                     "--healthz-port=0"], stdout=log, stderr=subprocess.STDOUT)
+        try:
+            sim.prepare(n)
+            # kube-eventer logs "Exporting <k> events" at each tick; its list was long done by the first
+            # one, and releasing right after a tick gives it the whole period to read the burst
+            ticks = _wait_for_line(log_path, "Exporting", 0, 3 * KUBE_EVENTER_FREQUENCY)
+            _wait_for_line(log_path, "Exporting", ticks, 3 * KUBE_EVENTER_FREQUENCY)
+            cpu0, server_cpu0, sim_cpu0 = (process_cpu(proc.pid), process_cpu(server.proc.pid),
+                                           process_cpu(sim.proc.pid))
+            sim.go()
+            start = time.monotonic()
+            first_write, written = None, 0
+            while written < n:
+                if time.monotonic() > start + 900:
+                    raise RuntimeError(f"kube-eventer: the server counted {written} of {n} points written")
+                time.sleep(0.02)  # coarse: this poll shares the two cores with kube-eventer
+                written = _points_written(server)
+                if first_write is None and written:
+                    first_write = time.monotonic()
+            done = time.monotonic()
+            cpu, server_cpu, sim_cpu = (process_cpu(proc.pid) - cpu0, process_cpu(server.proc.pid) - server_cpu0,
+                                        process_cpu(sim.proc.pid) - sim_cpu0)
+            peak = _peak_rss_mb(proc.pid)
+        finally:
+            proc.kill()
+            proc.wait()
+            sim.close()
+        stored = _count(server, "ke")
+    if stored != n:
+        raise RuntimeError(f"kube-eventer: server holds {stored} of {n}")
+    assert first_write is not None
+    return report("influxdb-kube-eventer", {
+        "events": n,
+        "events_per_s": round(n / (done - start)),
+        "seconds": round(done - start, 2),
+        "release_to_first_write_s": round(first_write - start, 2),
+        "drain_events_per_s": round(n / (done - first_write)),
+        "frequency_s": KUBE_EVENTER_FREQUENCY,
+        "stored": stored,
+        "cpu_s_per_100k": _per_100k(cpu, n),
+        "influxd_cpu_s_per_100k": _per_100k(server_cpu, n),
+        "simulator_cpu_s_per_100k": _per_100k(sim_cpu, n),
+        "peak_rss_mb": peak,
+    })
+
+
+def _wait_for_line(path: Path, needle: str, seen: int, timeout: float) -> int:
+    """Wait until the log holds more than ``seen`` lines with ``needle``; return how many it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = path.read_text(errors="replace").count(needle)
+        if count > seen:
+            return count
+        time.sleep(0.01)
+    raise RuntimeError(f"kube-eventer: no {needle!r} in its log after {timeout} s: {path.read_text()[-2000:]}")
+
+
 def run(n: int = 100_000) -> list[tuple[str, dict[str, Any]]]:
     # end to end first: its peak RSS is then the router's, not that of the event list the others share
     burst = watch_burst(n)
+    theirs = os.environ.get("KUBE_EVENTER")
+    kube = kube_eventer(theirs, n) if theirs else None
     events = bench_events(n)
-    return [
+    results = [
         ("influxdb, influxd alone (ideal client)", influxd_alone(events)),
         ("influxdb, dispatch", dispatch(events)),
         ("influxdb, watch burst (end to end)", burst),
     ]
+    if kube is not None:
+        results.append(("influxdb, kube-eventer (KUBE_EVENTER)", kube))
+    return results
