@@ -89,14 +89,7 @@ def run(config: RunConfig, stop: threading.Event | None = None) -> int:
     source_thread = threading.Thread(target=_run_source, args=(source, router, stop, source_failed), name="source",
                                      daemon=True)
     source_thread.start()
-    finished = source.state.finished
-    while not stop.is_set() and not finished.is_set():
-        stop.wait(0.2)
-    if finished.is_set() and not stop.is_set():
-        log.info("source finished; delivering what is queued")
-        while not stop.is_set() and any(r.depth for r in router.runners):
-            stop.wait(0.05)
-    stop.set()
+    stop.wait()  # a signal, or the source's thread when it ends (no polling: a quiet process stays asleep)
     # one deadline for the whole shutdown: a slow source must not stretch it to twice --shutdown-timeout
     # (the pod's terminationGracePeriodSeconds is sized for one)
     started = time.monotonic()
@@ -144,13 +137,19 @@ def _open(sink: Sink, label: str) -> None:
 
 
 def _run_source(source, router, stop, failed: threading.Event) -> None:  # type: ignore[no-untyped-def]
+    """The source's thread; it sets ``stop`` when the source ends by itself (a replay, or an error)."""
     try:
         source.run(router, stop)
     except Exception:
         # what was read is still delivered and checkpointed; the exit status (1) says the run failed
         log.exception("the source stopped with an error")
         failed.set()
-        stop.set()
+    else:
+        if source.state.finished.is_set() and not stop.is_set():
+            log.info("source finished; delivering what is queued")
+            while not stop.is_set() and any(r.depth for r in router.runners):
+                stop.wait(0.05)
+    stop.set()
 
 
 def _labels(names: list[str]) -> list[str]:

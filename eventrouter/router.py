@@ -128,6 +128,10 @@ class SinkRunner:
         # block on that lock until the worker got the GIL (a lock/GIL convoy on every wake-up).
         self._wakeup = threading.Event()
         self._worker_waiting = False
+        # Idle, the worker wakes every flush_interval only for a sink that holds something back (its own
+        # tick()); any other sleeps from its last idle tick until an offer or a stop (a quiet cluster).
+        self._ticks = type(sink).tick is not Sink.tick
+        self._idle = False
         self._inflight_first: int | None = None
         # the batch being delivered (events of it not yet settled; records until the worker decoded them)
         self._inflight: Sequence[Event | bytes] = ()
@@ -498,6 +502,9 @@ class SinkRunner:
                     next_tick = now + self.delivery.flush_interval
                     self._tick()
                     self._release_after_drain()
+                    self._idle = not batch
+                elif batch:
+                    self._idle = False
         except BaseException as exc:  # a dead worker must show in /healthz, not vanish
             self.died = exc
             log.exception("sink %s: worker stopped by an unexpected error", self.label)
@@ -579,9 +586,11 @@ class SinkRunner:
                     if deadline is not None:
                         return []  # waited a full interval with nothing: let the worker tick
                     deadline = now + interval
+                    if self._idle and not self._ticks:
+                        deadline = None  # asleep until woken; then a fresh interval from the first event
                 elif deadline is None:
                     deadline = now + interval
-            self._wakeup.wait(max(0.0, deadline - now) or 0.001)
+            self._wakeup.wait(None if deadline is None else max(0.0, deadline - now) or 0.001)
         if packed and records:
             # decoded outside the lock (the source keeps queuing meanwhile); _inflight holds the records
             # until then (the position's floor, and holds, read them)

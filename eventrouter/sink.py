@@ -179,7 +179,10 @@ class Sink:
         raise NotImplementedError
 
     def tick(self) -> None:
-        """Called by the worker at least every ``flush_interval``: send what the sink holds back."""
+        """Called by the worker at least every ``flush_interval``: send what the sink holds back.
+
+        Only a sink that overrides it is woken for it when idle; the worker of any other sleeps on a quiet
+        cluster until an event arrives."""
 
     def close(self) -> None:
         """Flush and release. Called once per worker; must be safe to call twice."""

@@ -462,6 +462,34 @@ def test_an_unexpected_checkpoint_write_error_is_logged_and_the_next_write_happe
     assert f"checkpoint file:{target}: cannot write it: KeyError: 'metadata'" in caplog.text
 
 
+def test_after_a_quiet_spell_the_next_event_is_checkpointed_and_a_stop_is_prompt(
+        sim: Simulator, tmp_path: Path) -> None:
+    """On a quiet cluster the housekeeping thread sleeps until the next write is due instead of looking
+    ten times a second: an event after the quiet spell must still reach the checkpoint within about a
+    write interval, and a stop during the quiet must still end the run at once."""
+    kubeconfig = sim.write_kubeconfig(tmp_path / "kubeconfig")
+    target = tmp_path / "checkpoint.json"
+    h = Harness(f"kubernetes:?inClusterConfig=false&auth={kubeconfig}", SourceContext(checkpoint=f"file:{target}"))
+    h.start()
+    add(sim, 2)
+    wait_for(lambda: len(h.sink.keys) == 2)
+    wait_for(lambda: target.exists() and orjson.loads(target.read_bytes())["positions"], timeout=10,
+             what="the first checkpoint")
+    before = orjson.loads(target.read_bytes())["positions"]
+    time.sleep(2.5)  # nothing moves: the housekeeping thread is asleep
+    assert orjson.loads(target.read_bytes())["positions"] == before
+    rv = sim.add_event()["metadata"]["resourceVersion"]
+    wait_for(lambda: len(h.sink.keys) == 3)
+    wait_for(lambda: orjson.loads(target.read_bytes())["positions"] != before, timeout=5,
+             what="the event after the quiet spell in the checkpoint")
+    after = orjson.loads(target.read_bytes())["positions"]
+    assert set(after.values()) == {rv}
+    time.sleep(1.5)  # quiet again
+    started = time.monotonic()
+    h.stop()
+    assert time.monotonic() - started < 3
+
+
 def test_the_checkpoint_remembers_what_users_saw_only_as_bounded_digests_of_settled_occurrences():
     """No per-uid record in the checkpoint: 8-byte digests of (uid, count, lastTimestamp) of the last
     settled occurrences, capped; a version 1 checkpoint's per-uid record is read and upgraded."""

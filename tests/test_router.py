@@ -306,6 +306,46 @@ def test_a_waiting_worker_wakes_for_a_full_batch_and_for_stop_without_its_flush_
     assert router.settled_seq() == 13
 
 
+class TickingSink(RecordingSink):
+    name = "ticking"
+
+    def __init__(self, url, opts):
+        super().__init__(url, opts)
+        self.ticks = 0
+
+    def tick(self):
+        self.ticks += 1
+
+
+def test_an_idle_worker_sleeps_until_an_event_unless_its_sink_holds_something_back():
+    """A quiet cluster: a worker whose sink has no tick() of its own stops waking every flush_interval
+    after one idle tick; a sink with its own tick() keeps getting it. The first event after the sleep
+    still starts a full flush_interval, so what arrives together is sent together."""
+    plain = build(RecordingSink, "batch_size=10&flush_interval=0.05s")
+    ticking = build(TickingSink, "flush_interval=0.05s")
+    runners = [SinkRunner.build(plain), SinkRunner.build(ticking)]
+    woken = []
+    original_tick = runners[0]._tick
+
+    def counted_tick():
+        woken.append(time.monotonic())
+        original_tick()
+
+    runners[0]._tick = counted_tick
+    router = Router(runners)
+    router.start()
+    time.sleep(0.6)  # twelve flush intervals of nothing
+    assert len(woken) <= 2
+    assert ticking.ticks >= 4
+    for i in range(3):
+        router.dispatch(make_event(i))
+    assert wait_for(lambda: len(plain.received) == 3, timeout=5)
+    assert [len(b) for b in plain.batches] == [3]
+    assert [e.uid for e in ticking.received] == [make_event(i).uid for i in range(3)]
+    assert router.stop(10)
+    assert router.settled_seq() == 3
+
+
 def test_the_route_key_covers_every_filter_option():
     """Router.dispatch remembers filter verdicts per (type, namespace, kind, reason, count): a new filter
     option that reads another field must extend that key (and ROUTE_KEY_FILTERS), or be listed in

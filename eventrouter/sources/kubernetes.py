@@ -55,6 +55,7 @@ log = logging.getLogger("eventrouter.sources.kubernetes")
 # seconds between checkpoint writes while something moved (and one more on finish): the first write
 # follows the first settled event within this, which bounds what a crash (SIGKILL) can repeat
 CHECKPOINT_INTERVAL = 1.0
+HOUSEKEEPING_TICK = 0.1  # while events flow (or a leader may lose its Lease): the look at stop and positions
 WRITE_RETRY_MAX = 30.0  # a failing checkpoint is retried at most this far apart (RBAC errors: no API storm)
 # uids remembered in memory to drop updates nobody sees (~130 B each); DELETED frees them, the oldest go
 # first past this. Not needed for correctness across re-lists: the router's per-sink positions are. Kept
@@ -143,7 +144,8 @@ class KubernetesSource(ListWatch):
     # ---- run ----------------------------------------------------------------------------------
     def run(self, router: Router, stop: threading.Event) -> None:
         log.info("source: %s", self.describe())
-        keeper = threading.Thread(target=self._housekeeping, args=(router,), name="source-housekeeping", daemon=True)
+        keeper = threading.Thread(target=self._housekeeping, args=(router, stop), name="source-housekeeping",
+                                  daemon=True)
         keeper.start()
         try:
             if self.elector is None:
@@ -244,8 +246,17 @@ class KubernetesSource(ListWatch):
         return None
 
     # ---- checkpoint and stop (housekeeping thread) --------------------------------------------
-    def _housekeeping(self, router: Router) -> None:
-        while not self._done.wait(0.1):
+    def _housekeeping(self, router: Router, stop: threading.Event) -> None:
+        moved: tuple[int, int] | None = None
+        while not self._done.is_set():
+            seen = (router.seq, router.settled_seq())
+            if seen == moved and self.elector is None and not stop.is_set():
+                # a quiet cluster: nothing dispatched or settled since the last look, so sleep until the
+                # next checkpoint write is due (or the stop), not ten wake-ups a second
+                stop.wait(max(HOUSEKEEPING_TICK, self._last_write + self.checkpoint_interval - time.monotonic()))
+            elif self._done.wait(HOUSEKEEPING_TICK):
+                break
+            moved = seen
             if self._halted():
                 self.api.abort()  # wake a watch blocked in a read
             if not self._may_write():
