@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from benchmarks import burst_rss, delivery, idle, influxdb, memory, pipeline, relist, restart, sinks, startup
@@ -35,6 +36,9 @@ def _notes(r: dict) -> str:
     if "startup_s_median" in r:
         return f"spawn to first watch request: median {r['startup_s_median']}s of {r['runs']} runs " \
                f"(min {r['startup_s_min']}s, max {r['startup_s_max']}s), CPU {r['cpu_s_median']}s"
+    if "cpu_s" in r and "exported" in r:
+        return (f"{r['seconds']}s at {r['events'] // r['seconds']} events/s: RSS {r['rss_mb']} MB, CPU {r['cpu_s']}s, "
+                f"exported {r['exported']}")
     if "cpu_s" in r and "sent_by_sink" in r:
         return f"{r['seconds']}s at {r['events'] // r['seconds']} events/s: RSS {r['rss_mb']} MB, CPU {r['cpu_s']}s"
     if "influxd_cpu_s_per_100k" in r:
@@ -87,6 +91,9 @@ def main(argv: list[str]) -> int:
         elif name == "idle":
             results.append(("idle 10 events/s, log sink", idle.run(10 if small else 60)))
             results.append(("idle 10 events/s, 9 built-in sinks", idle.run(10 if small else 60, all_sinks=True)))
+            if os.environ.get("KUBE_EVENTER"):
+                results.append(("idle 10 events/s, kube-eventer, log sink",
+                                idle.measure_kube_eventer(os.environ["KUBE_EVENTER"], 10 if small else 60)))
         elif name == "burst-rss":
             results.extend(burst_rss.run(2_000 if small else 20_000))
         elif name.startswith("sinks:"):  # one sink only, e.g. sinks:kafka

@@ -13,12 +13,18 @@ Two configurations:
   InfluxDB 1.x, moto, the tests' fake DingTalk/WeCom/Elasticsearch servers and a keep-alive receiver).
 
 Delivery is checked from the router's own ``/metrics``: the events each sink sent are reported.
+
+With ``KUBE_EVENTER=<path to a kube-eventer binary>`` (none is shipped or built here), ``idle-kube-eventer``
+measures kube-eventer the same way, side by side: ``--sink=log`` at its default ``--frequency`` (30 s),
+against a simulator child without a token (its client-go sends a kubeconfig's token only over TLS); the
+events it exported are summed from its own "Exporting N events" lines.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -157,6 +163,41 @@ def measure(flags: list[str], name: str, seconds: int = 60, rate: int = 10) -> d
         "threads": int(status.get("Threads", 0)),
         "cpu_s": round(cpu, 2),
         "sent_by_sink": sent,
+    })
+
+
+def measure_kube_eventer(binary: str, seconds: int = 60, rate: int = 10) -> dict[str, Any]:
+    sim = SimulatorChild(token=False)
+    log_path = Path(sim.dir) / "kube-eventer.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([binary, f"--source={sim.source_flag()}", "--sink=log", "--healthz-ip=127.0.0.1",
+                                 f"--healthz-port={_free_port()}"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        time.sleep(2)  # as for the router: started, first list done
+        cpu_start = proc_cpu_s(proc.pid)
+        rss: list[float] = []
+        started = time.monotonic()
+        for second in range(seconds):
+            sim.go(rate)
+            rss.append(round(proc_rss_mb(proc.pid), 1))
+            time.sleep(max(0.0, started + second + 1 - time.monotonic()))
+        cpu = proc_cpu_s(proc.pid) - cpu_start
+        status = proc_status(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+        sim.close()
+    exported = sum(int(n) for n in re.findall(r"Exporting (\d+) events", log_path.read_text(errors="replace")))
+    return report("idle-kube-eventer", {
+        "events": seconds * rate,
+        "seconds": seconds,
+        "rss_mb": rss[-1],
+        "peak_rss_mb": max(rss),
+        "rss_anon_mb": round(status.get("RssAnon", 0.0), 1),
+        "rss_file_mb": round(status.get("RssFile", 0.0), 1),
+        "threads": int(status.get("Threads", 0)),
+        "cpu_s": round(cpu, 2),
+        "exported": exported,
     })
 
 
