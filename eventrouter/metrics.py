@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import selectors
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -254,6 +256,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    timeout = 1.0  # handle_request()'s own wait, should a ready listener have nothing to accept after all
 
     def __init__(self, address: tuple[str, int], router: Router, state: SourceState, window: float) -> None:
         super().__init__(address, _RequestHandler)
@@ -262,6 +265,7 @@ class _Server(ThreadingHTTPServer):
         self.window = window
         self._registry: CollectorRegistry | None = None
         self._registry_lock = threading.Lock()
+        self._serving: threading.Thread | None = None
 
     def registry(self) -> CollectorRegistry:
         """The Prometheus registry, made at the first scrape."""
@@ -275,7 +279,32 @@ class _Server(ThreadingHTTPServer):
             return self._registry
 
     def start(self) -> None:
-        threading.Thread(target=self.serve_forever, name="healthz", daemon=True).start()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._serving = threading.Thread(target=self._serve, name="healthz", daemon=True)
+        self._serving.start()
+
+    def _serve(self) -> None:
+        # socketserver's serve_forever() wakes every 0.5 s to look for a shutdown(); a quiet process should
+        # not wake at all, so this loop sleeps until a connection, or shutdown()'s byte on the socket pair
+        with selectors.DefaultSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj is self._wake_r:
+                        return
+                    self.handle_request()  # accept (it is ready), then answer on a handler thread
+
+    def shutdown(self) -> None:
+        """Stop serving (new connections); requests being answered finish on their own threads."""
+        thread = self._serving
+        if thread is None:
+            return
+        self._serving = None
+        self._wake_w.send(b"\0")
+        thread.join(10)
+        self._wake_r.close()
+        self._wake_w.close()
 
     def health_problem(self) -> str | None:
         """Why the process should be restarted, or None."""

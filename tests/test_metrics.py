@@ -412,3 +412,24 @@ def test_watch_metrics_against_the_simulator(faulty_plugin: Path, tmp_path: Path
         stop.set()
         thread.join(30)
         sim.stop()
+
+
+def test_the_health_server_answers_after_a_quiet_spell_and_stops_at_once() -> None:
+    """It sleeps until a connection comes (no poll for a shutdown every half second): a scrape after a
+    quiet spell is answered, concurrent ones too, and shutdown() stops it at once, listener closed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    router = Router([])
+    server = serve("127.0.0.1", 0, router, SourceState())
+    host, port = server.server_address[:2]
+    base = f"http://{host}:{port}"
+    time.sleep(1.2)  # longer than socketserver's poll interval
+    assert get(base + "/healthz") == (200, "ok")
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(lambda _: get(base + "/healthz")[0], range(8))) == {200}
+    started = time.monotonic()
+    server.shutdown()
+    server.server_close()
+    assert time.monotonic() - started < 1
+    with pytest.raises(OSError):
+        socket.create_connection((host, port), timeout=2).close()
