@@ -66,6 +66,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# ---- another process, from /proc ----
+def proc_rss_mb(pid: int) -> float:
+    return proc_status(pid).get("VmRSS", 0.0)
+
+
+def proc_status(pid: int) -> dict[str, float]:
+    """/proc/PID/status's memory lines in MB (VmRSS; VmHWM, its peak; RssAnon: the heap; RssFile: pages of
+    the native libraries, e.g. librdkafka's code) and Threads (glibc gives each thread that allocates its own
+    arena)."""
+    found: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                found[key] = int(value.split()[0]) / 1024
+            elif key == "Threads":
+                found[key] = int(value)
+    return found
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

@@ -14,16 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from benchmarks._common import SimulatorChild, report, stop_router
-from benchmarks.idle import _free_port, _sent_by_sink, proc_rss_mb, spawn_ready
-
-
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
+from benchmarks._common import SimulatorChild, proc_rss_mb, proc_status, report, stop_router
+from benchmarks.idle import _free_port, _sent_by_sink, spawn_ready
 
 
 def measure(name: str, flag: str, n: int) -> tuple[dict[str, Any], float]:
@@ -43,7 +35,7 @@ def measure(name: str, flag: str, n: int) -> tuple[dict[str, Any], float]:
                 raise RuntimeError(f"{name}: the sink did not send {n} events: {_sent_by_sink(base)}")
             time.sleep(0.05)
         elapsed = time.monotonic() - start
-        peak = _peak_rss_mb(proc.pid)
+        peak = proc_status(proc.pid)["VmHWM"]
         time.sleep(5)
         rss_after = proc_rss_mb(proc.pid)
     finally:

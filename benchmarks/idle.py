@@ -35,10 +35,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks._common import SimulatorChild, report, stop_router
+from benchmarks._common import SimulatorChild, proc_cpu_s, proc_rss_mb, proc_status, report, stop_router
 
 ROOT = Path(__file__).resolve().parent.parent
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -63,30 +62,6 @@ def spawn_ready(sim: SimulatorChild, flags: list[str], port: int) -> subprocess.
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
                 return proc
         time.sleep(0.1)
-
-
-def proc_rss_mb(pid: int) -> float:
-    return proc_status(pid).get("VmRSS", 0.0)
-
-
-def proc_status(pid: int) -> dict[str, float]:
-    """/proc/PID/status's memory lines in MB (VmRSS, RssAnon: the heap; RssFile: pages of the native
-    libraries, e.g. librdkafka's code) and Threads (glibc gives each thread that allocates its own arena)."""
-    found: dict[str, float] = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon", "RssFile"):
-                found[key] = int(value.split()[0]) / 1024
-            elif key == "Threads":
-                found[key] = int(value)
-    return found
-
-
-def proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
 @contextlib.contextmanager
@@ -131,6 +106,29 @@ def _sent_by_sink(base: str) -> dict[str, float]:
     return sent
 
 
+def _quiet_window(pid: int, sim: SimulatorChild, seconds: int, rate: int) -> dict[str, Any]:
+    """``rate`` fresh events a second for ``seconds``; the process's RSS each second and its CPU over it."""
+    cpu_start = proc_cpu_s(pid)
+    rss: list[float] = []
+    started = time.monotonic()
+    for second in range(seconds):
+        sim.go(rate)
+        rss.append(round(proc_rss_mb(pid), 1))
+        time.sleep(max(0.0, started + second + 1 - time.monotonic()))
+    cpu = proc_cpu_s(pid) - cpu_start
+    status = proc_status(pid)
+    return {
+        "events": seconds * rate,
+        "seconds": seconds,
+        "rss_mb": rss[-1],
+        "peak_rss_mb": max(rss),
+        "rss_anon_mb": round(status.get("RssAnon", 0.0), 1),
+        "rss_file_mb": round(status.get("RssFile", 0.0), 1),
+        "threads": int(status.get("Threads", 0)),
+        "cpu_s": round(cpu, 2),
+    }
+
+
 def measure(flags: list[str], name: str, seconds: int = 60, rate: int = 10) -> dict[str, Any]:
     sim = SimulatorChild()
     port = _free_port()
@@ -138,32 +136,13 @@ def measure(flags: list[str], name: str, seconds: int = 60, rate: int = 10) -> d
     proc = spawn_ready(sim, list(flags), port)
     try:
         time.sleep(2)  # sinks connected, first list done: the idle window starts now
-        cpu_start = proc_cpu_s(proc.pid)
-        rss: list[float] = []
-        started = time.monotonic()
-        for second in range(seconds):
-            sim.go(rate)
-            rss.append(round(proc_rss_mb(proc.pid), 1))
-            time.sleep(max(0.0, started + second + 1 - time.monotonic()))
-        cpu = proc_cpu_s(proc.pid) - cpu_start
-        status = proc_status(proc.pid)
+        figures = _quiet_window(proc.pid, sim, seconds, rate)
         time.sleep(2)  # the last events reach the sinks
         sent = _sent_by_sink(base)
     finally:
         stop_router(proc)
         sim.close()
-    return report(name, {
-        "events": seconds * rate,
-        "seconds": seconds,
-        "sinks": len(flags),
-        "rss_mb": rss[-1],
-        "peak_rss_mb": max(rss),
-        "rss_anon_mb": round(status.get("RssAnon", 0.0), 1),
-        "rss_file_mb": round(status.get("RssFile", 0.0), 1),
-        "threads": int(status.get("Threads", 0)),
-        "cpu_s": round(cpu, 2),
-        "sent_by_sink": sent,
-    })
+    return report(name, {"sinks": len(flags), **figures, "sent_by_sink": sent})
 
 
 def measure_kube_eventer(binary: str, seconds: int = 60, rate: int = 10) -> dict[str, Any]:
@@ -174,31 +153,13 @@ def measure_kube_eventer(binary: str, seconds: int = 60, rate: int = 10) -> dict
                                  f"--healthz-port={_free_port()}"], stdout=log, stderr=subprocess.STDOUT)
     try:
         time.sleep(2)  # as for the router: started, first list done
-        cpu_start = proc_cpu_s(proc.pid)
-        rss: list[float] = []
-        started = time.monotonic()
-        for second in range(seconds):
-            sim.go(rate)
-            rss.append(round(proc_rss_mb(proc.pid), 1))
-            time.sleep(max(0.0, started + second + 1 - time.monotonic()))
-        cpu = proc_cpu_s(proc.pid) - cpu_start
-        status = proc_status(proc.pid)
+        figures = _quiet_window(proc.pid, sim, seconds, rate)
     finally:
         proc.kill()
         proc.wait()
         sim.close()
     exported = sum(int(n) for n in re.findall(r"Exporting (\d+) events", log_path.read_text(errors="replace")))
-    return report("idle-kube-eventer", {
-        "events": seconds * rate,
-        "seconds": seconds,
-        "rss_mb": rss[-1],
-        "peak_rss_mb": max(rss),
-        "rss_anon_mb": round(status.get("RssAnon", 0.0), 1),
-        "rss_file_mb": round(status.get("RssFile", 0.0), 1),
-        "threads": int(status.get("Threads", 0)),
-        "cpu_s": round(cpu, 2),
-        "exported": exported,
-    })
+    return report("idle-kube-eventer", {**figures, "exported": exported})
 
 
 def run(seconds: int = 60, all_sinks: bool = False) -> dict[str, Any]:

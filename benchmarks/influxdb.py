@@ -40,17 +40,18 @@ from typing import Any
 
 import httpx
 
-from benchmarks._common import RouterInProcess, SimulatorChild, cpu_seconds, peak_rss_mb, report
+from benchmarks._common import (
+    RouterInProcess,
+    SimulatorChild,
+    cpu_seconds,
+    peak_rss_mb,
+    proc_cpu_s,
+    proc_status,
+    report,
+)
 from benchmarks.sinks import Target, bench_events, run_one
 from eventrouter import Event
 from eventrouter.config import build_sink
-
-
-def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of another process so far (from /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _count(server: Any, db: str) -> int:
@@ -89,12 +90,6 @@ def _points_written(server: Any) -> int:
     return sum(int(v["values"]["pointsWrittenOK"]) for k, v in stats.items() if k.startswith("httpd"))
 
 
-def _peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        peak = next(line for line in f if line.startswith("VmHWM:"))
-    return round(int(peak.split()[1]) / 1024, 1)
-
-
 def influxd_alone(events: list[Event]) -> dict[str, Any]:
     """The server's ceiling: the sink's bodies, built untimed, posted by an ideal client."""
     from tests.servers.influxdb import ADMIN, ADMIN_PASSWORD
@@ -115,12 +110,12 @@ def influxd_alone(events: list[Event]) -> dict[str, Any]:
             if response.status_code != 204:
                 raise RuntimeError(f"influxd alone: HTTP {response.status_code} {response.text}")
 
-        server_cpu0, cpu0 = process_cpu(server.proc.pid), cpu_seconds()
+        server_cpu0, cpu0 = proc_cpu_s(server.proc.pid), cpu_seconds()
         start = time.monotonic()
         with ThreadPoolExecutor(in_flight) as pool:
             list(pool.map(write, range(len(bodies))))
         elapsed = time.monotonic() - start
-        server_cpu, cpu = process_cpu(server.proc.pid) - server_cpu0, cpu_seconds() - cpu0
+        server_cpu, cpu = proc_cpu_s(server.proc.pid) - server_cpu0, cpu_seconds() - cpu0
         for client in clients:
             client.close()
         stored = _count(server, "alone")
@@ -141,10 +136,10 @@ def influxd_alone(events: list[Event]) -> dict[str, Any]:
 def dispatch(events: list[Event]) -> dict[str, Any]:
     n = len(events)
     with _influxd() as server:
-        server_cpu = [process_cpu(server.proc.pid)]
+        server_cpu = [proc_cpu_s(server.proc.pid)]
 
         def stored(run: str) -> int:  # after the drain: the count query's CPU is not the writes'
-            server_cpu.append(process_cpu(server.proc.pid))
+            server_cpu.append(proc_cpu_s(server.proc.pid))
             return _count(server, run)
 
         figures = run_one(Target(lambda run: _flag(server, run), stored), "influxdb", "dispatch", "", events)
@@ -162,7 +157,7 @@ def watch_burst(n: int) -> dict[str, Any]:
             try:
                 router.start()
                 sim.prepare(n)
-                cpu0, server_cpu0, sim_cpu0 = cpu_seconds(), process_cpu(server.proc.pid), process_cpu(sim.proc.pid)
+                cpu0, server_cpu0, sim_cpu0 = cpu_seconds(), proc_cpu_s(server.proc.pid), proc_cpu_s(sim.proc.pid)
                 sim.go()  # returns once the child stored the N events: its watch streams them from now
                 start = time.monotonic()
                 deadline = start + 900
@@ -172,8 +167,8 @@ def watch_burst(n: int) -> dict[str, Any]:
                     time.sleep(0.005)
                 elapsed = time.monotonic() - start
                 cpu = cpu_seconds() - cpu0
-                server_cpu = process_cpu(server.proc.pid) - server_cpu0
-                sim_cpu = process_cpu(sim.proc.pid) - sim_cpu0
+                server_cpu = proc_cpu_s(server.proc.pid) - server_cpu0
+                sim_cpu = proc_cpu_s(sim.proc.pid) - sim_cpu0
             finally:
                 router.stop(60)
             stats = router.router.runners[0].stats
@@ -218,8 +213,8 @@ def kube_eventer(binary: str, n: int) -> dict[str, Any]:
             # one, and releasing right after a tick gives it the whole period to read the burst
             ticks = _wait_for_line(log_path, "Exporting", 0, 3 * KUBE_EVENTER_FREQUENCY)
             _wait_for_line(log_path, "Exporting", ticks, 3 * KUBE_EVENTER_FREQUENCY)
-            cpu0, server_cpu0, sim_cpu0 = (process_cpu(proc.pid), process_cpu(server.proc.pid),
-                                           process_cpu(sim.proc.pid))
+            cpu0, server_cpu0, sim_cpu0 = (proc_cpu_s(proc.pid), proc_cpu_s(server.proc.pid),
+                                           proc_cpu_s(sim.proc.pid))
             sim.go()
             start = time.monotonic()
             first_write, written = None, 0
@@ -231,9 +226,9 @@ def kube_eventer(binary: str, n: int) -> dict[str, Any]:
                 if first_write is None and written:
                     first_write = time.monotonic()
             done = time.monotonic()
-            cpu, server_cpu, sim_cpu = (process_cpu(proc.pid) - cpu0, process_cpu(server.proc.pid) - server_cpu0,
-                                        process_cpu(sim.proc.pid) - sim_cpu0)
-            peak = _peak_rss_mb(proc.pid)
+            cpu, server_cpu, sim_cpu = (proc_cpu_s(proc.pid) - cpu0, proc_cpu_s(server.proc.pid) - server_cpu0,
+                                        proc_cpu_s(sim.proc.pid) - sim_cpu0)
+            peak = round(proc_status(proc.pid)["VmHWM"], 1)
         finally:
             proc.kill()
             proc.wait()

@@ -25,8 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import report, stop_router
-from benchmarks.idle import proc_cpu_s
+from benchmarks._common import proc_cpu_s, report, stop_router
 from eventrouter.simulator import server as sim_server
 from eventrouter.simulator.sim import Simulator
 
