@@ -57,6 +57,11 @@ def main(argv: list[str]) -> int:
     names = [a for a in argv if not a.startswith("-")] or ["pipeline", "enrich", "fanout", "memory", "held", "burst",
                                                               "stall", "restart", "relist", "sinks", "influxdb",
                                                               "startup", "idle", "burst-rss"]
+    kube_eventer = os.environ.get("KUBE_EVENTER")
+    if kube_eventer and not (os.path.isfile(kube_eventer) and os.access(kube_eventer, os.X_OK)):
+        print(f"KUBE_EVENTER={kube_eventer}: not an executable file (a kube-eventer binary, or unset)",
+              file=sys.stderr)
+        return 2
     results = []
     for name in names:
         if name == "pipeline":
@@ -91,9 +96,9 @@ def main(argv: list[str]) -> int:
         elif name == "idle":
             results.append(("idle 10 events/s, log sink", idle.run(10 if small else 60)))
             results.append(("idle 10 events/s, 9 built-in sinks", idle.run(10 if small else 60, all_sinks=True)))
-            if os.environ.get("KUBE_EVENTER"):
+            if kube_eventer:
                 results.append(("idle 10 events/s, kube-eventer, log sink",
-                                idle.measure_kube_eventer(os.environ["KUBE_EVENTER"], 10 if small else 60)))
+                                idle.measure_kube_eventer(kube_eventer, 10 if small else 60)))
         elif name == "burst-rss":
             results.extend(burst_rss.run(2_000 if small else 20_000))
         elif name.startswith("sinks:"):  # one sink only, e.g. sinks:kafka
